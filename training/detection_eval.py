@@ -8,7 +8,7 @@ import numpy as np
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes ``(min_row, min_col, max_row, max_col)``; shape ``(len(a), len(b))``."""
+    """Pairwise IoU of ``(min_row, min_col, max_row, max_col)`` boxes, ``(len(a), len(b))``."""
     a = np.asarray(a, float).reshape(-1, 4)
     b = np.asarray(b, float).reshape(-1, 4)
     r0 = np.maximum(a[:, None, 0], b[None, :, 0])

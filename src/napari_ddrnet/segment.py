@@ -86,20 +86,58 @@ class Segmentation:
     extras: dict = field(default_factory=dict)
 
 
-def nucleus_chroma(rgb: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class FieldStats:
+    """Whole-image statistics that every tile of a large image must share.
+
+    Attributes
+    ----------
+    white : tuple of float
+        Background (white point) RGB, the 95th percentile of each channel.
+    threshold : float
+        Nucleus chroma threshold (Otsu, floored at ``min_chroma``).
+    """
+
+    white: tuple[float, float, float]
+    threshold: float
+
+
+def nucleus_chroma(rgb: np.ndarray, white) -> np.ndarray:
     """Return the white-balanced blue-violet chroma ``B - (R + G) / 2`` in about ``[-1, 1]``.
 
     Parameters
     ----------
     rgb : numpy.ndarray
         ``(H, W, 3) uint8`` image.
+    white : sequence of float
+        Background RGB. Dividing by it means a yellowish halogen lamp or a bluish LED does not
+        shift the chroma.
     """
     img = rgb.astype(np.float32)
-    # White balance on the bright background (the 95th percentile of each channel), so a
-    # yellowish halogen lamp or a bluish LED does not shift the chroma.
-    white = np.percentile(img.reshape(-1, 3)[:: max(1, img.size // 3 // 50000)], 95, axis=0)
-    img /= np.maximum(white, 1.0)
+    img /= np.maximum(np.asarray(white, np.float32), 1.0)
     return img[..., 2] - 0.5 * (img[..., 0] + img[..., 1])
+
+
+def field_statistics(image, params: SegmentationParams | None = None,
+                     max_pixels: int = 2_000_000) -> FieldStats:
+    """White point and nucleus threshold from an evenly strided subsample of ``image``.
+
+    ``image`` may be any array-like that supports slicing (numpy, dask, zarr): only the
+    subsample is read, so this works on images far larger than memory.
+    """
+    from .image_input import to_rgb_uint8
+
+    params = params or SegmentationParams()
+    h, w = image.shape[:2]
+    stride = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
+    sub = to_rgb_uint8(np.asarray(image[::stride, ::stride]))
+    white = np.percentile(sub.reshape(-1, 3), 95, axis=0)
+    chroma = nucleus_chroma(sub, white)
+    try:
+        thr = float(filters.threshold_otsu(chroma))
+    except ValueError:  # uniform image
+        thr = params.min_chroma
+    return FieldStats(tuple(float(v) for v in white), max(thr, params.min_chroma))
 
 
 def empty_cells_table() -> pd.DataFrame:
@@ -112,6 +150,7 @@ def segment_wbc(
     rgb: np.ndarray,
     pixel_size_um: float | None = None,
     params: SegmentationParams | None = None,
+    stats: FieldStats | None = None,
 ) -> Segmentation:
     """Segment the white blood cells of one smear field.
 
@@ -123,6 +162,9 @@ def segment_wbc(
         Micrometres per pixel. When ``None`` it is estimated from the median red-cell diameter.
     params : SegmentationParams, optional
         Sizes and thresholds; the defaults suit Romanowsky-stained peripheral blood.
+    stats : FieldStats, optional
+        White point and threshold; default: :func:`field_statistics` of ``rgb``. Tiles of a large
+        image pass the whole image's statistics so that every tile is segmented alike.
 
     Returns
     -------
@@ -140,7 +182,8 @@ def segment_wbc(
         raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
 
     factor = pixel_size_um / WORK_UM_PER_PX  # input px -> working px
-    chroma = nucleus_chroma(rgb)
+    stats = stats or field_statistics(rgb, params)
+    chroma = nucleus_chroma(rgb, stats.white)
     if abs(factor - 1.0) > 0.05:
         work_shape = (max(8, round(shape[0] * factor)), max(8, round(shape[1] * factor)))
         chroma_w = transform.resize(chroma, work_shape, order=1, anti_aliasing=factor < 1,
@@ -151,23 +194,17 @@ def segment_wbc(
     um = 1.0 / WORK_UM_PER_PX  # working pixels per micrometre
     chroma_w = filters.gaussian(chroma_w, sigma=0.4 * um, preserve_range=True)
 
-    nuc_w, cell_w = _segment_working(chroma_w, params, um)
+    nuc_w, cell_w = _segment_working(chroma_w, stats.threshold, params, um)
     labels, nuclei = _to_input_resolution(cell_w, nuc_w, shape, work_shape)
     cells = _cell_table(labels, nuclei, pixel_size_um)
     return Segmentation(labels, nuclei, cells, float(pixel_size_um), source)
 
 
-def _segment_working(chroma: np.ndarray, p: SegmentationParams, um: float):
+def _segment_working(chroma: np.ndarray, thr: float, p: SegmentationParams, um: float):
     """Nucleus and cell labels at the working resolution."""
-    finite = chroma[np.isfinite(chroma)]
-    if finite.size == 0 or float(finite.max()) < p.min_chroma:
+    if chroma.size == 0 or float(chroma.max()) < thr:
         empty = np.zeros(chroma.shape, np.int32)
         return empty, empty
-    try:
-        thr = float(filters.threshold_otsu(chroma))
-    except ValueError:  # uniform image
-        thr = p.min_chroma
-    thr = max(thr, p.min_chroma)
     nuc = chroma > thr
     nuc = morphology.remove_small_objects(nuc, max_size=max(1, int(0.8 * um * um)))
     nuc = ndi.binary_fill_holes(nuc)

@@ -1,0 +1,103 @@
+"""Batched DDRNet inference on cell crops, with a CellaVision-style 'unidentified' class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .classes import UNIDENTIFIED
+from .model import fuse_for_inference
+from .preprocess import crops_to_tensor
+from .weights import ModelBundle, load_bundle
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; a forced device that is absent is an error."""
+    if name not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
+    if name == "mps" and not has_mps:
+        raise ValueError("device 'mps' was requested but Apple MPS is not available")
+    return torch.device(name)
+
+
+class Classifier:
+    """DDRNet cell classifier.
+
+    Parameters
+    ----------
+    weights : str or Path, optional
+        ``.safetensors`` file with a JSON beside it; default: the weights shipped in the package.
+    device : {"auto", "cpu", "cuda", "mps"}
+        Where to run; mixed precision (fp16) is used on GPUs.
+    batch_size : int
+        Crops per forward pass.
+    """
+
+    def __init__(self, weights=None, device: str = "auto", batch_size: int = 256):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.bundle: ModelBundle = load_bundle(weights)
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        model = fuse_for_inference(self.bundle.model)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        self.amp = self.device.type in ("cuda", "mps")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.bundle.classes
+
+    @property
+    def input_size(self) -> int:
+        return self.bundle.input_size
+
+    @torch.inference_mode()
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        """Softmax probabilities ``(N, n_classes)`` for ``(N, S, S, 3) uint8`` crops."""
+        n = len(crops)
+        out = np.empty((n, len(self.classes)), np.float32)
+        for i in range(0, n, self.batch_size):
+            x = crops_to_tensor(crops[i:i + self.batch_size], self.device, self.bundle.mean,
+                                self.bundle.std).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                logits = self.model(x)
+            out[i:i + len(x)] = torch.softmax(logits.float(), 1).cpu().numpy()
+        return out
+
+    def classify(self, crops: np.ndarray, min_confidence: float = 0.5) -> pd.DataFrame:
+        """Class, confidence and per-class probabilities for each crop.
+
+        A crop whose top probability is below ``min_confidence`` is ``unidentified`` (its
+        probabilities are still reported), rather than forced into a class.
+        """
+        probs = self.predict_proba(crops)
+        return probabilities_to_table(probs, self.classes, min_confidence)
+
+
+def probabilities_to_table(probs: np.ndarray, classes, min_confidence: float) -> pd.DataFrame:
+    """Turn a probability matrix into ``class``, ``confidence`` and ``prob_<class>`` columns."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError("min_confidence must be between 0 and 1")
+    classes = list(classes)
+    if len(probs):
+        best = probs.argmax(1)
+        conf = probs[np.arange(len(probs)), best]
+        names = np.where(conf >= min_confidence, np.asarray(classes, dtype=object)[best],
+                         UNIDENTIFIED)
+    else:
+        conf = np.zeros(0, np.float32)
+        names = np.zeros(0, dtype=object)
+    table = pd.DataFrame({"class": pd.Series(names, dtype=object),
+                          "confidence": conf.astype(np.float64)})
+    for j, c in enumerate(classes):
+        table[f"prob_{c}"] = probs[:, j].astype(np.float64) if len(probs) else np.zeros(0)
+    return table

@@ -1,0 +1,200 @@
+"""``analyze``: the Qt-free pipeline — segment, crop, classify, count — tiled for large images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .classify import Classifier, probabilities_to_table
+from .crop import CROP_FOV_UM, crop_cells
+from .image_input import ImageInputError, to_rgb_uint8
+from .report import counts_table
+from .scale import estimate_pixel_size
+from .segment import CELL_COLUMNS, SegmentationParams, field_statistics, segment_wbc
+
+#: Images with more pixels than this are processed tile by tile.
+TILE_PIXELS = 4096 * 4096
+#: Side of one tile's core (pixels); the overlap is added around it.
+TILE_SIZE = 2048
+#: Largest cell the tiler must see whole, micrometres (a large monocyte with cytoplasm).
+MAX_CELL_UM = 30.0
+
+
+class AnalysisCancelled(RuntimeError):
+    """Raised when the caller's ``should_stop`` returns True."""
+
+
+@dataclass
+class AnalysisResult:
+    """What :func:`analyze` returns.
+
+    Attributes
+    ----------
+    cells : pandas.DataFrame
+        One row per cell: geometry (:data:`napari_ddrnet.segment.CELL_COLUMNS`), ``class``,
+        ``confidence`` and ``prob_<class>``.
+    counts : pandas.DataFrame
+        ``class``, ``count``, ``percent``, ``basis`` (see
+        :func:`napari_ddrnet.report.counts_table`).
+    labels : numpy.ndarray or None
+        ``int32`` cell label image (ids = ``cells.cell_id``); ``None`` if not requested.
+    pixel_size_um : float
+    pixel_size_source : str
+        ``"given"`` or ``"estimated"``.
+    classes : tuple of str
+        Classes of the model used.
+    """
+
+    cells: pd.DataFrame
+    counts: pd.DataFrame
+    labels: np.ndarray | None
+    pixel_size_um: float
+    pixel_size_source: str
+    classes: tuple[str, ...]
+
+
+def analyze(
+    image,
+    pixel_size_um: float | None = None,
+    classifier: Classifier | None = None,
+    *,
+    device: str = "auto",
+    batch_size: int = 256,
+    min_confidence: float = 0.5,
+    return_labels: bool = True,
+    tile_size: int | None = None,
+    params: SegmentationParams | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> AnalysisResult:
+    """Find, classify and count the white cells of a smear image.
+
+    Parameters
+    ----------
+    image : array-like
+        ``(H, W, 3)`` RGB (or RGBA / 16-bit / float, converted) as numpy, dask or zarr. Lazy
+        arrays and images over :data:`TILE_PIXELS` are processed tile by tile with overlap, so
+        memory stays bounded; cells on tile seams are counted once.
+    pixel_size_um : float, optional
+        Micrometres per pixel; estimated from the red cells when ``None``.
+    classifier : Classifier, optional
+        A loaded classifier (reuse one across images); default: the shipped weights.
+    device, batch_size
+        Used to build the default classifier.
+    min_confidence : float
+        Cells whose top probability is lower are reported as ``unidentified``.
+    return_labels : bool
+        Build the full-size label image (skip it for very large images to save memory).
+    tile_size : int, optional
+        Force tiling with this core tile side (pixels).
+    progress : callable, optional
+        ``progress(done, total)`` after each tile.
+    should_stop : callable, optional
+        Polled between tiles; when it returns True, :class:`AnalysisCancelled` is raised.
+
+    Returns
+    -------
+    AnalysisResult
+    """
+    shape = tuple(image.shape)
+    if len(shape) != 3:
+        to_rgb_uint8(np.zeros(shape[:2] if len(shape) >= 2 else (0, 0), np.uint8))  # raises
+        raise ImageInputError(f"Expected an RGB image, got shape {shape}")
+    if pixel_size_um is not None and not pixel_size_um > 0:
+        raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
+    classifier = classifier or Classifier(device=device, batch_size=batch_size)
+    lazy = not isinstance(image, np.ndarray)
+    h, w = shape[:2]
+    tiled = tile_size is not None or lazy or h * w > TILE_PIXELS
+    if not tiled:
+        rgb = to_rgb_uint8(image)
+        source = "given" if pixel_size_um else "estimated"
+        px = pixel_size_um or estimate_pixel_size(rgb)
+        tiles = [(0, 0, h, w, 0, 0, h, w)]
+    else:
+        rgb = None
+        source = "given" if pixel_size_um else "estimated"
+        px = pixel_size_um or _estimate_pixel_size_lazy(image)
+        tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px))
+    stats = field_statistics(image if rgb is None else rgb, params)
+
+    labels = np.zeros((h, w), np.int32) if return_labels else None
+    geo_parts, crop_parts = [], []
+    next_id = 1
+    for i, (r0, c0, r1, c1, k0, l0, k1, l1) in enumerate(tiles):
+        if should_stop is not None and should_stop():
+            raise AnalysisCancelled("analysis cancelled")
+        if rgb is not None:
+            tile = rgb[r0:r1, c0:c1]
+        else:
+            tile = to_rgb_uint8(np.asarray(image[r0:r1, c0:c1]))
+        seg = segment_wbc(tile, px, params, stats)
+        cells = seg.cells
+        if len(cells):
+            # Keep the cells whose centroid lies in this tile's core: each cell exactly once.
+            gr = cells["centroid_row"] + r0
+            gc = cells["centroid_col"] + c0
+            keep = ((gr >= k0) & (gr < k1) & (gc >= l0) & (gc < l1)).to_numpy()
+            cells = cells[keep].copy()
+        if len(cells):
+            crop_parts.append(crop_cells(tile, cells, px, classifier.input_size))
+            new_ids = np.arange(next_id, next_id + len(cells))
+            if labels is not None:
+                lut = np.zeros(int(seg.labels.max()) + 1, np.int32)
+                lut[cells["cell_id"].to_numpy()] = new_ids
+                sub = lut[seg.labels]
+                region = labels[r0:r1, c0:c1]
+                np.copyto(region, sub, where=sub > 0)
+            cells["cell_id"] = new_ids
+            for col, off in (("centroid_row", r0), ("min_row", r0), ("max_row", r0),
+                             ("centroid_col", c0), ("min_col", c0), ("max_col", c0)):
+                cells[col] = cells[col] + off
+            cells["touches_border"] = ((cells["min_row"] == 0) | (cells["min_col"] == 0)
+                                       | (cells["max_row"] == h) | (cells["max_col"] == w))
+            geo_parts.append(cells)
+            next_id += len(cells)
+        if progress is not None:
+            progress(i + 1, len(tiles))
+
+    geo = (pd.concat(geo_parts, ignore_index=True) if geo_parts
+           else pd.DataFrame(columns=CELL_COLUMNS))
+    crops = (np.concatenate(crop_parts) if crop_parts
+             else np.zeros((0, classifier.input_size, classifier.input_size, 3), np.uint8))
+    probs = (classifier.predict_proba(crops) if len(crops)
+             else np.zeros((0, len(classifier.classes)), np.float32))
+    pred = probabilities_to_table(probs, classifier.classes, min_confidence)
+    cells = pd.concat([geo.reset_index(drop=True), pred], axis=1)
+    cells = cells.astype({"cell_id": "int64", "min_row": "int64", "min_col": "int64",
+                          "max_row": "int64", "max_col": "int64", "touches_border": "bool"})
+    return AnalysisResult(cells, counts_table(cells["class"]), labels, float(px), source,
+                          tuple(classifier.classes))
+
+
+def _overlap_px(px_um: float) -> int:
+    return int(np.ceil(MAX_CELL_UM / px_um)) + 8
+
+
+def _tiles(h: int, w: int, size: int, overlap: int):
+    """Tiles as ``(r0, c0, r1, c1, core_r0, core_c0, core_r1, core_c1)`` in image pixels."""
+    out = []
+    for k0 in range(0, h, size):
+        for l0 in range(0, w, size):
+            k1, l1 = min(k0 + size, h), min(l0 + size, w)
+            out.append((max(0, k0 - overlap), max(0, l0 - overlap), min(h, k1 + overlap),
+                        min(w, l1 + overlap), k0, l0, k1, l1))
+    return out
+
+
+def _estimate_pixel_size_lazy(image) -> float:
+    """Pixel size from a central window of a large image (only that window is read)."""
+    h, w = image.shape[:2]
+    side = min(h, w, 1536)
+    r0, c0 = (h - side) // 2, (w - side) // 2
+    window = to_rgb_uint8(np.asarray(image[r0:r0 + side, c0:c0 + side]))
+    return estimate_pixel_size(window)
+
+
+__all__ = ["AnalysisCancelled", "AnalysisResult", "analyze", "CROP_FOV_UM"]

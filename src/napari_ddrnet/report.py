@@ -1,0 +1,62 @@
+"""The differential count and CSV output (atomic: a CSV is either complete or not there)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .classes import APART, DISPLAY_ORDER, PER_100_WBC, WBC_CLASSES
+
+COUNT_COLUMNS = ["class", "count", "percent", "basis"]
+
+
+def counts_table(classes: Iterable[str]) -> pd.DataFrame:
+    """Per-class counts in display order, every class listed (zero counts included).
+
+    ``percent`` follows laboratory practice: white-cell classes as % of all white cells (the
+    differential), erythroblasts per 100 white cells, platelets and unidentified cells as % of
+    all detected objects. ``basis`` says which, so a CSV reader never has to guess.
+    """
+    s = pd.Series(list(classes), dtype=object)
+    counts = s.value_counts()
+    n_all = int(len(s))
+    n_wbc = int(sum(counts.get(c, 0) for c in WBC_CLASSES))
+    extra = [c for c in counts.index if c not in DISPLAY_ORDER]
+    rows = []
+    for c in list(DISPLAY_ORDER) + sorted(extra):
+        k = int(counts.get(c, 0))
+        if c in WBC_CLASSES:
+            pct, basis = (100.0 * k / n_wbc if n_wbc else np.nan), "% of WBC"
+        elif c in PER_100_WBC:
+            pct, basis = (100.0 * k / n_wbc if n_wbc else np.nan), "per 100 WBC"
+        else:
+            pct, basis = (100.0 * k / n_all if n_all else np.nan), "% of all cells"
+        rows.append({"class": c, "count": k, "percent": pct, "basis": basis})
+    return pd.DataFrame(rows, columns=COUNT_COLUMNS)
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``df`` to ``path`` through a temporary file in the same folder, then rename.
+
+    An interrupted write never leaves a partial CSV, and an existing file is only replaced by a
+    complete one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            df.to_csv(fh, index=False, float_format="%.6g")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+__all__ = ["APART", "COUNT_COLUMNS", "counts_table", "write_csv_atomic"]

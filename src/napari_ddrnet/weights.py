@@ -1,0 +1,111 @@
+"""Load the shipped (or a user's) DDRNet weights safely: safetensors + JSON metadata + sha256.
+
+No pickle is ever read: tensors come from a ``.safetensors`` file, everything else from a JSON
+file beside it, and the tensor file's SHA-256 must match the one recorded in the metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .model import DDRNet, DDRNetConfig
+
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "ddrnet_pbc8.safetensors"
+
+
+class WeightsError(RuntimeError):
+    """Weights that are missing, corrupt, tampered with or for another architecture."""
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A ready model and what it needs to be used correctly."""
+
+    model: DDRNet
+    classes: tuple[str, ...]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    meta: dict
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def metadata_path(weights: Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def load_bundle(weights: str | Path | None = None) -> ModelBundle:
+    """Load and verify weights; ``None`` means the weights shipped in the package.
+
+    Raises
+    ------
+    WeightsError
+        When the file or its metadata is missing, the checksum does not match, or the tensors do
+        not fit the architecture described in the metadata.
+    """
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    meta_file = metadata_path(path)
+    if not path.is_file():
+        raise WeightsError(f"Model weights not found: {path}")
+    if not meta_file.is_file():
+        raise WeightsError(f"Model metadata not found beside the weights: {meta_file}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"Model metadata {meta_file} is not valid JSON: {exc}") from exc
+    expected = meta.get("sha256")
+    actual = sha256_file(path)
+    if not expected or actual != expected:
+        raise WeightsError(
+            f"Checksum mismatch for {path.name}: expected {expected}, got {actual}. The file is "
+            "corrupt or was replaced; reinstall napari-ddrnet or pick the right weights."
+        )
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a broken header
+        raise WeightsError(f"Cannot read weights {path}: {exc}") from exc
+    try:
+        cfg = DDRNetConfig.from_dict(meta["config"])
+        classes = tuple(meta["classes"])
+        if cfg.num_classes != len(classes):
+            raise ValueError("num_classes does not match the class list")
+        model = DDRNet(cfg)
+        model.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise WeightsError(
+            f"Weights {path.name} do not fit the DDRNet architecture: {exc}") from exc
+    model.eval()
+    return ModelBundle(model, classes, int(meta.get("input_size", 64)),
+                       tuple(meta.get("mean", (0.5, 0.5, 0.5))),
+                       tuple(meta.get("std", (0.25, 0.25, 0.25))), meta)
+
+
+def export_weights(state: dict[str, torch.Tensor], meta: dict, path: Path) -> dict:
+    """Write ``path`` (.safetensors) and its JSON metadata with the SHA-256 filled in."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(path)
+    meta = dict(meta, sha256=sha256_file(path))
+    mtmp = metadata_path(path).with_name(metadata_path(path).name + ".tmp")
+    mtmp.write_text(json.dumps(meta, indent=1))
+    mtmp.replace(metadata_path(path))
+    return meta

@@ -1,0 +1,45 @@
+"""Compact crop packs: JPEG-encoded 64 px crops + labels in one ``.npz`` (no pickle).
+
+Crops are cut once, on the CPU, by the plugin's own segmentation and crop code; a pack then
+travels to any machine (e.g. a lent GPU) and decodes in seconds.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(crop).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def save_pack(path: Path, crops: list[bytes], labels: list[int], classes: list[str],
+              names: list[str]) -> None:
+    """Write a pack atomically."""
+    offsets = np.cumsum([0] + [len(c) for c in crops]).astype(np.int64)
+    data = np.frombuffer(b"".join(crops), np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, data=data, offsets=offsets, labels=np.asarray(labels, np.int64),
+             classes=np.asarray(classes), names=np.asarray(names))
+    tmp.replace(path)
+
+
+def load_pack(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Decode a pack: ``(images (N, S, S, 3) uint8, labels (N,), classes, names)``."""
+    with np.load(path, allow_pickle=False) as z:
+        data, offsets = z["data"], z["offsets"]
+        labels = z["labels"].copy()
+        classes = [str(c) for c in z["classes"]]
+        names = [str(n) for n in z["names"]]
+    imgs = [np.asarray(Image.open(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes()))
+                       .convert("RGB")) for i in range(len(labels))]
+    images = np.stack(imgs) if imgs else np.zeros((0, 64, 64, 3), np.uint8)
+    return images, labels, classes, names

@@ -1,0 +1,124 @@
+"""Cut training/evaluation crops from the shared datasets into packs.
+
+Usage::
+
+    python -m training.prepare --out packs [--only pbc bccd kaggle] [--workers 2]
+
+PBC images are single centred cells (CellaVision): their centre square is the crop. BCCD and
+Kaggle images are whole fields: the plugin's segmentation finds the cells and the plugin's crop
+function cuts them, exactly as at inference time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from skimage import io
+
+from napari_ddrnet.classes import PBC_CLASSES
+from napari_ddrnet.crop import crop_cells, crop_centre
+from napari_ddrnet.segment import segment_wbc
+
+from .bccd import load_fields
+from .detection_eval import box_iou
+from .packs import encode_jpeg, save_pack
+from .paths import data_root
+
+KAGGLE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+
+
+def _pbc_item(path: str) -> bytes:
+    return encode_jpeg(crop_centre(io.imread(path)[..., :3]))
+
+
+def prepare_pbc(out: Path, workers: int) -> None:
+    root = data_root() / "pbc"
+    rows = list(csv.DictReader(open(root / "splits.csv", newline="")))
+    with Pool(workers) as pool:
+        for split in ("train", "val", "test"):
+            sel = [r for r in rows if r["split"] == split]
+            crops = pool.map(_pbc_item, [str(root / r["file"]) for r in sel], chunksize=64)
+            save_pack(out / f"pbc_{split}.npz", crops,
+                      [PBC_CLASSES.index(r["class"]) for r in sel], list(PBC_CLASSES),
+                      [r["file"] for r in sel])
+            print(f"pbc {split}: {len(sel)} crops", flush=True)
+
+
+def field_wbc_crop(image: np.ndarray, gt_box: np.ndarray | None = None) -> np.ndarray | None:
+    """Crop of a field's white cell: the detection best matching ``gt_box`` (IoU >= 0.3), or
+    without a box the detection with the largest nucleus. ``None`` when nothing is found."""
+    seg = segment_wbc(image)
+    cells = seg.cells
+    if len(cells) == 0:
+        return None
+    if gt_box is not None:
+        iou = box_iou(cells[["min_row", "min_col", "max_row", "max_col"]].to_numpy(), gt_box)
+        best = int(np.argmax(iou[:, 0]))
+        if iou[best, 0] < 0.3:
+            return None
+    else:
+        best = int(np.argmax(cells["nucleus_area_px"].to_numpy()))
+    return crop_cells(image, cells.iloc[[best]], seg.pixel_size_um)[0]
+
+
+def _bccd_item(args) -> bytes | None:
+    field = args
+    boxes = field.boxes()
+    crop = field_wbc_crop(field.image(), boxes[:1] if len(boxes) else None)
+    return None if crop is None else encode_jpeg(crop)
+
+
+def prepare_bccd(out: Path, workers: int) -> None:
+    with Pool(workers) as pool:
+        for split in ("train", "test"):
+            fields = [f for f in load_fields(split) if f.wbc_class in PBC_CLASSES]
+            crops = pool.map(_bccd_item, fields, chunksize=8)
+            keep = [(c, f) for c, f in zip(crops, fields) if c is not None]
+            save_pack(out / f"bccd_{split}.npz", [c for c, _ in keep],
+                      [PBC_CLASSES.index(f.wbc_class) for _, f in keep], list(PBC_CLASSES),
+                      [f.name for _, f in keep])
+            print(f"bccd {split}: {len(keep)}/{len(fields)} fields cropped", flush=True)
+
+
+def _kaggle_item(path: str) -> tuple[bytes, bool]:
+    image = io.imread(path)[..., :3]
+    crop = field_wbc_crop(image)
+    if crop is None:  # no nucleus found: fall back to the whole field
+        return encode_jpeg(crop_centre(image)), False
+    return encode_jpeg(crop), True
+
+
+def prepare_kaggle(out: Path, workers: int) -> None:
+    root = data_root() / "kaggle_blood_cells"
+    with Pool(workers) as pool:
+        for split in ("TRAIN", "TEST"):
+            items = sorted((str(p), KAGGLE_CLASSES.index(p.parent.name.lower()))
+                           for p in (root / split).glob("*/*.jpeg"))
+            res = pool.map(_kaggle_item, [p for p, _ in items], chunksize=32)
+            save_pack(out / f"kaggle_{split.lower()}.npz", [r[0] for r in res],
+                      [lab for _, lab in items], list(KAGGLE_CLASSES),
+                      [str(Path(p).relative_to(root)) for p, _ in items])
+            found = sum(r[1] for r in res)
+            print(f"kaggle {split}: {len(items)} images, cell found in {found}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("packs"))
+    ap.add_argument("--only", nargs="*", default=["pbc", "bccd", "kaggle"])
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    for name in args.only:
+        {"pbc": prepare_pbc, "bccd": prepare_bccd, "kaggle": prepare_kaggle}[name](
+            args.out, args.workers)
+    print(f"done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Train a classifier on crop packs.
+
+Usage::
+
+    python -m training.train --config training/configs/pbc8_ddrnet.json [--out runs/NAME]
+        [--packs packs] [--epochs N] [--device auto] [--resume] [--limit N]
+    torchrun --nproc_per_node=K -m training.train --config ...   # DistributedDataParallel
+
+The whole pack sits in (GPU) memory as uint8 and is augmented there batch by batch, so even a
+16-core GPU host is never input-bound. Writes ``last.pt`` (for ``--resume``), ``best.pt`` (best
+validation macro-F1, or the last epoch when there is no validation set), ``log.jsonl`` and
+``train.log`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from napari_ddrnet.preprocess import normalize
+
+from .augment import AugmentConfig, augment_batch
+from .models import build_model
+from .packs import load_pack
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_split(packs: Path, entries: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Concatenate packs; an entry is ``"name"`` or ``["name", repeat]`` (oversampling)."""
+    xs, ys, classes = [], [], None
+    for e in entries:
+        name, rep = (e, 1) if isinstance(e, str) else (e[0], int(e[1]))
+        x, y, cls, _ = load_pack(packs / f"{name}.npz")
+        if classes is None:
+            classes = cls
+        elif cls != classes:  # map labels into the first pack's class list
+            y = np.asarray([classes.index(cls[i]) for i in y])
+        xs += [x] * rep
+        ys += [y] * rep
+    return np.concatenate(xs), np.concatenate(ys), classes
+
+
+def class_weights(y: np.ndarray, k: int, power: float) -> torch.Tensor:
+    """Loss weights ``(N / count) ** power`` normalised to mean 1 (rare classes count more)."""
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    w = (counts.sum() / np.maximum(counts, 1)) ** power
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x_u8: torch.Tensor, device: torch.device, batch: int = 1024,
+            amp: bool = False) -> np.ndarray:
+    """Softmax probabilities for ``(N, S, S, 3) uint8`` crops."""
+    model.eval()
+    out = []
+    for i in range(0, len(x_u8), batch):
+        xb = x_u8[i:i + batch].to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(normalize(xb))
+        out.append(torch.softmax(logits.float(), 1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
+    f1s = []
+    for c in range(k):
+        tp = np.sum((pred == c) & (y == c))
+        fp = np.sum((pred == c) & (y != c))
+        fn = np.sum((pred != c) & (y == c))
+        if tp + fp + fn:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: bool = False,
+          limit: int | None = None, quiet: bool = False) -> dict:
+    """Run one training job; returns a summary dict (also written to ``summary.json``)."""
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if distributed:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    seed = int(cfg.get("seed", 0))
+    torch.manual_seed(seed + rank)
+    out.mkdir(parents=True, exist_ok=True)
+
+    x_tr, y_tr, classes = load_split(packs, cfg["train"])
+    if limit:
+        sel = np.random.default_rng(seed).permutation(len(y_tr))[:limit]
+        x_tr, y_tr = x_tr[sel], y_tr[sel]
+    k = len(classes)
+    x_val = y_val = None
+    if cfg.get("val"):
+        x_val, y_val, _ = load_split(packs, cfg["val"])
+    on_gpu = device.type == "cuda"
+    xt = torch.from_numpy(x_tr).to(device if on_gpu else "cpu")
+    yt = torch.from_numpy(y_tr).to(device if on_gpu else "cpu")
+
+    model = build_model(cfg["arch"], k, cfg.get("ddrnet")).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if on_gpu else None)
+    epochs = int(cfg.get("epochs", 30))
+    bs = int(cfg.get("batch_size", 128))
+    steps_per_epoch = max(1, math.ceil(len(y_tr) / (bs * world)))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.get("lr", 2e-3)),
+                            weight_decay=float(cfg.get("weight_decay", 0.05)))
+    total = epochs * steps_per_epoch
+    warm = min(steps_per_epoch, total // 10 + 1)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to zero
+        return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    aug = AugmentConfig(**cfg.get("augment", {}))
+    weights = class_weights(y_tr, k, float(cfg.get("class_weight_power", 0.5))).to(device)
+    amp = on_gpu and bool(cfg.get("amp", True))
+    start_epoch, best_f1, history = 0, -1.0, []
+    last_path = out / "last.pt"
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        (model.module if distributed else model).load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, best_f1 = int(state["epoch"]) + 1, float(state["best_f1"])
+    log = open(out / "train.log", "a") if rank == 0 else None
+    t0 = time.time()
+    gen = torch.Generator(device=xt.device).manual_seed(seed * 1000 + rank)
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        perm = torch.randperm(len(yt), device=xt.device, generator=gen)
+        perm = perm[rank::world]
+        tot_loss, seen, correct = 0.0, 0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=True if (quiet or rank != 0) else None, leave=False)
+        for step in bar:
+            idx = perm[step * bs:(step + 1) * bs]
+            if len(idx) == 0:
+                continue
+            xb = xt[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+            yb = yt[idx].to(device, non_blocking=True)
+            xb = normalize(augment_batch(xb, aug)).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, weight=weights,
+                                   label_smoothing=float(cfg.get("label_smoothing", 0.05)))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot_loss += loss.item() * len(idx)
+            seen += len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            bar.set_postfix(loss=f"{tot_loss / seen:.3f}")
+        rec = {"epoch": epoch + 1, "train_loss": tot_loss / max(seen, 1),
+               "train_acc": correct / max(seen, 1), "lr": sched.get_last_lr()[0],
+               "elapsed_s": time.time() - t0}
+        net = model.module if distributed else model
+        improved = True
+        if x_val is not None and rank == 0:
+            p = predict(net, torch.from_numpy(x_val), device, amp=amp).argmax(1)
+            rec["val_acc"] = float((p == y_val).mean())
+            rec["val_macro_f1"] = macro_f1(y_val, p, k)
+            improved = rec["val_macro_f1"] > best_f1
+            best_f1 = max(best_f1, rec["val_macro_f1"])
+        if rank == 0:
+            history.append(rec)
+            line = json.dumps(rec)
+            log.write(line + "\n")
+            log.flush()
+            if not quiet:
+                print(line, flush=True)
+            meta = {"arch": cfg["arch"], "classes": classes, "ddrnet": cfg.get("ddrnet", {})}
+            state = {"model": net.state_dict(), "opt": opt.state_dict(),
+                     "sched": sched.state_dict(), "epoch": epoch, "best_f1": best_f1}
+            torch.save(state, last_path.with_suffix(".tmp"))
+            os.replace(last_path.with_suffix(".tmp"), last_path)
+            if improved or x_val is None:
+                torch.save(net.state_dict(), out / "best.tmp")
+                os.replace(out / "best.tmp", out / "best.pt")
+                (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    summary = {"config": cfg, "classes": classes, "epochs": epochs, "n_train": int(len(y_tr)),
+               "train_time_s": time.time() - t0, "device": str(device), "world_size": world,
+               "best_val_macro_f1": best_f1 if x_val is not None else None,
+               "augment": asdict(aug), "history": history}
+    if rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        log.close()
+    if distributed:
+        dist.destroy_process_group()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Train DDRNet or a ResNet baseline on crop packs.")
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--packs", type=Path, default=Path("packs"))
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--limit", type=int, help="train on a random subset of N crops")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
+                    help="override config keys, e.g. ddrnet='{\"use_csab\": false}'")
+    args = ap.parse_args(argv)
+    cfg = json.loads(args.config.read_text())
+    if args.epochs:
+        cfg["epochs"] = args.epochs
+    for kv in args.set:
+        key, val = kv.split("=", 1)
+        cfg[key] = json.loads(val)
+    out = args.out or Path("runs") / args.config.stem
+    train(cfg, out, args.packs, args.device, args.resume, args.limit)
+
+
+if __name__ == "__main__":
+    main()
