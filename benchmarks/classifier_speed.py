@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
     ms = models()
     info = {n: {"params": count_parameters(m), "macs": macs(m, args.size)} for n, m in ms.items()}
     rows = []
@@ -81,7 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
             for name, m in ms.items():
                 if device == "cpu" and name not in args.cpu_models:
                     continue
-                crops = 64 if device == "cpu" and b == 1 else 512 if device == "cpu" else 4096
+                if device == "cpu":
+                    crops = 64 if b == 1 else 512
+                else:
+                    crops = 256 if b == 1 else 4096
                 res[name] = throughput(m, args.size, b, device, dtype, min_crops=crops)
             for name, v in res.items():
                 rows.append({"device": device, "dtype": dname, "batch": b, "model": name,
