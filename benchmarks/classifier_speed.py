@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
                 if device == "cpu":
                     crops = 64 if b == 1 else 512
                 else:
-                    crops = 256 if b == 1 else 4096
+                    crops = 64 if b == 1 else 4096
                 res[name] = throughput(m, args.size, b, device, dtype, min_crops=crops)
+                print(f"{device} {dname} batch {b} {name}: {res[name]:.1f} crops/s", flush=True)
             for name, v in res.items():
                 rows.append({"device": device, "dtype": dname, "batch": b, "model": name,
                              "crops_per_s": round(v, 1),
