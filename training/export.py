@@ -43,6 +43,12 @@ def export_run(run: Path, out: Path, extra: dict | None = None) -> dict:
                                                   "device", "best_val_macro_f1")},
         "metrics": {t: {k: r[k] for k in ("n", "accuracy", "macro_f1", "mcc", "ece")}
                     for t, r in evals.items()},
+        "reproduce": [
+            "python -m training.prepare --out packs",
+            f"python -m training.train --config training/configs/pbc8_ddrnet.json --out {run}",
+            f"python -m training.evaluate --run {run} --test pbc_test bccd_test",
+            f"python -m training.export --run {run} --out {out}",
+        ],
         **(extra or {}),
     }
     return export_weights(state, meta, out)

@@ -103,6 +103,7 @@ def export_weights(state: dict[str, torch.Tensor], meta: dict, path: Path) -> di
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
+    tmp.chmod(0o644)
     tmp.replace(path)
     meta = dict(meta, sha256=sha256_file(path))
     mtmp = metadata_path(path).with_name(metadata_path(path).name + ".tmp")
