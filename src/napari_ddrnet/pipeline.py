@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +21,6 @@ TILE_PIXELS = 4096 * 4096
 TILE_SIZE = 2048
 #: Largest cell the tiler must see whole, micrometres (a large monocyte with cytoplasm).
 MAX_CELL_UM = 30.0
-
-
-class AnalysisCancelled(RuntimeError):
-    """Raised when the caller's ``should_stop`` returns True."""
 
 
 @dataclass
@@ -68,7 +64,6 @@ def analyze(
     tile_size: int | None = None,
     params: SegmentationParams | None = None,
     progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> AnalysisResult:
     """Find, classify and count the white cells of a smear image.
 
@@ -91,13 +86,40 @@ def analyze(
     tile_size : int, optional
         Force tiling with this core tile side (pixels).
     progress : callable, optional
-        ``progress(done, total)`` after each tile.
-    should_stop : callable, optional
-        Polled between tiles; when it returns True, :class:`AnalysisCancelled` is raised.
+        ``progress(done, total)`` after each step (tiles, then classification).
 
     Returns
     -------
     AnalysisResult
+    """
+    gen = iter_analyze(image, pixel_size_um, classifier, device=device, batch_size=batch_size,
+                       min_confidence=min_confidence, return_labels=return_labels,
+                       tile_size=tile_size, params=params)
+    while True:
+        try:
+            done, total = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
+
+
+def iter_analyze(
+    image,
+    pixel_size_um: float | None = None,
+    classifier: Classifier | None = None,
+    *,
+    device: str = "auto",
+    batch_size: int = 256,
+    min_confidence: float = 0.5,
+    return_labels: bool = True,
+    tile_size: int | None = None,
+    params: SegmentationParams | None = None,
+) -> Generator[tuple[int, int], None, AnalysisResult]:
+    """:func:`analyze` as a generator: yields ``(done, total)`` steps, returns the result.
+
+    Stopping the generator (``close()``, or a napari worker's ``quit()``) cancels the analysis
+    between tiles.
     """
     shape = tuple(image.shape)
     if len(shape) != 3:
@@ -105,28 +127,29 @@ def analyze(
         raise ImageInputError(f"Expected an RGB image, got shape {shape}")
     if pixel_size_um is not None and not pixel_size_um > 0:
         raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError("min_confidence must be between 0 and 1")
     classifier = classifier or Classifier(device=device, batch_size=batch_size)
     lazy = not isinstance(image, np.ndarray)
     h, w = shape[:2]
     tiled = tile_size is not None or lazy or h * w > TILE_PIXELS
+    source = "given" if pixel_size_um else "estimated"
     if not tiled:
         rgb = to_rgb_uint8(image)
-        source = "given" if pixel_size_um else "estimated"
         px = pixel_size_um or estimate_pixel_size(rgb)
         tiles = [(0, 0, h, w, 0, 0, h, w)]
     else:
         rgb = None
-        source = "given" if pixel_size_um else "estimated"
         px = pixel_size_um or _estimate_pixel_size_lazy(image)
         tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px))
     stats = field_statistics(image if rgb is None else rgb, params)
+    total = len(tiles) + 1
 
     labels = np.zeros((h, w), np.int32) if return_labels else None
-    geo_parts, crop_parts = [], []
+    geo_parts, prob_parts, pending = [], [], []
+    n_pending = 0
     next_id = 1
     for i, (r0, c0, r1, c1, k0, l0, k1, l1) in enumerate(tiles):
-        if should_stop is not None and should_stop():
-            raise AnalysisCancelled("analysis cancelled")
         if rgb is not None:
             tile = rgb[r0:r1, c0:c1]
         else:
@@ -140,14 +163,14 @@ def analyze(
             keep = ((gr >= k0) & (gr < k1) & (gc >= l0) & (gc < l1)).to_numpy()
             cells = cells[keep].copy()
         if len(cells):
-            crop_parts.append(crop_cells(tile, cells, px, classifier.input_size))
+            pending.append(crop_cells(tile, cells, px, classifier.input_size))
+            n_pending += len(cells)
             new_ids = np.arange(next_id, next_id + len(cells))
             if labels is not None:
                 lut = np.zeros(int(seg.labels.max()) + 1, np.int32)
                 lut[cells["cell_id"].to_numpy()] = new_ids
                 sub = lut[seg.labels]
-                region = labels[r0:r1, c0:c1]
-                np.copyto(region, sub, where=sub > 0)
+                np.copyto(labels[r0:r1, c0:c1], sub, where=sub > 0)
             cells["cell_id"] = new_ids
             for col, off in (("centroid_row", r0), ("min_row", r0), ("max_row", r0),
                              ("centroid_col", c0), ("min_col", c0), ("max_col", c0)):
@@ -156,21 +179,38 @@ def analyze(
                                        | (cells["max_row"] == h) | (cells["max_col"] == w))
             geo_parts.append(cells)
             next_id += len(cells)
-        if progress is not None:
-            progress(i + 1, len(tiles))
+        # Classify in full batches across tiles; crops never pile up for a whole slide.
+        if n_pending >= classifier.batch_size:
+            prob_parts.append(classifier.predict_proba(np.concatenate(pending)))
+            pending, n_pending = [], 0
+        yield i + 1, total
+    if pending:
+        prob_parts.append(classifier.predict_proba(np.concatenate(pending)))
 
     geo = (pd.concat(geo_parts, ignore_index=True) if geo_parts
            else pd.DataFrame(columns=CELL_COLUMNS))
-    crops = (np.concatenate(crop_parts) if crop_parts
-             else np.zeros((0, classifier.input_size, classifier.input_size, 3), np.uint8))
-    probs = (classifier.predict_proba(crops) if len(crops)
+    probs = (np.concatenate(prob_parts) if prob_parts
              else np.zeros((0, len(classifier.classes)), np.float32))
     pred = probabilities_to_table(probs, classifier.classes, min_confidence)
     cells = pd.concat([geo.reset_index(drop=True), pred], axis=1)
-    cells = cells.astype({"cell_id": "int64", "min_row": "int64", "min_col": "int64",
-                          "max_row": "int64", "max_col": "int64", "touches_border": "bool"})
+    cells = cells.astype({"cell_id": "int64", "centroid_row": "float64",
+                          "centroid_col": "float64", "min_row": "int64", "min_col": "int64",
+                          "max_row": "int64", "max_col": "int64", "area_px": "int64",
+                          "nucleus_area_px": "int64", "area_um2": "float64",
+                          "nucleus_area_um2": "float64", "touches_border": "bool"})
+    yield total, total
     return AnalysisResult(cells, counts_table(cells["class"]), labels, float(px), source,
                           tuple(classifier.classes))
+
+
+def count_steps(image, tile_size: int | None = None) -> int:
+    """Number of ``(done, total)`` steps :func:`iter_analyze` will yield for ``image``."""
+    h, w = image.shape[:2]
+    lazy = not isinstance(image, np.ndarray)
+    if tile_size is None and not lazy and h * w <= TILE_PIXELS:
+        return 2
+    size = tile_size or TILE_SIZE
+    return -(-h // size) * -(-w // size) + 1
 
 
 def _overlap_px(px_um: float) -> int:
@@ -197,4 +237,4 @@ def _estimate_pixel_size_lazy(image) -> float:
     return estimate_pixel_size(window)
 
 
-__all__ = ["AnalysisCancelled", "AnalysisResult", "analyze", "CROP_FOV_UM"]
+__all__ = ["AnalysisResult", "analyze", "iter_analyze", "CROP_FOV_UM"]

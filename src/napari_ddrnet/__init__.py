@@ -1,0 +1,20 @@
+"""napari-ddrnet: automated white-blood-cell differential (scikit-image + DDRNet).
+
+The core (``analyze``) is Qt-free; the napari widget, reader, writer and sample data live in the
+underscore modules and are only imported by napari.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["analyze", "AnalysisResult", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: importing the package (e.g. by napari's plugin discovery) must not load torch.
+    if name in ("analyze", "AnalysisResult"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(name)

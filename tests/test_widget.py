@@ -1,0 +1,112 @@
+"""The napari widget driven through a real viewer (needs a display: run under xvfb-run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari_ddrnet._sample_data import make_sample_smear  # noqa: E402
+from napari_ddrnet._widget import DifferentialWidget  # noqa: E402
+from napari_ddrnet.classes import CLASS_COLORS  # noqa: E402
+from napari_ddrnet.layers import LABELS_NAME, POINTS_NAME, SHAPES_NAME  # noqa: E402
+
+
+def _run(widget, qtbot):
+    worker = widget.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    return worker
+
+
+@pytest.fixture
+def docked(make_napari_viewer):
+    viewer = make_napari_viewer()
+    data, meta, _ = make_sample_smear()[0]
+    layer = viewer.add_image(data, **meta)
+    widget = DifferentialWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="WBC differential")
+    widget._image.reset_choices()
+    widget._image.value = layer
+    widget._device.value = "cpu"
+    return viewer, widget, layer
+
+
+def test_widget_runs_on_sample_and_adds_layers(docked, qtbot, tmp_path):
+    viewer, widget, layer = docked
+    _run(widget, qtbot)
+    res = widget.result
+    assert res is not None and res.pixel_size_source == "given"
+    truth = pd.DataFrame(layer.metadata["truth"])
+    assert len(res.cells) == len(truth) == 4
+    for name in (LABELS_NAME, POINTS_NAME, SHAPES_NAME):
+        assert name in viewer.layers
+        feats = viewer.layers[name].features
+        assert list(feats["cell_id"]) == list(res.cells["cell_id"])
+        assert {"class", "confidence", "area_um2", "touches_border"} <= set(feats.columns)
+    pts = viewer.layers[POINTS_NAME]
+    # Points sit on the cells (data in pixels, layer scaled like the image) and are coloured
+    # with the documented colour of their class.
+    assert pts.scale[0] == pytest.approx(0.1)
+    for cls, face in zip(pts.features["class"], pts.face_color, strict=True):
+        hexcol = CLASS_COLORS[cls].lstrip("#")
+        expect = [int(hexcol[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+        np.testing.assert_allclose(face[:3], expect, atol=1e-6)
+    labels = viewer.layers[LABELS_NAME].data
+    assert set(np.unique(labels)) - {0} == set(res.cells["cell_id"])
+    # The counts table shows the differential.
+    table = widget._table.value
+    counts = dict(zip(table["data"] and [r[0] for r in table["data"]],
+                      [r[1] for r in table["data"]], strict=True))
+    assert sum(counts.values()) == 4
+    # Export writes both CSVs.
+    counts_csv, cells_csv = widget.export_csv(tmp_path / "smear.csv")
+    df = pd.read_csv(counts_csv)
+    assert df["count"].sum() == 4 and set(df["image"]) == {layer.name}
+    assert len(pd.read_csv(cells_csv)) == 4
+
+
+def test_rerun_replaces_layers(docked, qtbot):
+    viewer, widget, _ = docked
+    _run(widget, qtbot)
+    n_layers = len(viewer.layers)
+    widget._conf.value = 0.99  # everything becomes 'unidentified'
+    _run(widget, qtbot)
+    assert len(viewer.layers) == n_layers
+    assert set(viewer.layers[POINTS_NAME].features["class"]) == {"unidentified"}
+
+
+def test_grayscale_layer_gives_clear_error(make_napari_viewer, monkeypatch):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
+    widget = DifferentialWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.reset_choices()
+    widget._image.value = layer
+    shown = []
+    monkeypatch.setattr("napari_ddrnet._widget.show_error", shown.append)
+    assert widget.run() is None
+    assert shown and "not an RGB image" in shown[0]
+
+
+def test_worker_error_is_notified(docked, qtbot, monkeypatch):
+    viewer, widget, layer = docked
+    layer.data = np.zeros_like(layer.data)  # an empty (black) field: no cells, no crash
+    _run(widget, qtbot)
+    assert widget.result is not None and len(widget.result.cells) == 0
+    shown = []
+    monkeypatch.setattr("napari_ddrnet._widget.show_error", shown.append)
+    widget._device.value = "cuda"  # absent here: the worker fails with a clear message
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    widget._classifier = None
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert shown and "cuda" in shown[0]
+    assert widget._run_btn.enabled
