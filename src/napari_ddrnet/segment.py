@@ -49,7 +49,7 @@ class SegmentationParams:
     #: Lobes of one nucleus closer than this are grouped into one cell.
     lobe_gap_um: float = 1.6
     #: Nucleus groups smaller than this are platelets or debris.
-    min_nucleus_area_um2: float = 14.0
+    min_nucleus_area_um2: float = 12.0
     #: Nucleus groups larger than this are stain precipitate or clumps, not one cell.
     max_nucleus_area_um2: float = 400.0
     #: Cytoplasm rim grown around the convex hull of the nucleus.

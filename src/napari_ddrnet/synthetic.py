@@ -18,8 +18,8 @@ NUCLEUS = (92, 52, 148)
 PLATELET = (150, 110, 175)
 CYTOPLASM = {
     "neutrophil": (214, 190, 206),
-    "lymphocyte": (165, 178, 218),
-    "monocyte": (188, 184, 210),
+    "lymphocyte": (198, 205, 214),
+    "monocyte": (200, 198, 211),
     "eosinophil": (226, 152, 118),
 }
 #: Cell diameter, µm.

@@ -1,0 +1,148 @@
+"""CLI contract, CSV formats, reader/writer, corrupt and odd files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_ddrnet import cli
+from napari_ddrnet._reader import napari_get_reader
+from napari_ddrnet._writer import write_points, write_shapes
+from napari_ddrnet.classes import PBC_CLASSES
+from napari_ddrnet.image_input import ImageInputError
+from napari_ddrnet.image_io import read_image
+from napari_ddrnet.report import write_csv_atomic
+
+CELL_COLS = ["image", "cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
+             "max_row", "max_col", "class", "confidence"] + [f"prob_{c}" for c in PBC_CLASSES]
+
+
+@pytest.fixture
+def files(tmp_path, smear):
+    image, _ = smear
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(image).save(d / "a.png")
+    tifffile.imwrite(d / "b.tif", image, resolution=(1e4 / 0.1, 1e4 / 0.1),
+                     resolutionunit="CENTIMETER")
+    (d / "c.jpg").write_bytes(b"not a jpeg at all")
+    Image.fromarray(np.full((100, 120, 3), 228, np.uint8)).save(d / "empty.png")
+    return d
+
+
+def test_count_contract(files, tmp_path, capsys):
+    cells_csv, counts_csv = tmp_path / "out" / "cells.csv", tmp_path / "out" / "counts.csv"
+    rc = cli.main(["count", str(files / "a.png"), str(files / "b.tif"), str(files / "empty.png"),
+                   "--cells-csv", str(cells_csv), "--counts-csv", str(counts_csv),
+                   "--pixel-size", "0.1", "--device", "cpu", "--batch-size", "3",
+                   "--min-confidence", "0.3"])
+    assert rc == 0
+    cells = pd.read_csv(cells_csv)
+    assert list(cells.columns[:len(CELL_COLS)]) == CELL_COLS
+    assert set(cells["image"]) == {str(files / "a.png"), str(files / "b.tif")}
+    assert (cells.groupby("image").size() == 4).all()
+    assert (cells["max_row"] > cells["min_row"]).all()
+    assert set(cells["class"]) <= set(PBC_CLASSES) | {"unidentified"}
+    assert (cells.loc[cells["class"] != "unidentified", "confidence"] >= 0.3).all()
+    counts = pd.read_csv(counts_csv)
+    assert list(counts.columns[:4]) == ["image", "class", "count", "percent"]
+    assert counts.groupby("image")["count"].sum().to_dict() == {
+        str(files / "a.png"): 4, str(files / "b.tif"): 4, str(files / "empty.png"): 0}
+    # Same pixels, PNG vs TIFF: identical results.
+    a = cells[cells["image"].str.endswith("a.png")].reset_index(drop=True)
+    b = cells[cells["image"].str.endswith("b.tif")].reset_index(drop=True)
+    np.testing.assert_allclose(a["confidence"], b["confidence"], rtol=1e-5)
+
+
+def test_bad_file_is_skipped_and_reported(files, tmp_path, capsys):
+    cells_csv, counts_csv = tmp_path / "cells.csv", tmp_path / "counts.csv"
+    rc = cli.main(["count", str(files), "--cells-csv", str(cells_csv),
+                   "--counts-csv", str(counts_csv), "--device", "cpu", "--quiet"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "c.jpg" in err
+    counts = pd.read_csv(counts_csv)
+    assert {"a.png", "b.tif", "empty.png"} == {p.split("/")[-1] for p in counts["image"]}
+
+
+def test_usage_errors_exit_2(tmp_path, capsys):
+    base = ["--cells-csv", str(tmp_path / "x.csv"), "--counts-csv", str(tmp_path / "y.csv")]
+    assert cli.main(["count", str(tmp_path), *base]) == 2  # no images
+    assert cli.main(["count", "x.png", "--pixel-size", "-1", *base]) == 2
+    assert cli.main(["count", "x.png", "--min-confidence", "2", *base]) == 2
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_atomic_csv_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "counts.csv"
+    path.write_text("old,complete\n1,2\n")
+
+    class Boom(pd.DataFrame):
+        def to_csv(self, *a, **k):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_csv_atomic(Boom({"a": [1]}), path)
+    assert path.read_text() == "old,complete\n1,2\n"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_tiff_pixel_size_and_reader(tmp_path, smear):
+    image, _ = smear
+    ome = tmp_path / "ome.ome.tif"
+    tifffile.imwrite(ome, image, photometric="rgb", metadata={"PhysicalSizeX": 0.12,
+                                                              "PhysicalSizeY": 0.12})
+    levels, px = read_image(ome)
+    assert px == pytest.approx(0.12)
+    np.testing.assert_array_equal(levels[0], image)
+    reader = napari_get_reader(str(ome))
+    (data, meta, kind), = reader(str(ome))
+    assert kind == "image" and meta["rgb"] and meta["scale"] == pytest.approx((0.12, 0.12))
+    assert napari_get_reader(str(tmp_path / "x.png")) is None
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, image)
+    assert read_image(plain)[1] is None
+
+
+def test_pyramid_tiff_reads_lazily(tmp_path, smear):
+    image, _ = smear
+    path = tmp_path / "pyr.ome.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(image, subifds=1, tile=(128, 128), photometric="rgb")
+        tw.write(image[::2, ::2], subfiletype=1, tile=(128, 128), photometric="rgb")
+    levels, _ = read_image(path)
+    assert len(levels) == 2 and levels[0].shape == image.shape
+    np.testing.assert_array_equal(np.asarray(levels[0]), image)
+
+
+def test_corrupt_and_unsupported_files(tmp_path):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    with pytest.raises(ImageInputError, match="Cannot read"):
+        read_image(bad)
+    with pytest.raises(ImageInputError, match="not found"):
+        read_image(tmp_path / "missing.png")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(ImageInputError, match="Unsupported"):
+        read_image(tmp_path / "x.txt")
+
+
+def test_writers(tmp_path):
+    feats = pd.DataFrame({"cell_id": [1, 2], "class": ["neutrophil", "lymphocyte"]})
+    out = write_points(str(tmp_path / "p.csv"), np.array([[1.0, 2.0], [3.0, 4.0]]),
+                       {"features": feats})
+    df = pd.read_csv(out[0])
+    assert df["class"].tolist() == ["neutrophil", "lymphocyte"]
+    assert df["centroid_col"].tolist() == [2.0, 4.0]
+    boxes = [np.array([[0, 0], [0, 5], [4, 5], [4, 0]]), np.array([[1, 1], [1, 2], [2, 2], [2, 1]])]
+    df = pd.read_csv(write_shapes(str(tmp_path / "s.csv"), boxes, {"features": feats})[0])
+    assert df[["min_row", "max_col"]].values.tolist() == [[0, 5], [1, 2]]
+
+
+def test_demo_headless(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    assert len(pd.read_csv(tmp_path / "cells.csv")) == 4
+    assert "white cells found" in capsys.readouterr().out

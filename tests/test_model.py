@@ -1,0 +1,106 @@
+"""DDRNet: shapes, ablation switches, fused inference, safe weight loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from napari_ddrnet.model import DDRNet, DDRNetConfig, count_parameters, fuse_for_inference
+from napari_ddrnet.weights import DEFAULT_WEIGHTS, WeightsError, load_bundle, metadata_path
+
+
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_forward_shapes_and_budget(norm):
+    m = DDRNet(DDRNetConfig(num_classes=8, norm=norm)).eval()
+    assert m(torch.randn(3, 3, 64, 64)).shape == (3, 8)
+    assert m(torch.randn(1, 3, 96, 96)).shape == (1, 8)  # any input size
+    assert count_parameters(m) < 1_000_000
+
+
+@pytest.mark.parametrize(("drdb", "glfeb", "csab"), [(False, False, False), (True, False, False),
+                                                     (True, False, True), (False, True, False),
+                                                     (False, True, True), (True, True, False)])
+def test_ablation_switches(drdb, glfeb, csab):
+    cfg = DDRNetConfig(num_classes=4, use_drdb=drdb, use_glfeb=glfeb, use_csab=csab)
+    m = DDRNet(cfg).eval()
+    assert (m.drdb is not None) == drdb and (m.glfeb is not None) == glfeb
+    assert (m.csab is not None) == csab
+    assert m(torch.randn(2, 3, 64, 64)).shape == (2, 4)
+    assert count_parameters(m) < count_parameters(DDRNet(DDRNetConfig(num_classes=4)))
+
+
+def test_fused_inference_matches():
+    torch.manual_seed(0)
+    m = DDRNet(DDRNetConfig(norm="batch")).eval()
+    for mod in m.modules():  # non-trivial running statistics
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+        fused = fuse_for_inference(m)(x)
+    torch.testing.assert_close(fused, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_shipped_weights_load_deterministically():
+    a, b = load_bundle(), load_bundle()
+    assert a.classes == ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte",
+                         "monocyte", "neutrophil", "platelet")
+    assert DEFAULT_WEIGHTS.stat().st_size < 5 * 1024 * 1024
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a.model(x), b.model(x))
+    assert a.meta["metrics"]["pbc_test"]["accuracy"] > 0.9
+
+
+def test_checksum_and_wrong_weights_are_rejected(tmp_path):
+    w = tmp_path / "w.safetensors"
+    shutil.copy(DEFAULT_WEIGHTS, w)
+    shutil.copy(metadata_path(DEFAULT_WEIGHTS), metadata_path(w))
+    load_bundle(w)  # intact copy loads
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="Checksum mismatch"):
+        load_bundle(w)
+    # Right checksum, wrong architecture.
+    shutil.copy(DEFAULT_WEIGHTS, w)
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    meta["config"]["stem_channels"] = 16
+    metadata_path(w).write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_bundle(w)
+    with pytest.raises(WeightsError, match="not found"):
+        load_bundle(tmp_path / "missing.safetensors")
+    metadata_path(w).unlink()
+    with pytest.raises(WeightsError, match="metadata not found"):
+        load_bundle(w)
+
+
+def test_pickle_is_never_loaded(tmp_path):
+    evil = tmp_path / "evil.safetensors"
+    torch.save({"x": np.arange(3)}, evil)  # a pickle renamed
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    from napari_ddrnet.weights import sha256_file
+
+    meta["sha256"] = sha256_file(evil)
+    metadata_path(evil).write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="Cannot read"):
+        load_bundle(evil)
+
+
+def test_device_resolution():
+    from napari_ddrnet.classify import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            resolve_device("cuda")

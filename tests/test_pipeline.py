@@ -1,0 +1,103 @@
+"""analyze(): classification, unidentified threshold, tiling equivalence, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_ddrnet.classes import PBC_CLASSES, WBC_CLASSES
+from napari_ddrnet.image_input import ImageInputError, to_rgb_uint8
+from napari_ddrnet.pipeline import analyze, count_steps
+from napari_ddrnet.synthetic import synthetic_smear
+
+
+def test_analyze_sample(smear, classifier):
+    image, truth = smear
+    res = analyze(image, 0.1, classifier)
+    assert len(res.cells) == len(truth)
+    assert res.classes == PBC_CLASSES
+    probs = res.cells[[f"prob_{c}" for c in PBC_CLASSES]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert (res.cells["confidence"] == probs.max(1)).all()
+    assert res.counts["count"].sum() == len(truth)
+    wbc = res.counts[res.counts["class"].isin(WBC_CLASSES)]
+    if wbc["count"].sum():
+        assert wbc["percent"].sum() == pytest.approx(100.0)
+    # The lymphocyte is the clearest synthetic cell: small round nucleus filling the cell.
+    lym = truth[truth["kind"] == "lymphocyte"].iloc[0]
+    d = np.hypot(res.cells["centroid_row"] - lym["centroid_row"],
+                 res.cells["centroid_col"] - lym["centroid_col"])
+    assert res.cells.loc[d.idxmin(), "class"] == "lymphocyte"
+
+
+def test_min_confidence_makes_cells_unidentified(smear, classifier):
+    image, _ = smear
+    res = analyze(image, 0.1, classifier, min_confidence=1.0)
+    assert set(res.cells["class"]) == {"unidentified"}
+    row = res.counts.set_index("class").loc["unidentified"]
+    assert row["count"] == len(res.cells) and row["percent"] == pytest.approx(100.0)
+
+
+def test_tiled_run_matches_untiled(classifier):
+    kinds = ("neutrophil", "lymphocyte", "monocyte", "eosinophil") * 3
+    image, truth = synthetic_smear((1400, 1700), 0.1, wbc_kinds=kinds, seed=3)
+    full = analyze(image, 0.1, classifier)
+    steps = []
+    tiled = analyze(image, 0.1, classifier, tile_size=450,
+                    progress=lambda d, t: steps.append((d, t)))
+    assert steps[-1] == (count_steps(image, 450), count_steps(image, 450)) and len(steps) > 5
+    assert len(full.cells) == len(tiled.cells) == len(truth)
+    a = full.cells.sort_values(["centroid_row", "centroid_col"]).reset_index(drop=True)
+    b = tiled.cells.sort_values(["centroid_row", "centroid_col"]).reset_index(drop=True)
+    np.testing.assert_allclose(a[["centroid_row", "centroid_col"]],
+                               b[["centroid_row", "centroid_col"]], atol=2.0)
+    assert (a["class"] == b["class"]).mean() >= 0.9
+    fa, fb = full.labels > 0, tiled.labels > 0
+    assert (fa != fb).sum() / fa.sum() < 0.03
+    assert len(np.unique(tiled.labels)) - 1 == len(tiled.cells)
+
+
+def test_lazy_dask_image_is_tiled(classifier, smear):
+    da = pytest.importorskip("dask.array")
+    image, truth = smear
+    res = analyze(da.from_array(image, chunks=(256, 256, 3)), 0.1, classifier)
+    assert len(res.cells) == len(truth)
+
+
+@pytest.mark.parametrize("kind", ["rgba", "uint16", "float", "chw"])
+def test_other_pixel_types_are_converted(kind, smear, classifier):
+    image, truth = smear
+    if kind == "rgba":
+        img = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)])
+    elif kind == "uint16":
+        img = image.astype(np.uint16) * 257
+    elif kind == "float":
+        img = image.astype(np.float32) / 255
+    else:
+        img = np.moveaxis(image, -1, 0)
+    conv = to_rgb_uint8(img)
+    if kind == "uint16":  # scaled by its range: a 12-bit camera is not 1/16 as bright
+        expect = np.round(image.astype(float) * 255 / image.max())
+        np.testing.assert_allclose(conv, expect, atol=1)
+    else:
+        np.testing.assert_array_equal(conv, image)
+    if kind != "chw":
+        assert len(analyze(img, 0.1, classifier).cells) == len(truth)
+
+
+def test_bad_images_raise_clear_errors(classifier):
+    with pytest.raises(ImageInputError, match="grayscale"):
+        analyze(np.zeros((100, 100), np.uint8), 0.1, classifier)
+    with pytest.raises(ImageInputError, match="too small"):
+        to_rgb_uint8(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ImageInputError, match="NaN"):
+        to_rgb_uint8(np.full((32, 32, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match="positive"):
+        analyze(np.zeros((64, 64, 3), np.uint8), -1.0, classifier)
+
+
+def test_empty_field_gives_empty_result(classifier):
+    res = analyze(np.full((300, 400, 3), 225, np.uint8), None, classifier)
+    assert len(res.cells) == 0 and res.counts["count"].sum() == 0
+    assert res.labels.shape == (300, 400) and res.labels.max() == 0
+    assert res.counts["percent"].isna().all()
