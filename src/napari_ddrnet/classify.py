@@ -40,14 +40,21 @@ class Classifier:
         Where to run; mixed precision (fp16) is used on GPUs.
     batch_size : int
         Crops per forward pass.
+    tta : bool
+        Test-time augmentation: average the probabilities over the 8 rotations/flips of each
+        crop (a cell has no orientation). Measured on the shipped model: PBC test 95.8 -> 96.2 %,
+        BCCD expert-box crops 78.3 -> 84.1 % (docs/benchmarks.md), for 8x the (small)
+        classification time.
     """
 
-    def __init__(self, weights=None, device: str = "auto", batch_size: int = 256):
+    def __init__(self, weights=None, device: str = "auto", batch_size: int = 256,
+                 tta: bool = True):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.bundle: ModelBundle = load_bundle(weights)
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
+        self.tta = bool(tta)
         model = fuse_for_inference(self.bundle.model)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.amp = self.device.type in ("cuda", "mps")
@@ -68,9 +75,11 @@ class Classifier:
         for i in range(0, n, self.batch_size):
             x = crops_to_tensor(crops[i:i + self.batch_size], self.device, self.bundle.mean,
                                 self.bundle.std).contiguous(memory_format=torch.channels_last)
+            views = _dihedral(x) if self.tta else [x]
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(x)
-            out[i:i + len(x)] = torch.softmax(logits.float(), 1).cpu().numpy()
+                logits = self.model(torch.cat(views))
+            probs = torch.softmax(logits.float(), 1).view(len(views), len(x), -1).mean(0)
+            out[i:i + len(x)] = probs.cpu().numpy()
         return out
 
     def classify(self, crops: np.ndarray, min_confidence: float = 0.5) -> pd.DataFrame:
@@ -81,6 +90,12 @@ class Classifier:
         """
         probs = self.predict_proba(crops)
         return probabilities_to_table(probs, self.classes, min_confidence)
+
+
+def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations/reflections of a ``(N, C, H, W)`` batch."""
+    rots = [torch.rot90(x, k, (2, 3)) for k in range(4)]
+    return rots + [torch.flip(r, (3,)) for r in rots]
 
 
 def probabilities_to_table(probs: np.ndarray, classes, min_confidence: float) -> pd.DataFrame:

@@ -45,7 +45,7 @@ def _count(args: argparse.Namespace) -> int:
 
     try:
         classifier = Classifier(weights=args.weights, device=args.device,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, tta=not args.no_tta)
     except (WeightsError, ValueError) as exc:
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
         return 2
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch-size", type=int, default=256, metavar="N")
     c.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
                    help="cells below this top probability are 'unidentified' (default 0.5)")
+    c.add_argument("--no-tta", action="store_true",
+                   help="classify each crop once instead of averaging its 8 rotations/flips")
     c.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
     c.add_argument("--quiet", action="store_true")
     d = sub.add_parser("demo", help="analyse the built-in synthetic smear")
