@@ -47,7 +47,7 @@ class Classifier:
         classification time.
     """
 
-    def __init__(self, weights=None, device: str = "auto", batch_size: int = 256,
+    def __init__(self, weights=None, device: str = "auto", batch_size: int = 64,
                  tta: bool = True):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -76,10 +76,13 @@ class Classifier:
             x = crops_to_tensor(crops[i:i + self.batch_size], self.device, self.bundle.mean,
                                 self.bundle.std).contiguous(memory_format=torch.channels_last)
             views = _dihedral(x) if self.tta else [x]
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(torch.cat(views))
-            probs = torch.softmax(logits.float(), 1).view(len(views), len(x), -1).mean(0)
-            out[i:i + len(x)] = probs.cpu().numpy()
+            probs = 0
+            # One view at a time: peak memory stays that of one batch, TTA or not.
+            for v in views:
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    logits = self.model(v.contiguous(memory_format=torch.channels_last))
+                probs = probs + torch.softmax(logits.float(), 1)
+            out[i:i + len(x)] = (probs / len(views)).cpu().numpy()
         return out
 
     def classify(self, crops: np.ndarray, min_confidence: float = 0.5) -> pd.DataFrame:
