@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
                                  "macro_F1_%": round(100 * r[0]["macro_f1"], 2),
                                  "ECE": round(r[0]["ece"], 4)})
     if pbc_rows:
-        print("\n8-class models, identical training (crops; bccd_test = expert-box crops)")
+        print("\n8-class models, identical training, single pass "
+              "(bccd_test = crop of the detection matching the expert box)")
         print_table(pbc_rows, list(pbc_rows[0]))
     payload.update({"table6": t6, "table4": t4, "pbc8": pbc_rows})
     write_json(args.out / "accuracy.json", payload)
