@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Export a DDRNet run as package weights.")
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--extra", type=Path, help="JSON file merged into the metadata")
     args = ap.parse_args(argv)
-    meta = export_run(args.run, args.out)
+    extra = json.loads(args.extra.read_text()) if args.extra else None
+    meta = export_run(args.run, args.out, extra)
     print(f"wrote {args.out} sha256={meta['sha256']}")
 
 
