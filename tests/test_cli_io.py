@@ -146,3 +146,24 @@ def test_demo_headless(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
     assert len(pd.read_csv(tmp_path / "cells.csv")) == 4
     assert "white cells found" in capsys.readouterr().out
+
+
+def test_missing_weights_exit_2(tmp_path, files, capsys):
+    rc = cli.main(["count", str(files / "a.png"), "--cells-csv", str(tmp_path / "c.csv"),
+                   "--counts-csv", str(tmp_path / "n.csv"),
+                   "--weights", str(tmp_path / "nope.safetensors")])
+    assert rc == 2 and "not found" in capsys.readouterr().err
+    assert not (tmp_path / "c.csv").exists()
+
+
+def test_manifest_is_valid_and_discoverable():
+    from npe2 import PluginManifest
+
+    pm = PluginManifest.from_distribution("napari-ddrnet")
+    assert pm.name == "napari-ddrnet"
+    kinds = {c.id for c in pm.contributions.commands}
+    assert {"napari-ddrnet.widget", "napari-ddrnet.get_reader", "napari-ddrnet.write_points",
+            "napari-ddrnet.sample_smear"} <= kinds
+    from importlib.metadata import metadata
+
+    assert "Framework :: napari" in metadata("napari-ddrnet").get_all("Classifier")
