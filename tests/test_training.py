@@ -81,3 +81,27 @@ def test_baselines_build(arch):
 
     m = build_model(arch, 4).eval()
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+
+
+@needs_data("pbc")
+def test_torchrun_ddp_on_cpu(tmp_path):
+    """Two processes with DistributedDataParallel (gloo on the CPU) train and checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _make_packs(tmp_path, n_train=16, n_val=8)
+    cfg = {"arch": "ddrnet", "ddrnet": {"norm": "batch"}, "train": ["small_train"],
+           "val": ["small_val"], "epochs": 1, "batch_size": 16, "augment": {}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "-m", "training.train", "--config", str(tmp_path / "cfg.json"),
+                          "--packs", str(tmp_path), "--out", str(tmp_path / "ddp"),
+                          "--device", "cpu"], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and (tmp_path / "ddp" / "best.pt").exists()

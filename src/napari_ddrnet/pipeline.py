@@ -57,13 +57,8 @@ def analyze(
     pixel_size_um: float | None = None,
     classifier: Classifier | None = None,
     *,
-    device: str = "auto",
-    batch_size: int = 64,
-    min_confidence: float = 0.5,
-    return_labels: bool = True,
-    tile_size: int | None = None,
-    params: SegmentationParams | None = None,
     progress: Callable[[int, int], None] | None = None,
+    **options,
 ) -> AnalysisResult:
     """Find, classify and count the white cells of a smear image.
 
@@ -77,24 +72,19 @@ def analyze(
         Micrometres per pixel; estimated from the red cells when ``None``.
     classifier : Classifier, optional
         A loaded classifier (reuse one across images); default: the shipped weights.
-    device, batch_size
-        Used to build the default classifier.
-    min_confidence : float
-        Cells whose top probability is lower are reported as ``unidentified``.
-    return_labels : bool
-        Build the full-size label image (skip it for very large images to save memory).
-    tile_size : int, optional
-        Force tiling with this core tile side (pixels).
     progress : callable, optional
         ``progress(done, total)`` after each step (tiles, then classification).
+    **options
+        ``device``, ``batch_size`` (for the default classifier), ``min_confidence`` (cells whose
+        top probability is lower are ``unidentified``, default 0.5), ``return_labels`` (build
+        the full-size label image, default True), ``tile_size`` (force tiling), ``params``
+        (:class:`~napari_ddrnet.segment.SegmentationParams`); see :func:`iter_analyze`.
 
     Returns
     -------
     AnalysisResult
     """
-    gen = iter_analyze(image, pixel_size_um, classifier, device=device, batch_size=batch_size,
-                       min_confidence=min_confidence, return_labels=return_labels,
-                       tile_size=tile_size, params=params)
+    gen = iter_analyze(image, pixel_size_um, classifier, **options)
     while True:
         try:
             done, total = next(gen)
