@@ -64,6 +64,11 @@ def _count(args: argparse.Namespace) -> int:
             failed.append(name)
             tqdm.write(f"napari-ddrnet: skipped {name}: {exc}", file=sys.stderr)
             continue
+        except Exception as exc:  # an unexpected failure on one file must not stop the batch
+            failed.append(name)
+            tqdm.write(f"napari-ddrnet: skipped {name}: unexpected {type(exc).__name__}: {exc}",
+                       file=sys.stderr)
+            continue
         cell_tables.append(cells_csv_table(name, result.cells, classifier.classes))
         counts = result.counts.copy()
         counts.insert(0, "image", name)
