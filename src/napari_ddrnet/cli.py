@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from .classes import PBC_CLASSES
-
 CELL_CSV_COLUMNS = ["image", "cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
                     "max_row", "max_col", "class", "confidence"]
 
@@ -171,5 +169,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-
-__all__ = ["PBC_CLASSES", "build_parser", "main"]

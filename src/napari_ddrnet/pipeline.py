@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .classify import Classifier, probabilities_to_table
-from .crop import CROP_FOV_UM, crop_cells
+from .crop import crop_cells
 from .image_input import ImageInputError, to_rgb_uint8
 from .report import counts_table
 from .scale import estimate_pixel_size
@@ -227,4 +227,4 @@ def _estimate_pixel_size_lazy(image) -> float:
     return estimate_pixel_size(window)
 
 
-__all__ = ["AnalysisResult", "analyze", "iter_analyze", "CROP_FOV_UM"]
+__all__ = ["AnalysisResult", "analyze", "count_steps", "iter_analyze"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .classes import APART, DISPLAY_ORDER, PER_100_WBC, WBC_CLASSES
+from .classes import DISPLAY_ORDER, PER_100_WBC, WBC_CLASSES
 
 COUNT_COLUMNS = ["class", "count", "percent", "basis"]
 
@@ -59,4 +59,4 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-__all__ = ["APART", "COUNT_COLUMNS", "counts_table", "write_csv_atomic"]
+__all__ = ["COUNT_COLUMNS", "counts_table", "write_csv_atomic"]

@@ -11,7 +11,7 @@ so the same parameters serve a 640x480 field at 100x (WBC ~200 px) and low-magni
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -83,7 +83,6 @@ class Segmentation:
     cells: pd.DataFrame
     pixel_size_um: float
     pixel_size_source: str
-    extras: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
