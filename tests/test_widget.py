@@ -110,3 +110,27 @@ def test_worker_error_is_notified(docked, qtbot, monkeypatch):
         pass
     assert shown and "cuda" in shown[0]
     assert widget._run_btn.enabled
+
+
+def test_cancel_stops_between_tiles(make_napari_viewer, qtbot):
+    da = pytest.importorskip("dask.array")
+    from napari_ddrnet.synthetic import synthetic_smear
+
+    viewer = make_napari_viewer()
+    image, _ = synthetic_smear((2400, 2400), 0.1, wbc_kinds=("lymphocyte",) * 6, seed=4)
+    layer = viewer.add_image(da.from_array(image, chunks=(600, 600, 3)), rgb=True,
+                             name="big", scale=(0.1, 0.1))
+    widget = DifferentialWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.reset_choices()
+    widget._image.value = layer
+    widget._device.value = "cpu"
+    worker = widget.run()
+    aborted = []
+    worker.aborted.connect(lambda: aborted.append(True))
+    widget.cancel()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert aborted and widget.result is None
+    assert POINTS_NAME not in viewer.layers
+    assert widget._status.value == "Cancelled." and widget._run_btn.enabled
