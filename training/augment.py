@@ -23,6 +23,7 @@ class AugmentConfig:
     max_shift: float = 0.06
     contrast: tuple[float, float] = (0.8, 1.2)
     stain_jitter: float = 0.0  # per-channel gain spread, e.g. 0.08
+    hed_jitter: float = 0.0  # haematoxylin/eosin/DAB optical-density scale and shift, e.g. 0.05
     brightness: float = 0.0  # additive, e.g. 0.06
 
 
@@ -60,6 +61,27 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
     if cfg.stain_jitter > 0:
         gain = 1 + (rand(n, 3, 1, 1) * 2 - 1) * cfg.stain_jitter
         x = x * gain
+    if cfg.hed_jitter > 0:
+        x = _hed_jitter(x, cfg.hed_jitter, rand)
     if cfg.brightness > 0:
         x = x + (rand(n, 1, 1, 1) * 2 - 1) * cfg.brightness
     return x.clamp_(0, 1)
+
+
+# Colour deconvolution matrix (Ruifrok & Johnston 2001), as in skimage.color.rgb2hed.
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+
+
+def _hed_jitter(x: torch.Tensor, sigma: float, rand) -> torch.Tensor:
+    """Stain augmentation in optical-density space (Tellez et al. 2018): each stain's
+    concentration is scaled by 1 +- sigma and shifted by +- sigma, per sample."""
+    m = _RGB_FROM_HED.to(x.device, x.dtype)
+    m = m / m.norm(dim=1, keepdim=True)
+    inv = torch.linalg.inv(m)
+    n = x.shape[0]
+    od = -torch.log(x.clamp(min=1e-3)).permute(0, 2, 3, 1)  # N,H,W,3
+    hed = od @ inv
+    alpha = 1 + (rand(n, 1, 1, 3) * 2 - 1) * sigma
+    beta = (rand(n, 1, 1, 3) * 2 - 1) * sigma
+    od = (hed * alpha + beta) @ m
+    return torch.exp(-od).permute(0, 3, 1, 2).clamp(0, 1)

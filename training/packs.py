@@ -43,3 +43,23 @@ def load_pack(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]
                        .convert("RGB")) for i in range(len(labels))]
     images = np.stack(imgs) if imgs else np.zeros((0, 64, 64, 3), np.uint8)
     return images, labels, classes, names
+
+
+def split_pack(path: Path, out_a: Path, out_b: Path, every: int = 5) -> tuple[int, int]:
+    """Split a pack by item: every ``every``-th name (sorted) goes to ``out_b``, the rest to
+    ``out_a``. Deterministic, so a validation fold never changes between runs."""
+    with np.load(path, allow_pickle=False) as z:
+        data, offsets = z["data"], z["offsets"]
+        labels, classes, names = z["labels"], [str(c) for c in z["classes"]], \
+            [str(n) for n in z["names"]]
+    order = sorted(range(len(names)), key=names.__getitem__)
+    b = set(order[::every])
+    parts: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}
+    for i in range(len(names)):
+        crops, labs, nms = parts[i in b]
+        crops.append(data[offsets[i]:offsets[i + 1]].tobytes())
+        labs.append(int(labels[i]))
+        nms.append(names[i])
+    save_pack(out_a, *parts[False][:2], classes, parts[False][2])
+    save_pack(out_b, *parts[True][:2], classes, parts[True][2])
+    return len(parts[False][0]), len(parts[True][0])

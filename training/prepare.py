@@ -26,7 +26,7 @@ from napari_ddrnet.segment import segment_wbc
 
 from .bccd import load_fields
 from .detection_eval import box_iou
-from .packs import encode_jpeg, save_pack
+from .packs import encode_jpeg, save_pack, split_pack
 from .paths import data_root
 
 KAGGLE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only:
         {"pbc": prepare_pbc, "bccd": prepare_bccd, "kaggle": prepare_kaggle}[name](
             args.out, args.workers)
+    if (args.out / "bccd_train.npz").exists():
+        # A BCCD validation fold (every 5th training field) for models selected on BCCD too.
+        n_a, n_b = split_pack(args.out / "bccd_train.npz", args.out / "bccd_trainfold.npz",
+                              args.out / "bccd_valfold.npz")
+        print(f"bccd train split: {n_a} trainfold / {n_b} valfold")
     print(f"done in {time.time() - t0:.0f}s")
 
 

@@ -115,14 +115,24 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
         sel = np.random.default_rng(seed).permutation(len(y_tr))[:limit]
         x_tr, y_tr = x_tr[sel], y_tr[sel]
     k = len(classes)
-    x_val = y_val = None
-    if cfg.get("val"):
-        x_val, y_val, _ = load_split(packs, cfg["val"])
+    # Each validation pack is scored on its own; selection uses the mean of their macro-F1,
+    # so a small second domain (BCCD) weighs as much as a large one (PBC).
+    vals = [(str(v), *load_split(packs, [v])[:2]) for v in cfg.get("val") or []]
     on_gpu = device.type == "cuda"
     xt = torch.from_numpy(x_tr).to(device if on_gpu else "cpu")
     yt = torch.from_numpy(y_tr).to(device if on_gpu else "cpu")
 
-    model = build_model(cfg["arch"], k, cfg.get("ddrnet")).to(device)
+    model = build_model(cfg["arch"], k, cfg.get("ddrnet"))
+    if cfg.get("init"):  # fine-tune: start from weights (.safetensors or a state-dict .pt)
+        init = Path(cfg["init"])
+        if init.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(init))
+        else:
+            state = torch.load(init, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if on_gpu else None)
@@ -183,10 +193,17 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
                "elapsed_s": time.time() - t0}
         net = model.module if distributed else model
         improved = True
-        if x_val is not None and rank == 0:
-            p = predict(net, torch.from_numpy(x_val), device, amp=amp).argmax(1)
-            rec["val_acc"] = float((p == y_val).mean())
-            rec["val_macro_f1"] = macro_f1(y_val, p, k)
+        if vals and rank == 0:
+            f1s = []
+            for name, xv, yv in vals:
+                p = predict(net, torch.from_numpy(xv), device, amp=amp).argmax(1)
+                f1s.append(macro_f1(yv, p, k))
+                if len(vals) > 1:
+                    rec[f"val_acc_{name}"] = float((p == yv).mean())
+                    rec[f"val_macro_f1_{name}"] = f1s[-1]
+                else:
+                    rec["val_acc"] = float((p == yv).mean())
+            rec["val_macro_f1"] = float(np.mean(f1s))
             improved = rec["val_macro_f1"] > best_f1
             best_f1 = max(best_f1, rec["val_macro_f1"])
         if rank == 0:
@@ -201,13 +218,13 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
                      "sched": sched.state_dict(), "epoch": epoch, "best_f1": best_f1}
             torch.save(state, last_path.with_suffix(".tmp"))
             os.replace(last_path.with_suffix(".tmp"), last_path)
-            if improved or x_val is None:
+            if improved or not vals:
                 torch.save(net.state_dict(), out / "best.tmp")
                 os.replace(out / "best.tmp", out / "best.pt")
                 (out / "meta.json").write_text(json.dumps(meta, indent=1))
     summary = {"config": cfg, "classes": classes, "epochs": epochs, "n_train": int(len(y_tr)),
                "train_time_s": time.time() - t0, "device": str(device), "world_size": world,
-               "best_val_macro_f1": best_f1 if x_val is not None else None,
+               "best_val_macro_f1": best_f1 if vals else None,
                "augment": asdict(aug), "history": history}
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
