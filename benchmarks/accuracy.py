@@ -89,14 +89,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--packs", type=Path, default=ROOT / "packs")
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="evaluate these weights instead of the shipped ones (no tables)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     payload: dict = {"machine": machine(), "shipped": {}}
-    print("Shipped model (src/napari_ddrnet/weights/ddrnet_pbc8.safetensors), live on this CPU")
+    print(f"Model {args.weights or 'shipped (src/napari_ddrnet/weights/ddrnet_pbc8.safetensors)'}"
+          ", live on this CPU")
     rows = []
     for tta in (True, False):
-        clf = Classifier(device="cpu", tta=tta)
+        clf = Classifier(args.weights, device="cpu", tta=tta)
         mode = "8-view TTA (default)" if tta else "single pass"
         pbc = shipped_on_pbc(args.packs, clf)
         bccd = shipped_on_bccd_fields(clf)
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
             confusions = bccd["confusions"]
     print_table(rows, ["test set", "mode", "accuracy_%", "macro_F1_%", "target"])
     print("BCCD confusions (TTA):", confusions)
+    if args.weights:
+        return payload
 
     t6 = []
     for run, name, p_train, p_test in PAPER_TABLE6:

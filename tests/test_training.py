@@ -105,3 +105,56 @@ def test_torchrun_ddp_on_cpu(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and (tmp_path / "ddp" / "best.pt").exists()
+
+
+def test_split_pack_is_deterministic_and_disjoint(tmp_path):
+    from training.packs import split_pack
+
+    rng = np.random.default_rng(1)
+    crops = [encode_jpeg(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(12)]
+    names = [f"f{i:02d}" for i in range(12)][::-1]
+    save_pack(tmp_path / "p.npz", crops, [i % 2 for i in range(12)], ["a", "b"], names)
+    assert split_pack(tmp_path / "p.npz", tmp_path / "a.npz", tmp_path / "b.npz", every=4) == (9, 3)
+    _, _, _, na = load_pack(tmp_path / "a.npz")
+    _, _, _, nb = load_pack(tmp_path / "b.npz")
+    assert sorted(nb) == ["f00", "f04", "f08"] and not set(na) & set(nb)
+
+
+def test_hed_jitter_changes_stain_not_structure():
+    import torch
+
+    x = torch.rand(6, 3, 32, 32) * 0.5 + 0.4
+    still = dict(flip=False, rot90=False, max_rotation_deg=0, zoom=(1, 1), max_shift=0,
+                 contrast=(1, 1))
+    y = augment_batch(x.clone(), AugmentConfig(hed_jitter=0.05, **still))
+    assert 0.003 < float((y - x).abs().mean()) < 0.1
+    # A per-sample colour transform: pixel order within each image is preserved.
+    for i in range(len(x)):
+        c = np.corrcoef(x[i, 0].flatten().numpy(), y[i, 0].flatten().numpy())[0, 1]
+        assert c > 0.9
+
+
+@needs_data("pbc")
+def test_fine_tune_from_weights_with_two_validation_packs(tmp_path):
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS
+    from training.train import train
+
+    _make_packs(tmp_path, n_train=10, n_val=10)
+    import shutil
+
+    shutil.copy(tmp_path / "small_val.npz", tmp_path / "second_val.npz")
+    cfg = {"arch": "ddrnet", "ddrnet": {"norm": "batch"}, "train": ["small_train"],
+           "val": ["small_val", "second_val"], "epochs": 1, "batch_size": 16,
+           "init": str(DEFAULT_WEIGHTS), "augment": {"hed_jitter": 0.05}}
+    # The shipped model has 8 classes; the small packs 4: the init must fail loudly ...
+    with pytest.raises(RuntimeError):
+        train(cfg, tmp_path / "bad", tmp_path, "cpu", quiet=True)
+    # ... and works for a matching architecture (a 4-class run's own checkpoint).
+    cfg0 = dict(cfg, init=None)
+    train(cfg0, tmp_path / "r0", tmp_path, "cpu", quiet=True)
+    summary = train(dict(cfg, init=str(tmp_path / "r0" / "best.pt")), tmp_path / "r1",
+                    tmp_path, "cpu", quiet=True)
+    rec = summary["history"][0]
+    assert {"val_macro_f1_small_val", "val_macro_f1_second_val"} <= set(rec)
+    assert rec["val_macro_f1"] == pytest.approx(
+        (rec["val_macro_f1_small_val"] + rec["val_macro_f1_second_val"]) / 2)
