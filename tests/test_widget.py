@@ -14,11 +14,16 @@ from napari_ddrnet.classes import CLASS_COLORS  # noqa: E402
 from napari_ddrnet.layers import LABELS_NAME, POINTS_NAME, SHAPES_NAME  # noqa: E402
 
 
+def _wait(widget, qtbot, timeout=120_000):
+    # The widget's own `finished` handler (connected before the worker starts) clears
+    # `_worker`; waiting on that cannot miss a signal emitted before we start waiting.
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+
+
 def _run(widget, qtbot):
     worker = widget.run()
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    _wait(widget, qtbot)
     return worker
 
 
@@ -105,9 +110,8 @@ def test_worker_error_is_notified(docked, qtbot, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     widget._classifier = None
-    worker = widget.run()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    widget.run()
+    _wait(widget, qtbot, 60_000)
     assert shown and "cuda" in shown[0]
     assert widget._run_btn.enabled
 
@@ -125,12 +129,9 @@ def test_cancel_stops_between_tiles(make_napari_viewer, qtbot):
     widget._image.reset_choices()
     widget._image.value = layer
     widget._device.value = "cpu"
-    worker = widget.run()
-    aborted = []
-    worker.aborted.connect(lambda: aborted.append(True))
+    widget.run()
     widget.cancel()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    assert aborted and widget.result is None
+    _wait(widget, qtbot)
+    assert widget.result is None
     assert POINTS_NAME not in viewer.layers
     assert widget._status.value == "Cancelled." and widget._run_btn.enabled
