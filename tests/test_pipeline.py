@@ -81,8 +81,8 @@ def test_other_pixel_types_are_converted(kind, smear, classifier):
         np.testing.assert_allclose(conv, expect, atol=1)
     else:
         np.testing.assert_array_equal(conv, image)
-    if kind != "chw":
-        assert len(analyze(img, 0.1, classifier).cells) == len(truth)
+    res = analyze(img, 0.1, classifier)
+    assert len(res.cells) == len(truth) and res.labels.shape == image.shape[:2]
 
 
 def test_bad_images_raise_clear_errors(classifier):

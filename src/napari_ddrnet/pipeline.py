@@ -121,16 +121,17 @@ def iter_analyze(
         raise ValueError("min_confidence must be between 0 and 1")
     classifier = classifier or Classifier(device=device, batch_size=batch_size)
     lazy = not isinstance(image, np.ndarray)
-    h, w = shape[:2]
+    # In-memory arrays are converted once (channel order, dtype) so every tile is scaled alike;
+    # lazy arrays are read tile by tile and must already be (H, W, C).
+    rgb = None if lazy else to_rgb_uint8(image)
+    h, w = (rgb if rgb is not None else image).shape[:2]
     tiled = tile_size is not None or lazy or h * w > TILE_PIXELS
     source = "given" if pixel_size_um else "estimated"
     if not tiled:
-        rgb = to_rgb_uint8(image)
         px = pixel_size_um or estimate_pixel_size(rgb)
         tiles = [(0, 0, h, w, 0, 0, h, w)]
     else:
-        rgb = None
-        px = pixel_size_um or _estimate_pixel_size_lazy(image)
+        px = pixel_size_um or _estimate_pixel_size_lazy(image if rgb is None else rgb)
         tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px))
     stats = field_statistics(image if rgb is None else rgb, params)
     total = len(tiles) + 1
