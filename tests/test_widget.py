@@ -64,8 +64,7 @@ def test_widget_runs_on_sample_and_adds_layers(docked, qtbot, tmp_path):
     assert set(np.unique(labels)) - {0} == set(res.cells["cell_id"])
     # The counts table shows the differential.
     table = widget._table.value
-    counts = dict(zip(table["data"] and [r[0] for r in table["data"]],
-                      [r[1] for r in table["data"]], strict=True))
+    counts = {row[0]: row[1] for row in table["data"]}
     assert sum(counts.values()) == 4
     # Export writes both CSVs.
     counts_csv, cells_csv = widget.export_csv(tmp_path / "smear.csv")

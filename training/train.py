@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from napari_ddrnet.classify import resolve_device
 from napari_ddrnet.preprocess import normalize
 
 from .augment import AugmentConfig, augment_batch
@@ -37,14 +38,11 @@ from .packs import load_pack
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: cuda, then mps, then cpu."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
+    """The plugin's device choice; under torchrun each process takes its own GPU."""
+    device = resolve_device(name)
+    if device.type == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return device
 
 
 def load_split(packs: Path, entries: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -83,15 +81,12 @@ def predict(model: nn.Module, x_u8: torch.Tensor, device: torch.device, batch: i
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
 
-def macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
-    f1s = []
-    for c in range(k):
-        tp = np.sum((pred == c) & (y == c))
-        fp = np.sum((pred == c) & (y != c))
-        fn = np.sum((pred != c) & (y == c))
-        if tp + fp + fn:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1s)) if f1s else 0.0
+def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over the classes that occur in ``y`` or ``pred`` (scikit-learn)."""
+    from sklearn.metrics import f1_score
+
+    labels = sorted(set(np.asarray(y).tolist()) | set(np.asarray(pred).tolist()))
+    return float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
 
 
 def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: bool = False,
@@ -197,7 +192,7 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
             f1s = []
             for name, xv, yv in vals:
                 p = predict(net, torch.from_numpy(xv), device, amp=amp).argmax(1)
-                f1s.append(macro_f1(yv, p, k))
+                f1s.append(macro_f1(yv, p))
                 if len(vals) > 1:
                     rec[f"val_acc_{name}"] = float((p == yv).mean())
                     rec[f"val_macro_f1_{name}"] = f1s[-1]

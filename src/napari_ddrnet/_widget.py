@@ -21,8 +21,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from .classes import DISPLAY_ORDER
-from .cli import cells_csv_table
-from .report import write_csv_atomic
+from .report import csv_tables, write_csv_atomic
 
 DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
 
@@ -154,12 +153,11 @@ class DifferentialWidget(Container):
         if self.result is None:
             raise RuntimeError("Nothing to export yet: run the analysis first.")
         path = Path(path)
-        counts = self.result.counts.copy()
-        counts.insert(0, "image", self.image_name)
+        cells, counts = csv_tables(self.image_name, self.result.cells, self.result.counts,
+                                   self.result.classes)
         cells_path = path.with_name(path.stem + "_cells.csv")
         write_csv_atomic(counts, path)
-        write_csv_atomic(cells_csv_table(self.image_name, self.result.cells,
-                                         self.result.classes), cells_path)
+        write_csv_atomic(cells, cells_path)
         return path, cells_path
 
     def _ask_export(self):

@@ -18,17 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CELL_CSV_COLUMNS = ["image", "cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
-                    "max_row", "max_col", "class", "confidence"]
-
-
-def cells_csv_table(image_name: str, cells: pd.DataFrame, classes) -> pd.DataFrame:
-    """The CELLS.csv rows of one image: contract columns, probabilities, then measurements."""
-    prob_cols = [f"prob_{c}" for c in classes]
-    extra = ["area_um2", "nucleus_area_um2", "touches_border"]
-    out = cells.reindex(columns=CELL_CSV_COLUMNS[1:] + prob_cols + extra).copy()
-    out.insert(0, "image", image_name)
-    return out
+from .report import CELL_CSV_COLUMNS, COUNT_COLUMNS, csv_tables, write_csv_atomic
 
 
 def _count(args: argparse.Namespace) -> int:
@@ -38,7 +28,6 @@ def _count(args: argparse.Namespace) -> int:
     from .image_input import ImageInputError
     from .image_io import list_images, read_image
     from .pipeline import analyze
-    from .report import write_csv_atomic
     from .weights import WeightsError
 
     try:
@@ -67,15 +56,14 @@ def _count(args: argparse.Namespace) -> int:
             tqdm.write(f"napari-ddrnet: skipped {name}: unexpected {type(exc).__name__}: {exc}",
                        file=sys.stderr)
             continue
-        cell_tables.append(cells_csv_table(name, result.cells, classifier.classes))
-        counts = result.counts.copy()
-        counts.insert(0, "image", name)
-        count_tables.append(counts)
+        cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes)
+        cell_tables.append(cells_t)
+        count_tables.append(counts_t)
     prob_cols = [f"prob_{c}" for c in classifier.classes]
     cells_all = (pd.concat(cell_tables, ignore_index=True) if cell_tables else
                  pd.DataFrame(columns=CELL_CSV_COLUMNS + prob_cols))
     counts_all = (pd.concat(count_tables, ignore_index=True) if count_tables else
-                  pd.DataFrame(columns=["image", "class", "count", "percent", "basis"]))
+                  pd.DataFrame(columns=["image"] + COUNT_COLUMNS))
     write_csv_atomic(cells_all, args.cells_csv)
     write_csv_atomic(counts_all, args.counts_csv)
     ok = len(files) - len(failed)
@@ -87,7 +75,6 @@ def _count(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .pipeline import analyze
-    from .report import write_csv_atomic
     from .synthetic import synthetic_smear
 
     px = 0.1
@@ -107,11 +94,10 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     result = analyze(image, px, device=args.device)
     out = Path(args.out)
-    write_csv_atomic(cells_csv_table("synthetic-smear", result.cells, result.classes),
-                     out / "cells.csv")
-    counts = result.counts.copy()
-    counts.insert(0, "image", "synthetic-smear")
-    write_csv_atomic(counts, out / "counts.csv")
+    cells_t, counts_t = csv_tables("synthetic-smear", result.cells, result.counts,
+                                   result.classes)
+    write_csv_atomic(cells_t, out / "cells.csv")
+    write_csv_atomic(counts_t, out / "counts.csv")
     print(f"Synthetic smear: {len(result.cells)} white cells found "
           f"(pixel size {result.pixel_size_um:.3f} µm)")
     print(result.cells[["cell_id", "centroid_row", "centroid_col", "class", "confidence"]]

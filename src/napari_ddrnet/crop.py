@@ -85,8 +85,12 @@ def crop_cells(
     cells,
     pixel_size_um: float,
     out_size: int = INPUT_SIZE,
+    fill=None,
 ) -> np.ndarray:
     """Crops for every row of a per-cell table (see :func:`napari_ddrnet.segment.segment_wbc`).
+
+    ``fill`` is the background colour outside the image (default: :func:`background_color`);
+    the pipeline passes the whole image's white point so every tile pads alike.
 
     Returns
     -------
@@ -97,7 +101,9 @@ def crop_cells(
     out = np.empty((n, out_size, out_size, 3), np.uint8)
     if n == 0:
         return out
-    fill = background_color(image)
+    if fill is None:
+        fill = background_color(image)
+    fill = np.clip(np.round(np.asarray(fill, float)), 0, 255).astype(np.uint8)
     sides = np.maximum(cells["max_row"] - cells["min_row"], cells["max_col"] - cells["min_col"])
     for i, (r, c, s) in enumerate(zip(cells["centroid_row"], cells["centroid_col"], sides)):
         out[i] = crop_square(image, (r, c), cell_crop_side(float(s), pixel_size_um), out_size,

@@ -15,6 +15,22 @@ class ImageInputError(ValueError):
     """An image that cannot be analysed, with a message meant for the user."""
 
 
+def check_rgb_shape(shape: tuple[int, ...]) -> None:
+    """Raise :class:`ImageInputError` unless ``shape`` is ``(H, W, 3|4)`` and big enough."""
+    if len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1):
+        raise ImageInputError(
+            "The image is grayscale. White-cell detection relies on the colour of the "
+            "Romanowsky stain: open the RGB image of the smear."
+        )
+    if len(shape) != 3 or shape[-1] not in (3, 4):
+        raise ImageInputError(
+            f"Expected an RGB image of shape (rows, cols, 3); got shape {tuple(shape)}. "
+            "Split multi-plane stacks and pick one RGB plane."
+        )
+    if min(shape[:2]) < MIN_SIDE:
+        raise ImageInputError(f"The image is too small ({shape[0]}x{shape[1]} px).")
+
+
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """Convert an image to ``(H, W, 3) uint8``.
 
@@ -40,19 +56,8 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
         arr = np.moveaxis(arr, 0, -1)
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
-        raise ImageInputError(
-            "The image is grayscale. White-cell detection relies on the colour of the "
-            "Romanowsky stain: open the RGB image of the smear."
-        )
-    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        raise ImageInputError(
-            f"Expected an RGB image of shape (rows, cols, 3); got shape {arr.shape}. "
-            "Split multi-plane stacks and pick one RGB plane."
-        )
+    check_rgb_shape(arr.shape)
     arr = arr[..., :3]
-    if min(arr.shape[:2]) < MIN_SIDE:
-        raise ImageInputError(f"The image is too small ({arr.shape[0]}x{arr.shape[1]} px).")
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if arr.dtype == bool:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .classify import Classifier, probabilities_to_table
 from .crop import crop_cells
-from .image_input import ImageInputError, to_rgb_uint8
+from .image_input import check_rgb_shape, to_rgb_uint8
 from .report import counts_table
 from .scale import estimate_pixel_size
 from .segment import CELL_COLUMNS, SegmentationParams, field_statistics, segment_wbc
@@ -111,10 +111,6 @@ def iter_analyze(
     Stopping the generator (``close()``, or a napari worker's ``quit()``) cancels the analysis
     between tiles.
     """
-    shape = tuple(image.shape)
-    if len(shape) != 3:
-        to_rgb_uint8(np.zeros(shape[:2] if len(shape) >= 2 else (0, 0), np.uint8))  # raises
-        raise ImageInputError(f"Expected an RGB image, got shape {shape}")
     if pixel_size_um is not None and not pixel_size_um > 0:
         raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
     if not 0.0 <= min_confidence <= 1.0:
@@ -123,6 +119,8 @@ def iter_analyze(
     lazy = not isinstance(image, np.ndarray)
     # In-memory arrays are converted once (channel order, dtype) so every tile is scaled alike;
     # lazy arrays are read tile by tile and must already be (H, W, C).
+    if lazy:
+        check_rgb_shape(tuple(image.shape))
     rgb = None if lazy else to_rgb_uint8(image)
     h, w = (rgb if rgb is not None else image).shape[:2]
     tiled = tile_size is not None or lazy or h * w > TILE_PIXELS
@@ -154,7 +152,7 @@ def iter_analyze(
             keep = ((gr >= k0) & (gr < k1) & (gc >= l0) & (gc < l1)).to_numpy()
             cells = cells[keep].copy()
         if len(cells):
-            pending.append(crop_cells(tile, cells, px, classifier.input_size))
+            pending.append(crop_cells(tile, cells, px, classifier.input_size, stats.white))
             n_pending += len(cells)
             new_ids = np.arange(next_id, next_id + len(cells))
             if labels is not None:

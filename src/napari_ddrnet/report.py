@@ -13,6 +13,10 @@ import pandas as pd
 from .classes import DISPLAY_ORDER, PER_100_WBC, WBC_CLASSES
 
 COUNT_COLUMNS = ["class", "count", "percent", "basis"]
+#: CELLS.csv: these columns first, then ``prob_<class>``, then :data:`CELL_EXTRA_COLUMNS`.
+CELL_CSV_COLUMNS = ["image", "cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
+                    "max_row", "max_col", "class", "confidence"]
+CELL_EXTRA_COLUMNS = ["area_um2", "nucleus_area_um2", "touches_border"]
 
 
 def counts_table(classes: Iterable[str]) -> pd.DataFrame:
@@ -40,6 +44,17 @@ def counts_table(classes: Iterable[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COUNT_COLUMNS)
 
 
+def csv_tables(image_name: str, cells: pd.DataFrame, counts: pd.DataFrame,
+               classes) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CELLS.csv and COUNTS.csv rows of one image (docs/csv-formats.md), ``image`` column first."""
+    cols = CELL_CSV_COLUMNS[1:] + [f"prob_{c}" for c in classes] + CELL_EXTRA_COLUMNS
+    cells_out = cells.reindex(columns=cols)
+    cells_out.insert(0, "image", image_name)
+    counts_out = counts.copy()
+    counts_out.insert(0, "image", image_name)
+    return cells_out, counts_out
+
+
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``df`` to ``path`` through a temporary file in the same folder, then rename.
 
@@ -59,4 +74,5 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-__all__ = ["COUNT_COLUMNS", "counts_table", "write_csv_atomic"]
+__all__ = ["CELL_CSV_COLUMNS", "COUNT_COLUMNS", "counts_table", "csv_tables",
+           "write_csv_atomic"]
