@@ -13,7 +13,8 @@ from .crop import crop_cells
 from .image_input import check_rgb_shape, to_rgb_uint8
 from .report import counts_table
 from .scale import estimate_pixel_size
-from .segment import CELL_COLUMNS, SegmentationParams, field_statistics, segment_wbc
+from .schema import empty_geometry, with_geometry_dtypes
+from .segment import SegmentationParams, field_statistics, segment_wbc
 
 #: Images with more pixels than this are processed tile by tile.
 TILE_PIXELS = 4096 * 4096
@@ -30,7 +31,7 @@ class AnalysisResult:
     Attributes
     ----------
     cells : pandas.DataFrame
-        One row per cell: geometry (:data:`napari_ddrnet.segment.CELL_COLUMNS`), ``class``,
+        One row per cell: geometry (:data:`napari_ddrnet.schema.GEOMETRY_COLUMNS`), ``class``,
         ``confidence`` and ``prob_<class>``.
     counts : pandas.DataFrame
         ``class``, ``count``, ``percent``, ``basis`` (see
@@ -176,17 +177,12 @@ def iter_analyze(
     if pending:
         prob_parts.append(classifier.predict_proba(np.concatenate(pending)))
 
-    geo = (pd.concat(geo_parts, ignore_index=True) if geo_parts
-           else pd.DataFrame(columns=CELL_COLUMNS))
+    geo = pd.concat(geo_parts, ignore_index=True) if geo_parts else empty_geometry()
     probs = (np.concatenate(prob_parts) if prob_parts
              else np.zeros((0, len(classifier.classes)), np.float32))
     pred = probabilities_to_table(probs, classifier.classes, min_confidence)
     cells = pd.concat([geo.reset_index(drop=True), pred], axis=1)
-    cells = cells.astype({"cell_id": "int64", "centroid_row": "float64",
-                          "centroid_col": "float64", "min_row": "int64", "min_col": "int64",
-                          "max_row": "int64", "max_col": "int64", "area_px": "int64",
-                          "nucleus_area_px": "int64", "area_um2": "float64",
-                          "nucleus_area_um2": "float64", "touches_border": "bool"})
+    cells = with_geometry_dtypes(cells)
     yield total, total
     return AnalysisResult(cells, counts_table(cells["class"]), labels, float(px), source,
                           tuple(classifier.classes))

@@ -19,24 +19,13 @@ from scipy import ndimage as ndi
 from skimage import filters, measure, morphology, segmentation, transform
 
 from .scale import estimate_pixel_size
+from .schema import GEOMETRY_COLUMNS, empty_geometry
 
 #: Working resolution for segmentation, micrometres per pixel.
 WORK_UM_PER_PX = 0.25
 
-CELL_COLUMNS = [
-    "cell_id",
-    "centroid_row",
-    "centroid_col",
-    "min_row",
-    "min_col",
-    "max_row",
-    "max_col",
-    "area_px",
-    "nucleus_area_px",
-    "area_um2",
-    "nucleus_area_um2",
-    "touches_border",
-]
+#: Columns of :attr:`Segmentation.cells` (defined once, in :mod:`napari_ddrnet.schema`).
+CELL_COLUMNS = GEOMETRY_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -141,8 +130,7 @@ def field_statistics(image, params: SegmentationParams | None = None,
 
 def empty_cells_table() -> pd.DataFrame:
     """An empty per-cell table with the right columns and dtypes."""
-    return pd.DataFrame({c: pd.Series(dtype="bool" if c == "touches_border" else "float64")
-                         for c in CELL_COLUMNS}).astype({"cell_id": "int64"})
+    return empty_geometry()
 
 
 def segment_wbc(
