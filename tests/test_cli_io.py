@@ -42,6 +42,7 @@ def test_count_contract(files, tmp_path, capsys):
     assert rc == 0
     cells = pd.read_csv(cells_csv)
     assert list(cells.columns[:len(CELL_COLS)]) == CELL_COLS
+    assert cells["pixel_size_um"].tolist() == pytest.approx([0.1] * len(cells))
     assert set(cells["image"]) == {str(files / "a.png"), str(files / "b.tif")}
     assert (cells.groupby("image").size() == 4).all()
     assert (cells["max_row"] > cells["min_row"]).all()
@@ -73,6 +74,8 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert cli.main(["count", str(tmp_path), *base]) == 2  # no images
     assert cli.main(["count", "x.png", "--pixel-size", "-1", *base]) == 2
     assert cli.main(["count", "x.png", "--min-confidence", "2", *base]) == 2
+    assert cli.main(["count", "x.png", "--pixel-size", "50", *base]) == 2  # implausible
+    assert "--pixel-size" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
 
 

@@ -104,3 +104,37 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_any_registered_architecture_loads(tmp_path):
+    """The loader builds what the card names (here a torchvision ResNet-18), not only DDRNet."""
+    from napari_ddrnet.architectures import architectures, build_architecture
+    from napari_ddrnet.classify import Classifier
+    from napari_ddrnet.weights import export_weights
+
+    assert {"DDRNet", "resnet18"} <= set(architectures())
+    net = build_architecture("resnet18", {}, 3).eval()
+    meta = {"architecture": "resnet18", "classes": ["a", "b", "c"], "config": {},
+            "input_size": 64, "crop_fov_um": 30.0, "mean": [0.5] * 3, "std": [0.25] * 3}
+    w = tmp_path / "r18.safetensors"
+    export_weights(net.state_dict(), meta, w)
+    clf = Classifier(w, device="cpu", tta=False)
+    probs = clf.predict_proba(np.zeros((2, 64, 64, 3), np.uint8))
+    assert probs.shape == (2, 3)
+    with torch.no_grad():
+        ref = torch.softmax(net(torch.full((1, 3, 64, 64), -2.0)), 1).numpy()
+    np.testing.assert_allclose(probs[0], ref[0], atol=1e-4)
+    meta["architecture"] = "AlexNet-9000"
+    export_weights(net.state_dict(), meta, w)
+    with pytest.raises(WeightsError, match="unknown architecture"):
+        load_bundle(w)
+
+
+def test_card_without_transforms_is_rejected(tmp_path):
+    w = tmp_path / "w.safetensors"
+    shutil.copy(DEFAULT_WEIGHTS, w)
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    del meta["crop_fov_um"]
+    metadata_path(w).write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="crop_fov_um"):
+        load_bundle(w)

@@ -101,3 +101,70 @@ def test_empty_field_gives_empty_result(classifier):
     assert len(res.cells) == 0 and res.counts["count"].sum() == 0
     assert res.labels.shape == (300, 400) and res.labels.max() == 0
     assert res.counts["percent"].isna().all()
+
+
+def test_lazy_16bit_tiles_share_one_scaling(classifier, smear):
+    """Each tile of a lazy 16-bit image must be scaled by the image's range, not its own: a
+    tile without the brightest pixels would otherwise come out brighter."""
+    da = pytest.importorskip("dask.array")
+    image, truth = smear
+    img16 = image.astype(np.uint16) * 16  # a 12-bit camera
+    img16[:8, :8] = 4095  # the brightest pixels sit in one tile only
+    eager = analyze(img16, 0.1, classifier, tile_size=256, return_labels=False)
+    lazy = analyze(da.from_array(img16, chunks=(256, 256, 3)), 0.1, classifier,
+                   tile_size=256, return_labels=False)
+    assert len(lazy.cells) == len(eager.cells) == len(truth)
+    np.testing.assert_allclose(lazy.cells["confidence"], eager.cells["confidence"], atol=1e-4)
+
+
+def test_implausible_pixel_size_is_refused(classifier, smear):
+    from napari_ddrnet.scale import PixelSizeError
+
+    image, _ = smear
+    for px in (50.0, 21.2):  # a typo, a 1200 dpi tag read as a calibration
+        with pytest.raises(PixelSizeError, match="µm"):
+            analyze(image, px, classifier)
+    # A file calibration out of range is ignored (with a note), not fatal.
+    res = analyze(image, None, classifier, pixel_size_metadata=21.2, return_labels=False)
+    assert res.pixel_size_source != "metadata" and res.pixel_size.note
+
+
+def test_pixel_size_sources_are_reported(classifier, smear):
+    image, _ = smear
+    assert analyze(image, 0.1, classifier).pixel_size_source == "given"
+    res = analyze(image, None, classifier, pixel_size_metadata=0.1)
+    assert res.pixel_size_source == "metadata" and res.pixel_size_um == pytest.approx(0.1)
+    res = analyze(image, None, classifier)
+    assert res.pixel_size_source == "estimated"
+    assert res.pixel_size_um == pytest.approx(0.1, rel=0.1)
+    blank = np.full((300, 400, 3), 225, np.uint8)  # no red cells to measure
+    res = analyze(blank, None, classifier)
+    assert res.pixel_size_source == "default" and res.pixel_size.note
+
+
+def test_crops_follow_the_weights_card(classifier, smear, tmp_path, monkeypatch):
+    """A model trained at another field of view / input size gets crops cut its way."""
+    import json
+    import shutil
+
+    from napari_ddrnet.classify import Classifier
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS, metadata_path
+
+    w = tmp_path / "wide.safetensors"
+    shutil.copy(DEFAULT_WEIGHTS, w)
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    meta.update(crop_fov_um=45.0, input_size=96)
+    metadata_path(w).write_text(json.dumps(meta))
+    wide = Classifier(w, device="cpu")
+    assert (wide.crop_fov_um, wide.input_size) == (45.0, 96)
+    seen = []
+    real = Classifier.predict_proba
+    monkeypatch.setattr(Classifier, "predict_proba",
+                        lambda self, crops: seen.append(crops) or real(self, crops))
+    image, truth = smear
+    analyze(image, 0.1, wide, return_labels=False)
+    analyze(image, 0.1, classifier, return_labels=False)
+    assert seen[0].shape[1:] == (96, 96, 3) and seen[1].shape[1:] == (64, 64, 3)
+    # 45 µm instead of 30 µm: the cell fills less of the crop, so its border is background.
+    border = lambda c: c[:, :4].astype(float).mean()  # noqa: E731
+    assert border(seen[0]) > border(seen[1])

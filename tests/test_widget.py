@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 
-napari = pytest.importorskip("napari")
+if os.environ.get("CI"):
+    import napari  # noqa: F401  (CI must fail on a broken napari install, never skip)
+else:
+    napari = pytest.importorskip("napari")
 
 from napari_ddrnet._sample_data import make_sample_smear  # noqa: E402
 from napari_ddrnet._widget import DifferentialWidget  # noqa: E402
@@ -44,7 +49,10 @@ def test_widget_runs_on_sample_and_adds_layers(docked, qtbot, tmp_path):
     viewer, widget, layer = docked
     _run(widget, qtbot)
     res = widget.result
-    assert res is not None and res.pixel_size_source == "given"
+    # The sample layer carries its calibration, so the pixel size is the file's, not a guess.
+    assert res is not None and res.pixel_size_source == "metadata"
+    assert res.pixel_size_um == pytest.approx(0.1)
+    assert "from the file" in widget._status.value
     truth = pd.DataFrame(layer.metadata["truth"])
     assert len(res.cells) == len(truth) == 4
     for name in (LABELS_NAME, POINTS_NAME, SHAPES_NAME):
@@ -70,7 +78,25 @@ def test_widget_runs_on_sample_and_adds_layers(docked, qtbot, tmp_path):
     counts_csv, cells_csv = widget.export_csv(tmp_path / "smear.csv")
     df = pd.read_csv(counts_csv)
     assert df["count"].sum() == 4 and set(df["image"]) == {layer.name}
-    assert len(pd.read_csv(cells_csv)) == 4
+    cells = pd.read_csv(cells_csv)
+    assert len(cells) == 4 and cells["pixel_size_um"].tolist() == pytest.approx([0.1] * 4)
+
+
+def test_hover_shows_the_cell_under_the_cursor(docked, qtbot):
+    """What napari shows on hover: every layer must name the cell under the cursor."""
+    viewer, widget, _ = docked
+    _run(widget, qtbot)
+    res = widget.result
+    for row in res.cells.itertuples():
+        world = (row.centroid_row * 0.1, row.centroid_col * 0.1)
+        for name in (LABELS_NAME, POINTS_NAME):
+            status = viewer.layers[name].get_status(world, world=True)
+            text = status["coordinates"] if isinstance(status, dict) else str(status)
+            assert f"cell_id: {row.cell_id}," in text, (name, row.cell_id, text)
+        # napari's Shapes status names the box index only: it must be this cell's row.
+        boxes = viewer.layers[SHAPES_NAME]
+        index = boxes.get_value(world, world=True)[0]
+        assert boxes.features["cell_id"][index] == row.cell_id
 
 
 def test_rerun_replaces_layers(docked, qtbot):
@@ -115,22 +141,43 @@ def test_worker_error_is_notified(docked, qtbot, monkeypatch):
     assert widget._run_btn.enabled
 
 
-def test_cancel_stops_between_tiles(make_napari_viewer, qtbot):
+def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, monkeypatch):
+    """Cancel after the first tile: the run stops before the last tile and adds nothing."""
     da = pytest.importorskip("dask.array")
+    from napari_ddrnet.pipeline import count_steps
     from napari_ddrnet.synthetic import synthetic_smear
 
     viewer = make_napari_viewer()
     image, _ = synthetic_smear((2400, 2400), 0.1, wbc_kinds=("lymphocyte",) * 6, seed=4)
-    layer = viewer.add_image(da.from_array(image, chunks=(600, 600, 3)), rgb=True,
-                             name="big", scale=(0.1, 0.1))
+    data = da.from_array(image, chunks=(600, 600, 3))
+    layer = viewer.add_image(data, rgb=True, name="big", scale=(0.1, 0.1))
     widget = DifferentialWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget._image.reset_choices()
     widget._image.value = layer
     widget._device.value = "cpu"
+    steps = []
+    from napari_ddrnet import pipeline
+
+    real = pipeline.iter_analyze
+
+    def spy(*args, **kwargs):  # the real pipeline, cancelled from inside after its first tile
+        inner = real(*args, **kwargs)
+        while True:
+            try:
+                step = next(inner)
+            except StopIteration as stop:
+                return stop.value
+            steps.append(step)
+            if len(steps) == 1:
+                widget.cancel()
+            yield step
+
+    monkeypatch.setattr(pipeline, "iter_analyze", spy)
     widget.run()
-    widget.cancel()
     _wait(widget, qtbot)
+    n_tiles = count_steps(data) - 1
+    assert n_tiles >= 2 and 1 <= len(steps) < n_tiles, (steps, n_tiles)
     assert widget.result is None
     assert POINTS_NAME not in viewer.layers
     assert widget._status.value == "Cancelled." and widget._run_btn.enabled

@@ -21,9 +21,8 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from .classes import DISPLAY_ORDER
+from .devices import DEVICES
 from .report import csv_tables, write_csv_atomic
-
-DEVICE_CHOICES = ["auto", "cpu", "cuda", "mps"]
 
 
 class DifferentialWidget(Container):
@@ -40,7 +39,7 @@ class DifferentialWidget(Container):
         self._image = create_widget(annotation=Image, label="Image")
         self._pixel = FloatSpinBox(label="Pixel size µm (0 = auto)", min=0.0, max=50.0,
                                    step=0.001, value=0.0)
-        self._device = ComboBox(label="Device", choices=DEVICE_CHOICES, value="auto")
+        self._device = ComboBox(label="Device", choices=list(DEVICES), value="auto")
         self._conf = FloatSlider(label="Min confidence", min=0.0, max=1.0, step=0.01, value=0.5)
         self._run_btn = PushButton(text="Run")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
@@ -60,15 +59,17 @@ class DifferentialWidget(Container):
         self.image_name = ""
 
     # -- running -----------------------------------------------------------------------------
-    def pixel_size_for(self, layer) -> float | None:
-        """User value, else the layer's metadata or calibrated scale, else ``None`` (estimate)."""
-        if self._pixel.value > 0:
-            return float(self._pixel.value)
+    def pixel_size_for(self, layer) -> tuple[float | None, float | None]:
+        """``(given, metadata)``: the user's value (0 = none), and the layer's calibration
+        (``metadata['pixel_size_um']`` from our reader, else a non-unit scale). The pipeline
+        decides between them and the red-cell estimate (:func:`~napari_ddrnet.scale.
+        resolve_pixel_size`)."""
+        given = float(self._pixel.value) if self._pixel.value > 0 else None
         px = (layer.metadata or {}).get("pixel_size_um")
-        if px:
-            return float(px)
-        scale = float(layer.scale[-2]) if len(layer.scale) >= 2 else 1.0
-        return scale if scale != 1.0 else None
+        if not px:
+            scale = float(layer.scale[-2]) if len(layer.scale) >= 2 else 1.0
+            px = scale if scale != 1.0 else None
+        return given, (float(px) if px else None)
 
     def run(self):
         """Start the analysis in a worker thread; returns the worker (or ``None``)."""
@@ -86,11 +87,11 @@ class DifferentialWidget(Container):
             return None
         from .pipeline import count_steps
 
-        px = self.pixel_size_for(layer)
+        given, meta_px = self.pixel_size_for(layer)
         device, conf = self._device.value, float(self._conf.value)
         self.image_name = layer.name
         # Errors are handled by _on_error (a notification), not re-raised as tracebacks.
-        worker = create_worker(self._work, data, px, device, conf,
+        worker = create_worker(self._work, data, given, meta_px, device, conf,
                                _progress={"total": count_steps(data) + 1,
                                           "desc": "WBC differential"},
                                _connect={"errored": self._on_error}, _start_thread=False)
@@ -104,7 +105,7 @@ class DifferentialWidget(Container):
         worker.start()
         return worker
 
-    def _work(self, data, px, device, conf):
+    def _work(self, data, given, meta_px, device, conf):
         from .classify import Classifier
         from .pipeline import iter_analyze
 
@@ -112,7 +113,8 @@ class DifferentialWidget(Container):
             self._classifier = Classifier(device=device)
             self._classifier_device = device
         yield
-        return (yield from _steps(iter_analyze(data, px, self._classifier,
+        return (yield from _steps(iter_analyze(data, given, self._classifier,
+                                               pixel_size_metadata=meta_px,
                                                min_confidence=conf)))
 
     def cancel(self):
@@ -143,9 +145,8 @@ class DifferentialWidget(Container):
             getattr(self._viewer, f"add_{kind}")(data, **meta)
         self._viewer.layers.selection.active = layer
         self._table.value = _counts_for_table(result.counts)
-        src = "given" if result.pixel_size_source == "given" else "estimated from red cells"
         self._status.value = (f"{len(result.cells)} cells; pixel size "
-                              f"{result.pixel_size_um:.3f} µm ({src}).")
+                              f"{pixel_size_text(result.pixel_size)}.")
         self._export_btn.enabled = True
 
     def export_csv(self, path: str | Path) -> tuple[Path, Path]:
@@ -154,7 +155,7 @@ class DifferentialWidget(Container):
             raise RuntimeError("Nothing to export yet: run the analysis first.")
         path = Path(path)
         cells, counts = csv_tables(self.image_name, self.result.cells, self.result.counts,
-                                   self.result.classes)
+                                   self.result.classes, self.result.pixel_size_um)
         cells_path = path.with_name(path.stem + "_cells.csv")
         write_csv_atomic(counts, path)
         write_csv_atomic(cells, cells_path)
@@ -171,6 +172,17 @@ class DifferentialWidget(Container):
                 show_info(f"Saved {counts.name} and {cells.name}")
             except OSError as exc:
                 show_error(f"Could not save CSV: {exc}")
+
+
+_SOURCE_TEXT = {"given": "as entered", "metadata": "from the file",
+                "estimated": "estimated from red cells",
+                "default": "DEFAULT: could not be measured, enter it for correct crops"}
+
+
+def pixel_size_text(px) -> str:
+    """How the status line reports a :class:`~napari_ddrnet.scale.PixelSize`."""
+    text = f"{px.um:.3f} µm ({_SOURCE_TEXT.get(px.source, px.source)})"
+    return f"{text}; {px.note}" if px.note else text
 
 
 def _steps(gen):

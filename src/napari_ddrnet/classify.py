@@ -7,26 +7,12 @@ import pandas as pd
 import torch
 
 from .classes import UNIDENTIFIED
+from .devices import resolve_device
 from .model import fuse_for_inference
 from .preprocess import crops_to_tensor
 from .weights import ModelBundle, load_bundle
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; a forced device that is absent is an error."""
-    if name not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but no CUDA GPU is available")
-    if name == "mps" and not has_mps:
-        raise ValueError("device 'mps' was requested but Apple MPS is not available")
-    return torch.device(name)
+__all__ = ["Classifier", "check_min_confidence", "probabilities_to_table", "resolve_device"]
 
 
 class Classifier:
@@ -65,7 +51,13 @@ class Classifier:
 
     @property
     def input_size(self) -> int:
+        """Side of the model's square input, pixels (from the weights card)."""
         return self.bundle.input_size
+
+    @property
+    def crop_fov_um(self) -> float:
+        """Physical width of the model's crops, micrometres (from the weights card)."""
+        return self.bundle.crop_fov_um
 
     @torch.inference_mode()
     def predict_proba(self, crops: np.ndarray) -> np.ndarray:
@@ -101,10 +93,16 @@ def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
     return rots + [torch.flip(r, (3,)) for r in rots]
 
 
+def check_min_confidence(value: float) -> float:
+    """``value`` as a float if it is a valid minimum confidence (0..1), else ``ValueError``."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"min_confidence must be between 0 and 1, got {value!r}")
+    return float(value)
+
+
 def probabilities_to_table(probs: np.ndarray, classes, min_confidence: float) -> pd.DataFrame:
     """Turn a probability matrix into ``class``, ``confidence`` and ``prob_<class>`` columns."""
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ValueError("min_confidence must be between 0 and 1")
+    check_min_confidence(min_confidence)
     classes = list(classes)
     if len(probs):
         best = probs.argmax(1)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import CELL_CSV_COLUMNS, COUNT_COLUMNS, csv_tables, write_csv_atomic
+from .devices import DEVICES
+from .report import COUNT_COLUMNS, csv_tables, write_csv_atomic
+from .schema import cells_csv_columns
 
 
 def _count(args: argparse.Namespace) -> int:
@@ -45,8 +47,9 @@ def _count(args: argparse.Namespace) -> int:
         name = str(path)
         try:
             levels, file_px = read_image(path)
-            result = analyze(levels[0], args.pixel_size or file_px, classifier,
-                             min_confidence=args.min_confidence, return_labels=False)
+            result = analyze(levels[0], args.pixel_size, classifier,
+                             pixel_size_metadata=file_px, min_confidence=args.min_confidence,
+                             return_labels=False)
         except (ImageInputError, ValueError, MemoryError, OSError) as exc:
             failed.append(name)
             tqdm.write(f"napari-ddrnet: skipped {name}: {exc}", file=sys.stderr)
@@ -56,12 +59,12 @@ def _count(args: argparse.Namespace) -> int:
             tqdm.write(f"napari-ddrnet: skipped {name}: unexpected {type(exc).__name__}: {exc}",
                        file=sys.stderr)
             continue
-        cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes)
+        cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
+                                       result.pixel_size_um)
         cell_tables.append(cells_t)
         count_tables.append(counts_t)
-    prob_cols = [f"prob_{c}" for c in classifier.classes]
     cells_all = (pd.concat(cell_tables, ignore_index=True) if cell_tables else
-                 pd.DataFrame(columns=CELL_CSV_COLUMNS + prob_cols))
+                 pd.DataFrame(columns=cells_csv_columns(classifier.classes)))
     counts_all = (pd.concat(count_tables, ignore_index=True) if count_tables else
                   pd.DataFrame(columns=["image"] + COUNT_COLUMNS))
     write_csv_atomic(cells_all, args.cells_csv)
@@ -95,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
     result = analyze(image, px, device=args.device)
     out = Path(args.out)
     cells_t, counts_t = csv_tables("synthetic-smear", result.cells, result.counts,
-                                   result.classes)
+                                   result.classes, result.pixel_size_um)
     write_csv_atomic(cells_t, out / "cells.csv")
     write_csv_atomic(counts_t, out / "counts.csv")
     print(f"Synthetic smear: {len(result.cells)} white cells found "
@@ -118,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--counts-csv", required=True, type=Path)
     c.add_argument("--pixel-size", type=float, default=None, metavar="UM",
                    help="micrometres per pixel (default: file metadata, else estimated)")
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    c.add_argument("--device", default="auto", choices=DEVICES)
     c.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="crops per forward pass (default 64: as fast as 256 on a CPU, less memory)")
     c.add_argument("--min-confidence", type=float, default=0.5, metavar="P",
@@ -130,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="analyse the built-in synthetic smear")
     d.add_argument("--viewer", action="store_true", help="open napari with the widget")
     d.add_argument("--out", default="napari-ddrnet-demo", help="folder for the demo CSVs")
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--device", default="auto", choices=DEVICES)
     d.add_argument("--seed", type=int, default=0)
     return ap
 
@@ -139,14 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-ddrnet`` console script."""
     args = build_parser().parse_args(argv)
     if args.command == "count":
-        if args.pixel_size is not None and not args.pixel_size > 0:
-            print("napari-ddrnet: error: --pixel-size must be positive", file=sys.stderr)
-            return 2
-        if not 0 <= args.min_confidence <= 1:
-            print("napari-ddrnet: error: --min-confidence must be in [0, 1]", file=sys.stderr)
-            return 2
-        if args.batch_size < 1:
-            print("napari-ddrnet: error: --batch-size must be at least 1", file=sys.stderr)
+        from .classify import check_min_confidence
+        from .scale import check_pixel_size
+
+        try:
+            if args.pixel_size is not None:
+                check_pixel_size(args.pixel_size, "--pixel-size")
+            check_min_confidence(args.min_confidence)
+            if args.batch_size < 1:
+                raise ValueError("--batch-size must be at least 1")
+        except ValueError as exc:
+            print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
             return 2
         return _count(args)
     return _demo(args)

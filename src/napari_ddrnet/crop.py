@@ -75,9 +75,10 @@ def crop_square(
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def cell_crop_side(bbox_side_px: float, pixel_size_um: float) -> float:
+def cell_crop_side(bbox_side_px: float, pixel_size_um: float,
+                   fov_um: float = CROP_FOV_UM) -> float:
     """Crop side in pixels for a cell whose bounding box is ``bbox_side_px`` on its long side."""
-    return max(CROP_FOV_UM / pixel_size_um, MIN_CELL_MARGIN * bbox_side_px)
+    return max(fov_um / pixel_size_um, MIN_CELL_MARGIN * bbox_side_px)
 
 
 def crop_cells(
@@ -86,11 +87,14 @@ def crop_cells(
     pixel_size_um: float,
     out_size: int = INPUT_SIZE,
     fill=None,
+    fov_um: float = CROP_FOV_UM,
 ) -> np.ndarray:
     """Crops for every row of a per-cell table (see :func:`napari_ddrnet.segment.segment_wbc`).
 
     ``fill`` is the background colour outside the image (default: :func:`background_color`);
-    the pipeline passes the whole image's white point so every tile pads alike.
+    the pipeline passes the whole image's white point so every tile pads alike. ``out_size`` and
+    ``fov_um`` must be the model's (its weights card carries them; see
+    :class:`napari_ddrnet.weights.ModelBundle`).
 
     Returns
     -------
@@ -106,8 +110,8 @@ def crop_cells(
     fill = np.clip(np.round(np.asarray(fill, float)), 0, 255).astype(np.uint8)
     sides = np.maximum(cells["max_row"] - cells["min_row"], cells["max_col"] - cells["min_col"])
     for i, (r, c, s) in enumerate(zip(cells["centroid_row"], cells["centroid_col"], sides)):
-        out[i] = crop_square(image, (r, c), cell_crop_side(float(s), pixel_size_um), out_size,
-                             fill)
+        out[i] = crop_square(image, (r, c), cell_crop_side(float(s), pixel_size_um, fov_um),
+                             out_size, fill)
     return out
 
 

@@ -31,7 +31,38 @@ def check_rgb_shape(shape: tuple[int, ...]) -> None:
         raise ImageInputError(f"The image is too small ({shape[0]}x{shape[1]} px).")
 
 
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+def value_range(samples) -> tuple[float, float] | None:
+    """The intensity range to scale a non-8-bit image by, from samples of the whole image.
+
+    Tiles of a large 16-bit or float image must share one scaling, or the same raw value would
+    become different 8-bit values in different tiles; the pipeline computes this once from a
+    few windows (:func:`napari_ddrnet.sampling.sample_windows`) and passes it to every tile.
+
+    Parameters
+    ----------
+    samples : sequence of numpy.ndarray
+        Windows of the image (any dtype, channels last).
+
+    Returns
+    -------
+    tuple of float or None
+        ``(low, high)`` for :func:`to_rgb_uint8`; ``None`` when the image is already 8-bit or
+        floats within 0..1 (no data-dependent scaling is needed).
+    """
+    arrs = [np.asarray(a)[..., :3] for a in samples]
+    if not arrs or arrs[0].dtype == np.uint8:
+        return None
+    lo = min(float(a.min()) for a in arrs)
+    hi = max(float(a.max()) for a in arrs)
+    if np.issubdtype(arrs[0].dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
+        return None
+    if np.issubdtype(arrs[0].dtype, np.integer) and lo >= 0 and hi <= 255:
+        return None
+    return min(lo, 0.0), hi
+
+
+def to_rgb_uint8(image: np.ndarray,
+                 value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Convert an image to ``(H, W, 3) uint8``.
 
     Parameters
@@ -41,6 +72,9 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
         of any integer or float dtype. Integers wider than 8 bits are scaled by their actual
         range (a 12-bit camera stored in uint16 is not 1/16 as bright); floats are taken as 0..1
         when they fit there, else scaled by their range.
+    value_range : tuple of float, optional
+        ``(low, high)`` mapped to 0..255 instead of this array's own range: tiles of one image
+        pass the whole image's range (see :func:`value_range`) so they are scaled alike.
 
     Returns
     -------
@@ -62,6 +96,10 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(arr)
     if arr.dtype == bool:
         raise ImageInputError("The image is a binary mask, not a stained smear.")
+    if value_range is not None:
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise ImageInputError("The image contains NaN or infinite values.")
+        return _scale(arr, *value_range)
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)):
             raise ImageInputError("The image contains NaN or infinite values.")
@@ -73,8 +111,12 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     lo, hi = float(arr.min()), float(arr.max())
     if np.issubdtype(arr.dtype, np.integer) and lo >= 0 and hi <= 255:
         return np.ascontiguousarray(arr.astype(np.uint8))
+    return _scale(arr, min(lo, 0.0), hi)
+
+
+def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``lo..hi`` linearly to 0..255 (clipped)."""
     if hi <= lo:
         return np.zeros(arr.shape, np.uint8)
-    lo = min(lo, 0.0)
     scaled = (arr.astype(np.float32) - lo) * (255.0 / (hi - lo))
     return np.ascontiguousarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8))

@@ -11,6 +11,7 @@ import pandas as pd
 
 from .classes import class_color
 from .pipeline import AnalysisResult
+from .schema import feature_columns
 
 LABELS_NAME = "WBC masks"
 POINTS_NAME = "WBC classes"
@@ -20,9 +21,15 @@ OUR_LAYERS = (LABELS_NAME, POINTS_NAME, SHAPES_NAME)
 
 def features_table(result: AnalysisResult) -> pd.DataFrame:
     """Per-cell features shown in napari (one row per cell, in ``cell_id`` order)."""
-    cols = (["cell_id", "class", "confidence"] + [f"prob_{c}" for c in result.classes]
-            + ["area_um2", "nucleus_area_um2", "touches_border"])
-    return result.cells.reindex(columns=cols).reset_index(drop=True)
+    return result.cells.reindex(columns=feature_columns(result.classes)).reset_index(drop=True)
+
+
+def label_features(feats: pd.DataFrame) -> pd.DataFrame:
+    """Features for a Labels layer: napari maps label value ``k`` to row ``k`` unless an
+    ``index`` column names the label of each row; label ``cell_id`` is that cell's mask."""
+    out = feats.copy()
+    out.insert(0, "index", out["cell_id"].astype(np.int64))
+    return out
 
 
 def layer_data(result: AnalysisResult, scale: tuple[float, float] = (1.0, 1.0),
@@ -33,7 +40,8 @@ def layer_data(result: AnalysisResult, scale: tuple[float, float] = (1.0, 1.0),
     common = {"scale": scale, "translate": translate}
     out: list[tuple] = []
     if result.labels is not None:
-        out.append((result.labels, {"name": LABELS_NAME, "opacity": 0.35, "features": feats,
+        out.append((result.labels, {"name": LABELS_NAME, "opacity": 0.35,
+                                    "features": label_features(feats),
                                     **common}, "labels"))
     cells = result.cells
     centroids = cells[["centroid_row", "centroid_col"]].to_numpy(float).reshape(-1, 2)

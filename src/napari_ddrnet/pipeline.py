@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .classify import Classifier, probabilities_to_table
+from .classify import Classifier, check_min_confidence, probabilities_to_table
 from .crop import crop_cells
-from .image_input import check_rgb_shape, to_rgb_uint8
+from .image_input import check_rgb_shape, to_rgb_uint8, value_range
 from .report import counts_table
-from .scale import estimate_pixel_size
+from .sampling import sample_windows
+from .scale import PixelSize, resolve_pixel_size
 from .schema import empty_geometry, with_geometry_dtypes
 from .segment import SegmentationParams, field_statistics, segment_wbc
 
@@ -38,9 +39,9 @@ class AnalysisResult:
         :func:`napari_ddrnet.report.counts_table`).
     labels : numpy.ndarray or None
         ``int32`` cell label image (ids = ``cells.cell_id``); ``None`` if not requested.
-    pixel_size_um : float
-    pixel_size_source : str
-        ``"given"`` or ``"estimated"``.
+    pixel_size : PixelSize
+        Micrometres per pixel used, where it came from (``given``, ``metadata``, ``estimated``
+        or ``default``) and, for a fallback, why.
     classes : tuple of str
         Classes of the model used.
     """
@@ -48,9 +49,18 @@ class AnalysisResult:
     cells: pd.DataFrame
     counts: pd.DataFrame
     labels: np.ndarray | None
-    pixel_size_um: float
-    pixel_size_source: str
+    pixel_size: PixelSize
     classes: tuple[str, ...]
+
+    @property
+    def pixel_size_um(self) -> float:
+        """Micrometres per pixel used for this image."""
+        return self.pixel_size.um
+
+    @property
+    def pixel_size_source(self) -> str:
+        """``given``, ``metadata``, ``estimated`` or ``default``."""
+        return self.pixel_size.source
 
 
 def analyze(
@@ -70,12 +80,15 @@ def analyze(
         arrays and images over :data:`TILE_PIXELS` are processed tile by tile with overlap, so
         memory stays bounded; cells on tile seams are counted once.
     pixel_size_um : float, optional
-        Micrometres per pixel; estimated from the red cells when ``None``.
+        Micrometres per pixel set by the user; it wins over everything else.
     classifier : Classifier, optional
         A loaded classifier (reuse one across images); default: the shipped weights.
     progress : callable, optional
         ``progress(done, total)`` after each step (tiles, then classification).
     **options
+        ``pixel_size_metadata`` (the file's calibration, used when no pixel size is given;
+        without either the pixel size is estimated from the red cells, else a default, and the
+        result says which: :func:`napari_ddrnet.scale.resolve_pixel_size`),
         ``device``, ``batch_size`` (for the default classifier), ``min_confidence`` (cells whose
         top probability is lower are ``unidentified``, default 0.5), ``return_labels`` (build
         the full-size label image, default True), ``tile_size`` (force tiling), ``params``
@@ -100,6 +113,7 @@ def iter_analyze(
     pixel_size_um: float | None = None,
     classifier: Classifier | None = None,
     *,
+    pixel_size_metadata: float | None = None,
     device: str = "auto",
     batch_size: int = 64,
     min_confidence: float = 0.5,
@@ -112,27 +126,30 @@ def iter_analyze(
     Stopping the generator (``close()``, or a napari worker's ``quit()``) cancels the analysis
     between tiles.
     """
-    if pixel_size_um is not None and not pixel_size_um > 0:
-        raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ValueError("min_confidence must be between 0 and 1")
-    classifier = classifier or Classifier(device=device, batch_size=batch_size)
+    check_min_confidence(min_confidence)
     lazy = not isinstance(image, np.ndarray)
-    # In-memory arrays are converted once (channel order, dtype) so every tile is scaled alike;
-    # lazy arrays are read tile by tile and must already be (H, W, C).
+    # In-memory arrays are converted once (channel order, dtype); lazy arrays are read tile by
+    # tile and must already be (H, W, C), scaled by one image-wide range read from a sample.
     if lazy:
         check_rgb_shape(tuple(image.shape))
-    rgb = None if lazy else to_rgb_uint8(image)
-    h, w = (rgb if rgb is not None else image).shape[:2]
+        windows = sample_windows(image)
+        vrange = value_range(windows)
+        sample = np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1)
+        rgb = None
+    else:
+        rgb = to_rgb_uint8(image)
+        vrange = sample = None
+    source_image = rgb if rgb is not None else image
+    px_info = resolve_pixel_size(source_image, given=pixel_size_um, metadata=pixel_size_metadata)
+    px = px_info.um
+    classifier = classifier or Classifier(device=device, batch_size=batch_size)
+    h, w = source_image.shape[:2]
     tiled = tile_size is not None or lazy or h * w > TILE_PIXELS
-    source = "given" if pixel_size_um else "estimated"
     if not tiled:
-        px = pixel_size_um or estimate_pixel_size(rgb)
         tiles = [(0, 0, h, w, 0, 0, h, w)]
     else:
-        px = pixel_size_um or _estimate_pixel_size_lazy(image if rgb is None else rgb)
         tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px))
-    stats = field_statistics(image if rgb is None else rgb, params)
+    stats = field_statistics(rgb if rgb is not None else sample, params)
     total = len(tiles) + 1
 
     labels = np.zeros((h, w), np.int32) if return_labels else None
@@ -143,7 +160,7 @@ def iter_analyze(
         if rgb is not None:
             tile = rgb[r0:r1, c0:c1]
         else:
-            tile = to_rgb_uint8(np.asarray(image[r0:r1, c0:c1]))
+            tile = to_rgb_uint8(np.asarray(image[r0:r1, c0:c1]), vrange)
         seg = segment_wbc(tile, px, params, stats)
         cells = seg.cells
         if len(cells):
@@ -153,7 +170,8 @@ def iter_analyze(
             keep = ((gr >= k0) & (gr < k1) & (gc >= l0) & (gc < l1)).to_numpy()
             cells = cells[keep].copy()
         if len(cells):
-            pending.append(crop_cells(tile, cells, px, classifier.input_size, stats.white))
+            pending.append(crop_cells(tile, cells, px, classifier.input_size, stats.white,
+                                      classifier.crop_fov_um))
             n_pending += len(cells)
             new_ids = np.arange(next_id, next_id + len(cells))
             if labels is not None:
@@ -184,7 +202,7 @@ def iter_analyze(
     cells = pd.concat([geo.reset_index(drop=True), pred], axis=1)
     cells = with_geometry_dtypes(cells)
     yield total, total
-    return AnalysisResult(cells, counts_table(cells["class"]), labels, float(px), source,
+    return AnalysisResult(cells, counts_table(cells["class"]), labels, px_info,
                           tuple(classifier.classes))
 
 
@@ -211,15 +229,6 @@ def _tiles(h: int, w: int, size: int, overlap: int):
             out.append((max(0, k0 - overlap), max(0, l0 - overlap), min(h, k1 + overlap),
                         min(w, l1 + overlap), k0, l0, k1, l1))
     return out
-
-
-def _estimate_pixel_size_lazy(image) -> float:
-    """Pixel size from a central window of a large image (only that window is read)."""
-    h, w = image.shape[:2]
-    side = min(h, w, 1536)
-    r0, c0 = (h - side) // 2, (w - side) // 2
-    window = to_rgb_uint8(np.asarray(image[r0:r0 + side, c0:c0 + side]))
-    return estimate_pixel_size(window)
 
 
 __all__ = ["AnalysisResult", "analyze", "count_steps", "iter_analyze"]

@@ -11,12 +11,9 @@ import numpy as np
 import pandas as pd
 
 from .classes import DISPLAY_ORDER, PER_100_WBC, WBC_CLASSES
+from .schema import cells_csv_columns
 
 COUNT_COLUMNS = ["class", "count", "percent", "basis"]
-#: CELLS.csv: these columns first, then ``prob_<class>``, then :data:`CELL_EXTRA_COLUMNS`.
-CELL_CSV_COLUMNS = ["image", "cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
-                    "max_row", "max_col", "class", "confidence"]
-CELL_EXTRA_COLUMNS = ["area_um2", "nucleus_area_um2", "touches_border"]
 
 
 def counts_table(classes: Iterable[str]) -> pd.DataFrame:
@@ -44,12 +41,15 @@ def counts_table(classes: Iterable[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COUNT_COLUMNS)
 
 
-def csv_tables(image_name: str, cells: pd.DataFrame, counts: pd.DataFrame,
-               classes) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """CELLS.csv and COUNTS.csv rows of one image (docs/csv-formats.md), ``image`` column first."""
-    cols = CELL_CSV_COLUMNS[1:] + [f"prob_{c}" for c in classes] + CELL_EXTRA_COLUMNS
-    cells_out = cells.reindex(columns=cols)
-    cells_out.insert(0, "image", image_name)
+def csv_tables(image_name: str, cells: pd.DataFrame, counts: pd.DataFrame, classes,
+               pixel_size_um: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CELLS.csv and COUNTS.csv rows of one image (docs/csv-formats.md), ``image`` column first.
+
+    ``pixel_size_um`` goes on every cell row, so the geometry can be re-cut from the image later
+    (e.g. to adapt the model from reviewed cells).
+    """
+    cells_out = cells.assign(image=image_name, pixel_size_um=float(pixel_size_um))
+    cells_out = cells_out.reindex(columns=cells_csv_columns(classes))
     counts_out = counts.copy()
     counts_out.insert(0, "image", image_name)
     return cells_out, counts_out
@@ -74,5 +74,4 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-__all__ = ["CELL_CSV_COLUMNS", "COUNT_COLUMNS", "counts_table", "csv_tables",
-           "write_csv_atomic"]
+__all__ = ["COUNT_COLUMNS", "counts_table", "csv_tables", "write_csv_atomic"]

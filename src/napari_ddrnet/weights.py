@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .model import DDRNet, DDRNetConfig
+from .architectures import build_architecture
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "ddrnet_pbc8.safetensors"
@@ -24,13 +24,35 @@ class WeightsError(RuntimeError):
     """Weights that are missing, corrupt, tampered with or for another architecture."""
 
 
+#: Card keys every weights file must carry: the model is useless without its transforms.
+REQUIRED_KEYS = ("architecture", "classes", "config", "input_size", "crop_fov_um", "mean", "std",
+                 "sha256")
+
+
 @dataclass(frozen=True)
 class ModelBundle:
-    """A ready model and what it needs to be used correctly."""
+    """A ready model and the transforms it was trained with (torchvision's convention: the
+    weights carry their preprocessing, so inference can never crop or scale them wrongly).
 
-    model: DDRNet
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The network in eval mode, returning logits.
+    classes : tuple of str
+    input_size : int
+        Side of the square input, pixels.
+    crop_fov_um : float
+        Physical width of a crop, micrometres (see :mod:`napari_ddrnet.crop`).
+    mean, std : tuple of float
+        Per-channel normalisation of 0..1 RGB.
+    meta : dict
+        The whole card.
+    """
+
+    model: torch.nn.Module
     classes: tuple[str, ...]
     input_size: int
+    crop_fov_um: float
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     meta: dict
@@ -79,20 +101,28 @@ def load_bundle(weights: str | Path | None = None) -> ModelBundle:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for a broken header
         raise WeightsError(f"Cannot read weights {path}: {exc}") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise WeightsError(f"Model metadata {meta_file.name} lacks {', '.join(missing)}: these "
+                           "weights were not exported by napari-ddrnet.")
     try:
-        cfg = DDRNetConfig.from_dict(meta["config"])
-        classes = tuple(meta["classes"])
-        if cfg.num_classes != len(classes):
-            raise ValueError("num_classes does not match the class list")
-        model = DDRNet(cfg)
+        classes = tuple(str(c) for c in meta["classes"])
+        input_size = int(meta["input_size"])
+        fov = float(meta["crop_fov_um"])
+        mean = tuple(float(v) for v in meta["mean"])
+        std = tuple(float(v) for v in meta["std"])
+        if not (8 <= input_size <= 1024 and 1.0 <= fov <= 500.0 and len(mean) == len(std) == 3
+                and min(std) > 0):
+            raise ValueError(f"implausible transforms (input_size={input_size}, "
+                             f"crop_fov_um={fov}, mean={mean}, std={std})")
+        model = build_architecture(str(meta["architecture"]), meta["config"], len(classes))
         model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise WeightsError(
-            f"Weights {path.name} do not fit the DDRNet architecture: {exc}") from exc
+            f"Weights {path.name} do not fit the {meta.get('architecture')} architecture "
+            f"described beside them: {exc}") from exc
     model.eval()
-    return ModelBundle(model, classes, int(meta.get("input_size", 64)),
-                       tuple(meta.get("mean", (0.5, 0.5, 0.5))),
-                       tuple(meta.get("std", (0.25, 0.25, 0.25))), meta)
+    return ModelBundle(model, classes, input_size, fov, mean, std, meta)
 
 
 def export_weights(state: dict[str, torch.Tensor], meta: dict, path: Path) -> dict:
