@@ -108,6 +108,12 @@ def test_tiff_pixel_size_and_reader(tmp_path, smear):
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, image)
     assert read_image(plain)[1] is None
+    # A 1200 dpi scanner tag is no microscope calibration: the layer gets no scale from it.
+    dpi = tmp_path / "dpi.tif"
+    tifffile.imwrite(dpi, image, resolution=(1200, 1200), resolutionunit="INCH")
+    (data, meta, _), = napari_get_reader(str(dpi))(str(dpi))
+    assert "scale" not in meta and meta["metadata"]["pixel_size_um"] is None
+    assert "µm" in meta["metadata"]["pixel_size_note"]
 
 
 def test_pyramid_tiff_reads_lazily(tmp_path, smear):

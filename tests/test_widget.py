@@ -109,6 +109,29 @@ def test_rerun_replaces_layers(docked, qtbot):
     assert set(viewer.layers[POINTS_NAME].features["class"]) == {"unidentified"}
 
 
+def test_single_cell_mode_is_proposed_then_gives_one_row(make_napari_viewer, qtbot, smear):
+    """A single-cell export analysed as a field: the status proposes the single-cell mode."""
+    image, truth = smear
+    r, c = int(truth["centroid_row"][0]), int(truth["centroid_col"][0])
+    cell = np.pad(image, ((150, 150), (150, 150), (0, 0)), mode="reflect")[r:r + 300, c:c + 300]
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(cell, rgb=True, name="export", scale=(0.1, 0.1))
+    widget = DifferentialWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.reset_choices()
+    widget._image.value = layer
+    widget._device.value = "cpu"
+    _run(widget, qtbot)
+    assert "looks like a single-cell export" in widget._status.value
+    assert LABELS_NAME in viewer.layers
+    widget._single.value = True
+    _run(widget, qtbot)
+    assert len(widget.result.cells) == 1
+    assert LABELS_NAME not in viewer.layers  # no stale masks from the field run
+    assert len(viewer.layers[POINTS_NAME].data) == 1
+    assert "looks like" not in widget._status.value
+
+
 def test_grayscale_layer_gives_clear_error(make_napari_viewer, monkeypatch):
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FloatSlider,
@@ -41,13 +42,16 @@ class DifferentialWidget(Container):
                                    step=0.001, value=0.0)
         self._device = ComboBox(label="Device", choices=list(DEVICES), value="auto")
         self._conf = FloatSlider(label="Min confidence", min=0.0, max=1.0, step=0.01, value=0.5)
+        self._single = CheckBox(text="Single-cell image (one centred cell, e.g. an analyser "
+                                     "export)", value=False)
         self._run_btn = PushButton(text="Run")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="Choose an RGB smear image and press Run.")
         self._table = Table(value=_empty_counts())
         self._table.read_only = True
         self._export_btn = PushButton(text="Export CSV…", enabled=False)
-        self.extend([self._image, self._pixel, self._device, self._conf, self._run_btn,
+        self.extend([self._image, self._pixel, self._device, self._conf, self._single,
+                     self._run_btn,
                      self._cancel_btn, self._status, self._table, self._export_btn])
         self._run_btn.changed.connect(self.run)
         self._cancel_btn.changed.connect(self.cancel)
@@ -91,8 +95,10 @@ class DifferentialWidget(Container):
         device, conf = self._device.value, float(self._conf.value)
         self.image_name = layer.name
         # Errors are handled by _on_error (a notification), not re-raised as tracebacks.
-        worker = create_worker(self._work, data, given, meta_px, device, conf,
-                               _progress={"total": count_steps(data) + 1,
+        single = bool(self._single.value)
+        steps = 2 if single else count_steps(data) + 1
+        worker = create_worker(self._work, data, given, meta_px, device, conf, single,
+                               _progress={"total": steps,
                                           "desc": "WBC differential"},
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(lambda res: self._show(res, layer))
@@ -105,14 +111,18 @@ class DifferentialWidget(Container):
         worker.start()
         return worker
 
-    def _work(self, data, given, meta_px, device, conf):
+    def _work(self, data, given, meta_px, device, conf, single):
         from .classify import Classifier
         from .pipeline import iter_analyze
+        from .single_cell import analyze_single_cell
 
         if self._classifier is None or self._classifier_device != device:
             self._classifier = Classifier(device=device)
             self._classifier_device = device
         yield
+        if single:
+            return analyze_single_cell(np.asarray(data), given, self._classifier,
+                                       pixel_size_metadata=meta_px, min_confidence=conf)
         return (yield from _steps(iter_analyze(data, given, self._classifier,
                                                pixel_size_metadata=meta_px,
                                                min_confidence=conf)))
@@ -133,20 +143,27 @@ class DifferentialWidget(Container):
 
     # -- results -----------------------------------------------------------------------------
     def _show(self, result, layer):
-        from .layers import layer_data
+        from .layers import OUR_LAYERS, layer_data
 
         self.result = result
         scale = tuple(layer.scale[-2:])
         translate = tuple(layer.translate[-2:])
-        for data, meta, kind in layer_data(result, scale, translate):
-            name = meta["name"]
-            if name in self._viewer.layers:  # re-run: replace, never pile up copies
+        for name in OUR_LAYERS:  # re-run: replace, never pile up copies or keep stale masks
+            if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
+        for data, meta, kind in layer_data(result, scale, translate):
             getattr(self._viewer, f"add_{kind}")(data, **meta)
         self._viewer.layers.selection.active = layer
         self._table.value = _counts_for_table(result.counts)
-        self._status.value = (f"{len(result.cells)} cells; pixel size "
-                              f"{pixel_size_text(result.pixel_size)}.")
+        status = f"{len(result.cells)} cells; pixel size {pixel_size_text(result.pixel_size)}."
+        if not self._single.value:
+            from .single_cell import looks_like_single_cell
+
+            if looks_like_single_cell(layer.data.shape if not layer.multiscale
+                                      else layer.data[0].shape, result.cells):
+                status += (" This looks like a single-cell export: tick 'Single-cell image' "
+                           "to classify it whole.")
+        self._status.value = status
         self._export_btn.enabled = True
 
     def export_csv(self, path: str | Path) -> tuple[Path, Path]:

@@ -4,6 +4,7 @@
 
     napari-ddrnet count IMAGE_OR_DIR... --cells-csv CELLS.csv --counts-csv COUNTS.csv
         [--pixel-size UM] [--device auto|cpu|cuda|mps] [--batch-size N] [--min-confidence P]
+        [--single-cell] [--weights MODEL.safetensors] [--no-tta]
 
 A file that cannot be read or analysed is reported on stderr and skipped; the others finish.
 The exit code is 1 when any file failed, 2 for unusable arguments or weights. CSVs are written
@@ -23,13 +24,64 @@ from .report import COUNT_COLUMNS, csv_tables, write_csv_atomic
 from .schema import cells_csv_columns
 
 
+def _attempt(name: str, fn, failed: list[str], write):
+    """``fn()``, or ``None`` after reporting why ``name`` is skipped (the batch goes on)."""
+    from .image_input import ImageInputError
+
+    try:
+        return fn()
+    except (ImageInputError, ValueError, MemoryError, OSError) as exc:
+        failed.append(name)
+        write(f"napari-ddrnet: skipped {name}: {exc}")
+    except Exception as exc:  # an unexpected failure on one file must not stop the batch
+        failed.append(name)
+        write(f"napari-ddrnet: skipped {name}: unexpected {type(exc).__name__}: {exc}")
+    return None
+
+
+def _field_results(files, classifier, args, failed, write):
+    """``(name, AnalysisResult)`` per smear field or slide."""
+    from .image_io import read_image
+    from .pipeline import analyze
+
+    def run(path):
+        levels, file_px = read_image(path)
+        return analyze(levels[0], args.pixel_size, classifier, pixel_size_metadata=file_px,
+                       min_confidence=args.min_confidence, return_labels=False)
+
+    for path in files:
+        result = _attempt(str(path), lambda p=path: run(p), failed, write)
+        if result is not None:
+            yield str(path), result
+
+
+def _single_cell_results(files, classifier, args, failed, write):
+    """``(name, AnalysisResult)`` per single-cell image, classified in batches."""
+    from .image_io import read_image
+    from .single_cell import classify_single_cells, prepare_single_cell
+
+    names: dict[int, str] = {}
+
+    def prepared():
+        for path in files:
+            def run(p=path):
+                levels, file_px = read_image(p)
+                return prepare_single_cell(levels[0], classifier.input_size, args.pixel_size,
+                                           file_px)
+            cell = _attempt(str(path), run, failed, write)
+            if cell is not None:
+                names[id(cell)] = str(path)
+                yield cell
+
+    for cell, result in classify_single_cells(prepared(), classifier, args.min_confidence):
+        yield names.pop(id(cell)), result
+
+
 def _count(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .classify import Classifier
-    from .image_input import ImageInputError
-    from .image_io import list_images, read_image
-    from .pipeline import analyze
+    from .image_io import list_images
     from .weights import WeightsError
 
     try:
@@ -42,27 +94,22 @@ def _count(args: argparse.Namespace) -> int:
     if not files:
         print("napari-ddrnet: error: no image files found in the inputs", file=sys.stderr)
         return 2
+    bar = tqdm(total=len(files), desc="images", unit="image",
+               disable=len(files) < 2 or args.quiet)
+
+    def write(msg: str) -> None:
+        tqdm.write(msg, file=sys.stderr)
+
     cell_tables, count_tables, failed = [], [], []
-    for path in tqdm(files, desc="images", unit="image", disable=len(files) < 2 or args.quiet):
-        name = str(path)
-        try:
-            levels, file_px = read_image(path)
-            result = analyze(levels[0], args.pixel_size, classifier,
-                             pixel_size_metadata=file_px, min_confidence=args.min_confidence,
-                             return_labels=False)
-        except (ImageInputError, ValueError, MemoryError, OSError) as exc:
-            failed.append(name)
-            tqdm.write(f"napari-ddrnet: skipped {name}: {exc}", file=sys.stderr)
-            continue
-        except Exception as exc:  # an unexpected failure on one file must not stop the batch
-            failed.append(name)
-            tqdm.write(f"napari-ddrnet: skipped {name}: unexpected {type(exc).__name__}: {exc}",
-                       file=sys.stderr)
-            continue
+    source = _single_cell_results if args.single_cell else _field_results
+    for name, result in source(files, classifier, args, failed, write):
         cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
                                        result.pixel_size_um)
         cell_tables.append(cells_t)
         count_tables.append(counts_t)
+        bar.n = len(cell_tables) + len(failed)
+        bar.refresh()
+    bar.close()
     cells_all = (pd.concat(cell_tables, ignore_index=True) if cell_tables else
                  pd.DataFrame(columns=cells_csv_columns(classifier.classes)))
     counts_all = (pd.concat(count_tables, ignore_index=True) if count_tables else
@@ -128,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cells below this top probability are 'unidentified' (default 0.5)")
     c.add_argument("--no-tta", action="store_true",
                    help="classify each crop once instead of averaging its 8 rotations/flips")
-    c.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
+    c.add_argument("--single-cell", action="store_true",
+                   help="each image is one centred cell (CellaVision-style export): one row "
+                        "per image, classified whole")
+    c.add_argument("--weights", type=Path, default=None, metavar="MODEL.safetensors",
+                   help="classifier weights (with their .json card beside them); default: the "
+                        "shipped model")
     c.add_argument("--quiet", action="store_true")
     d = sub.add_parser("demo", help="analyse the built-in synthetic smear")
     d.add_argument("--viewer", action="store_true", help="open napari with the widget")

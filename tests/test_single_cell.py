@@ -1,0 +1,90 @@
+"""Single-cell images (CellaVision-style exports): one row per image, CLI and Python API."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+from conftest import needs_data
+from PIL import Image
+
+from napari_ddrnet import cli
+from napari_ddrnet.single_cell import analyze_single_cell, looks_like_single_cell
+from training.paths import data_root
+
+
+def _centred_cell(smear, k=0, side=300):
+    image, truth = smear
+    r, c = int(truth["centroid_row"][k]), int(truth["centroid_col"][k])
+    h = side // 2
+    pad = np.pad(image, ((h, h), (h, h), (0, 0)), mode="reflect")
+    return pad[r:r + side, c:c + side], truth["kind"][k]
+
+
+def test_one_row_with_the_centre_cell_box(smear, classifier):
+    cell, _ = _centred_cell(smear)
+    res = analyze_single_cell(cell, 0.1, classifier)
+    assert len(res.cells) == 1 and res.labels is None
+    row = res.cells.iloc[0]
+    # The box is the segmented centre cell (not the whole image), and it contains the centre.
+    assert row["min_row"] < 150 < row["max_row"] and row["min_col"] < 150 < row["max_col"]
+    assert (row["max_row"] - row["min_row"]) < 250
+    assert res.counts["count"].sum() == 1 and res.pixel_size_source == "given"
+
+
+def test_no_cell_found_gives_the_whole_image(classifier):
+    blank = np.full((200, 220, 3), 228, np.uint8)
+    res = analyze_single_cell(blank, None, classifier)
+    row = res.cells.iloc[0]
+    assert (row["min_row"], row["min_col"], row["max_row"], row["max_col"]) == (0, 0, 200, 220)
+    assert res.pixel_size_source == "default"
+
+
+def test_looks_like_single_cell(smear, classifier):
+    from napari_ddrnet.pipeline import analyze
+
+    cell, _ = _centred_cell(smear)
+    assert looks_like_single_cell(cell.shape, analyze(cell, 0.1, classifier).cells)
+    image, _ = smear
+    assert not looks_like_single_cell(image.shape, analyze(image, 0.1, classifier).cells)
+
+
+def test_cli_single_cell_rows_and_errors(smear, tmp_path, capsys):
+    d = tmp_path / "cells"
+    d.mkdir()
+    for k in range(4):
+        Image.fromarray(_centred_cell(smear, k)[0]).save(d / f"cell{k}.png")
+    Image.fromarray(np.full((1500, 1500, 3), 228, np.uint8)).save(d / "zfield.png")
+    cells_csv, counts_csv = tmp_path / "cells.csv", tmp_path / "counts.csv"
+    rc = cli.main(["count", "--single-cell", str(d), "--cells-csv", str(cells_csv),
+                   "--counts-csv", str(counts_csv), "--device", "cpu", "--batch-size", "3",
+                   "--pixel-size", "0.1", "--quiet"])
+    assert rc == 1  # the field-sized image is skipped with a reason; the rest is written
+    assert "too large for a single-cell image" in capsys.readouterr().err
+    cells = pd.read_csv(cells_csv)
+    assert [p.split("/")[-1] for p in cells["image"]] == [f"cell{k}.png" for k in range(4)]
+    assert (cells["cell_id"] == 1).all() and (cells["pixel_size_um"] == 0.1).all()
+    counts = pd.read_csv(counts_csv)
+    assert counts.groupby("image")["count"].sum().tolist() == [1, 1, 1, 1]
+
+
+@needs_data("pbc")
+def test_cli_single_cell_on_pbc_test_images(tmp_path):
+    """The shipped model through `count --single-cell` on real PBC test exports (3 per class):
+    in-domain, so nearly all must be right."""
+    rows = list(csv.DictReader(open(data_root() / "pbc" / "splits.csv", newline="")))
+    picked: dict[str, list[str]] = {}
+    for r in rows:
+        if r["split"] == "test" and len(picked.setdefault(r["class"], [])) < 3:
+            picked[r["class"]].append(r["file"])
+    files = [str(data_root() / "pbc" / f) for fs in picked.values() for f in fs]
+    cells_csv, counts_csv = tmp_path / "cells.csv", tmp_path / "counts.csv"
+    rc = cli.main(["count", "--single-cell", *files, "--cells-csv", str(cells_csv),
+                   "--counts-csv", str(counts_csv), "--device", "cpu", "--quiet",
+                   "--min-confidence", "0"])
+    assert rc == 0
+    cells = pd.read_csv(cells_csv)
+    assert len(cells) == len(files) == 24
+    truth = [f.split("/")[-2] for f in cells["image"]]
+    assert (cells["class"] == truth).mean() >= 0.85
