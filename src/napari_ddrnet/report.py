@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import DISPLAY_ORDER, PER_100_WBC, WBC_CLASSES
-from .schema import cells_csv_columns
+from .schema import cells_csv_columns, with_review_defaults
 
 COUNT_COLUMNS = ["class", "count", "percent", "basis"]
 
@@ -46,9 +46,12 @@ def csv_tables(image_name: str, cells: pd.DataFrame, counts: pd.DataFrame, class
     """CELLS.csv and COUNTS.csv rows of one image (docs/csv-formats.md), ``image`` column first.
 
     ``pixel_size_um`` goes on every cell row, so the geometry can be re-cut from the image later
-    (e.g. to adapt the model from reviewed cells).
+    (e.g. to adapt the model from reviewed cells). The review columns (``model_class``,
+    ``reviewed_class``, ``reviewed``) are taken from ``cells`` when it has them, else they say
+    "not reviewed".
     """
-    cells_out = cells.assign(image=image_name, pixel_size_um=float(pixel_size_um))
+    cells_out = with_review_defaults(cells).assign(image=image_name,
+                                                   pixel_size_um=float(pixel_size_um))
     cells_out = cells_out.reindex(columns=cells_csv_columns(classes))
     counts_out = counts.copy()
     counts_out.insert(0, "image", image_name)

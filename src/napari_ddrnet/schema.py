@@ -29,11 +29,17 @@ GEOMETRY_COLUMNS: list[str] = list(GEOMETRY_DTYPES)
 #: Classification columns that precede the per-class probabilities.
 PREDICTION_COLUMNS: list[str] = ["class", "confidence"]
 
+#: The review of each cell: what the model said, what the reviewer decided, whether reviewed.
+#: ``reviewed_class`` is empty until a person confirms or corrects the cell.
+REVIEW_DTYPES: dict[str, str] = {"model_class": "object", "reviewed_class": "object",
+                                 "reviewed": "bool"}
+REVIEW_COLUMNS: list[str] = list(REVIEW_DTYPES)
+
 #: CELLS.csv: ``image`` + these, then ``prob_<class>``, then :data:`CSV_TAIL_COLUMNS`.
 CSV_HEAD_COLUMNS: list[str] = ["cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
                                "max_row", "max_col", *PREDICTION_COLUMNS]
 CSV_TAIL_COLUMNS: list[str] = ["area_um2", "nucleus_area_um2", "touches_border",
-                               "pixel_size_um"]
+                               "pixel_size_um", *REVIEW_COLUMNS]
 
 #: Columns of the ``features`` table every napari layer carries (before/after the probabilities).
 FEATURE_HEAD_COLUMNS: list[str] = ["cell_id", *PREDICTION_COLUMNS]
@@ -53,6 +59,23 @@ def cells_csv_columns(classes) -> list[str]:
 def feature_columns(classes) -> list[str]:
     """Columns of the napari layers' ``features`` table."""
     return [*FEATURE_HEAD_COLUMNS, *prob_columns(classes), *FEATURE_TAIL_COLUMNS]
+
+
+def with_review_defaults(cells: pd.DataFrame) -> pd.DataFrame:
+    """``cells`` with the review columns, filled as "not reviewed" where absent.
+
+    ``model_class`` defaults to ``class`` (the model's call); ``reviewed_class`` to empty.
+    """
+    out = cells.copy()
+    if "model_class" not in out:
+        out["model_class"] = out["class"] if "class" in out else pd.Series(dtype=object)
+    if "reviewed_class" not in out:
+        out["reviewed_class"] = ""
+    if "reviewed" not in out:
+        out["reviewed"] = False
+    out["reviewed_class"] = out["reviewed_class"].fillna("").astype(object)
+    out["reviewed"] = out["reviewed"].astype(bool)
+    return out
 
 
 def empty_geometry() -> pd.DataFrame:
