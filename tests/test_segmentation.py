@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from conftest import needs_data
 
-from napari_ddrnet.scale import FALLBACK_PIXEL_SIZE_UM, estimate_pixel_size
 from napari_ddrnet.segment import CELL_COLUMNS, segment_wbc
 from napari_ddrnet.synthetic import synthetic_smear
 
@@ -58,18 +57,11 @@ def test_border_cells_are_kept_and_flagged(smear):
     assert not seg.cells.loc[seg.cells["min_col"] > 0, "touches_border"].all()
 
 
-def test_pixel_size_estimated_from_red_cells():
-    for px in (0.1, 0.2):
-        image, _ = synthetic_smear((480, 640), px, rbc_density=0.5, seed=2)
-        assert estimate_pixel_size(image) == pytest.approx(px, rel=0.2)
-
-
 def test_empty_and_uniform_fields_give_empty_results():
     for image in (np.full((200, 300, 3), 230, np.uint8), np.zeros((200, 300, 3), np.uint8)):
         seg = segment_wbc(image)
         assert len(seg.cells) == 0 and seg.labels.max() == 0
         assert list(seg.cells.columns) == CELL_COLUMNS
-    assert estimate_pixel_size(np.full((64, 64, 3), 200, np.uint8)) == FALLBACK_PIXEL_SIZE_UM
 
 
 @needs_data("bccd")

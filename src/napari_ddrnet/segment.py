@@ -1,13 +1,17 @@
 """Find white blood cells in a Romanowsky-stained smear field (scikit-image, no Qt, no torch).
 
-The nucleus of a white cell is the only large object stained deep blue-violet: the stain's
-azure/methylene-blue component makes it absorb red and green far more than blue, while red cells
-(eosin) and the background do not. After white-balancing on the background, the chroma
-``B - (R + G) / 2`` separates the two robustly across Wright, Giemsa and May-Grünwald-Giemsa
-stains and across cameras. Every size below is in micrometres and converted with the pixel size,
-so the same parameters serve a 640x480 field at 100x (WBC ~200 px) and low-magnification fields
-(WBC ~40 px); the work itself is done at a fixed working resolution, which also keeps it fast.
-"""
+The nucleus of a white cell is the only large object whose colour departs from the field's red
+cells: its azure/methylene-blue dye absorbs light in a different ratio of red, green and blue
+than eosin-stained red cells. How it looks depends on the lab (blue-violet in BCCD, magenta on a
+Raabin-WBC smartphone image, near-black in a CellaVision image), so nothing about its hue is
+fixed. Each field is white-balanced on its own background and converted to optical density; the
+field's own red-cell colour is measured (the middle density class) and removed, and what is left
+(the density orthogonal to the red-cell colour) is the nucleus signal, thresholded per field by
+Otsu. A colour cast of the lamp or camera cancels in the white balance; a gamma change scales
+the signal and the threshold alike. Every size below is in micrometres and converted with the
+pixel size, so the same parameters serve a 640x480 field at 100x (WBC ~200 px) and
+low-magnification fields (WBC ~40 px); the work itself is done at a fixed working resolution,
+which also keeps it fast."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage import filters, measure, morphology, segmentation, transform
 
-from .scale import estimate_pixel_size
+from .scale import FALLBACK_PIXEL_SIZE_UM, estimate_pixel_size
 from .schema import GEOMETRY_COLUMNS, empty_geometry
 
 #: Working resolution for segmentation, micrometres per pixel.
@@ -27,26 +31,42 @@ WORK_UM_PER_PX = 0.25
 #: Columns of :attr:`Segmentation.cells` (defined once, in :mod:`napari_ddrnet.schema`).
 CELL_COLUMNS = GEOMETRY_COLUMNS
 
+#: Image border, in pixels, ignored by the statistics and replaced by its neighbours.
+BORDER_PX = 2
+
+#: Unit optical-density colour of red cells in a Wright-stained BCCD field, used when a field has
+#: too few stained pixels to measure its own.
+DEFAULT_RED_CELL_OD: tuple[float, float, float] = (0.37, 0.71, 0.60)
+
 
 @dataclass(frozen=True)
 class SegmentationParams:
     """Tunable parameters of :func:`segment_wbc`; every length is in micrometres.
 
-    The defaults were chosen on the BCCD ``train`` fields (see ``docs/segmentation.md``).
+    The defaults were chosen on the BCCD ``train`` fields and the development part of TXL-PBC
+    (see ``docs/segmentation.md``).
     """
 
     #: Lobes of one nucleus closer than this are grouped into one cell.
     lobe_gap_um: float = 1.6
+    #: Nucleus parts smaller than ``max_lobe_area_um2`` join a neighbour up to this far away.
+    lobe_reach_um: float = 3.0
+    #: Largest area of one lobe of a segmented nucleus.
+    max_lobe_area_um2: float = 30.0
     #: Nucleus groups smaller than this are platelets or debris.
     min_nucleus_area_um2: float = 12.0
     #: Nucleus groups larger than this are stain precipitate or clumps, not one cell.
     max_nucleus_area_um2: float = 400.0
     #: Cytoplasm rim grown around the convex hull of the nucleus.
     cytoplasm_um: float = 1.8
-    #: Minimum chroma threshold (after white balance), a floor under Otsu for empty fields.
-    min_chroma: float = 0.10
-    #: Mean chroma a nucleus group must reach; pale platelet clumps stay below it.
-    min_mean_chroma: float = 0.16
+    #: Minimum nucleus-signal threshold, a floor under Otsu for fields without white cells.
+    min_signal: float = 0.15
+    #: Mean signal a nucleus group must reach, relative to the field's threshold.
+    min_mean_signal: float = 1.1
+    #: Summed optical density above which a pixel counts as stained (not background).
+    stained_od: float = 0.15
+    #: Fewer stained pixels than this fraction: use the default red-cell colour.
+    min_stained_fraction: float = 0.02
 
 
 @dataclass
@@ -83,49 +103,125 @@ class FieldStats:
     white : tuple of float
         Background (white point) RGB, the 95th percentile of each channel.
     threshold : float
-        Nucleus chroma threshold (Otsu, floored at ``min_chroma``).
+        Nucleus signal threshold (Otsu over the stained pixels, floored at ``min_signal``).
+    red_cell_od : tuple of float
+        Unit optical-density colour of the field's red cells (white-balanced), the reference
+        the nucleus signal is measured against.
     """
 
     white: tuple[float, float, float]
     threshold: float
+    red_cell_od: tuple[float, float, float] = DEFAULT_RED_CELL_OD
 
 
-def nucleus_chroma(rgb: np.ndarray, white) -> np.ndarray:
-    """Return the white-balanced blue-violet chroma ``B - (R + G) / 2`` in about ``[-1, 1]``.
+def optical_density(rgb: np.ndarray, white) -> np.ndarray:
+    """White-balanced optical density ``-log(I / white)`` per channel, ``(H, W, 3) float32``.
+
+    Dividing by the background makes a colour cast of the lamp or camera (a per-channel gain)
+    vanish; a gamma change only scales every density alike.
+    """
+    img = rgb.astype(np.float32)
+    img /= np.maximum(np.asarray(white, np.float32), 1.0)
+    np.clip(img, 1.0 / 255.0, 1.0, out=img)
+    return -np.log(img)
+
+
+def nucleus_chroma(rgb: np.ndarray, white, red_cell_od=DEFAULT_RED_CELL_OD) -> np.ndarray:
+    """Return the nucleus signal: the optical density left after removing the red-cell colour.
 
     Parameters
     ----------
     rgb : numpy.ndarray
         ``(H, W, 3) uint8`` image.
     white : sequence of float
-        Background RGB. Dividing by it means a yellowish halogen lamp or a bluish LED does not
-        shift the chroma.
+        Background RGB (see :func:`optical_density`).
+    red_cell_od : sequence of float
+        Unit optical-density direction of the field's red cells.
+
+    Notes
+    -----
+    Red cells (eosin), overlapping red cells and the background all lie on the line spanned by
+    the red-cell density; the azure/methylene-blue dye of a nucleus pulls away from it whatever
+    hue it takes on a given stain and camera (blue-violet in BCCD, magenta in Raabin-WBC). The
+    signal is the length of the density component orthogonal to the red-cell colour.
     """
-    img = rgb.astype(np.float32)
-    img /= np.maximum(np.asarray(white, np.float32), 1.0)
-    return img[..., 2] - 0.5 * (img[..., 0] + img[..., 1])
+    od = optical_density(rgb, white)
+    e = np.asarray(red_cell_od, np.float32)
+    od -= (od @ e)[..., None] * e
+    return np.sqrt(np.einsum("...c,...c->...", od, od))
+
+
+def red_cell_colour(stained_od: np.ndarray, n_pixels: int,
+                    params: SegmentationParams | None = None) -> np.ndarray:
+    """Unit optical-density direction of the red cells of a field.
+
+    Parameters
+    ----------
+    stained_od : numpy.ndarray
+        ``(N, 3)`` optical densities of the field's red-cell pixels (stained, paler than nuclei).
+    n_pixels : int
+        Number of pixels of the field, stained or not.
+    params : SegmentationParams, optional
+        ``min_stained_fraction``.
+
+    Notes
+    -----
+    Fields with too few red-cell pixels (a blank field, a single-cell crop without red cells)
+    fall back to :data:`DEFAULT_RED_CELL_OD`.
+    """
+    params = params or SegmentationParams()
+    if len(stained_od) < max(50, params.min_stained_fraction * n_pixels):
+        return np.asarray(DEFAULT_RED_CELL_OD, np.float32)
+    v = np.median(stained_od, axis=0)
+    n = float(np.linalg.norm(v))
+    return (v / n).astype(np.float32) if n > 0 else np.asarray(DEFAULT_RED_CELL_OD, np.float32)
 
 
 def field_statistics(image, params: SegmentationParams | None = None,
                      max_pixels: int = 2_000_000) -> FieldStats:
-    """White point and nucleus threshold from an evenly strided subsample of ``image``.
+    """White point, red-cell colour and nucleus threshold from a strided subsample of ``image``.
 
     ``image`` may be any array-like that supports slicing (numpy, dask, zarr): only the
     subsample is read, so this works on images far larger than memory.
     """
     from .image_input import to_rgb_uint8
 
-    params = params or SegmentationParams()
     h, w = image.shape[:2]
     stride = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
     sub = to_rgb_uint8(np.asarray(image[::stride, ::stride]))
-    white = np.percentile(sub.reshape(-1, 3), 95, axis=0)
-    chroma = nucleus_chroma(sub, white)
+    return _statistics(sub, params or SegmentationParams())[0]
+
+
+def _statistics(rgb: np.ndarray, params: SegmentationParams) -> tuple[FieldStats, np.ndarray]:
+    """:class:`FieldStats` of ``rgb`` and its nucleus signal (reused when ``rgb`` is the field)."""
+    b = BORDER_PX
+    crop = min(rgb.shape[:2]) > 4 * b
+    if crop:  # ignore the border line of resized fields (see segment_wbc)
+        rgb = rgb[b:-b, b:-b]
+    white = np.percentile(rgb.reshape(-1, 3), 95, axis=0)
+    od = optical_density(rgb, white)
+    total = od.sum(axis=-1)
+    # Three density classes: background, red cells (and cytoplasm), nuclei. The red-cell colour
+    # is the median of the middle class; fixed cut-offs fail on uneven or tinted backgrounds.
     try:
-        thr = float(filters.threshold_otsu(chroma))
-    except ValueError:  # uniform image
-        thr = params.min_chroma
-    return FieldStats(tuple(float(v) for v in white), max(thr, params.min_chroma))
+        low, high = filters.threshold_multiotsu(total, classes=3)
+    except ValueError:  # (nearly) uniform image
+        low, high = np.inf, np.inf
+    low = max(float(low), params.stained_od)
+    stained = total > low
+    rbc = red_cell_colour(od[stained & (total <= high)], total.size, params)
+    e = rbc.astype(np.float32)
+    od -= (od @ e)[..., None] * e
+    signal = np.sqrt(np.einsum("...c,...c->...", od, od))
+    # Otsu over the stained pixels only (the background would outvote the few nuclei), clipped
+    # at a high percentile: a few extreme pixels (a coloured border line) stretch the histogram.
+    values = signal[stained]
+    if values.size:
+        values = np.minimum(values, np.percentile(values, 99.5))
+    thr = float(filters.threshold_otsu(values)) if values.size and np.ptp(values) > 0 else 0.0
+    stats = FieldStats(tuple(float(v) for v in white), max(thr, params.min_signal),
+                       tuple(float(v) for v in rbc))
+    return stats, (np.pad(signal, b, mode="edge") if crop else signal)
 
 
 def empty_cells_table() -> pd.DataFrame:
@@ -165,12 +261,21 @@ def segment_wbc(
     if pixel_size_um is None:
         pixel_size_um = estimate_pixel_size(rgb)
         source = "estimated"
+        if pixel_size_um is None:  # too few red cells to measure
+            pixel_size_um, source = FALLBACK_PIXEL_SIZE_UM, "default"
     if not pixel_size_um > 0:
         raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
 
     factor = pixel_size_um / WORK_UM_PER_PX  # input px -> working px
-    stats = stats or field_statistics(rgb, params)
-    chroma = nucleus_chroma(rgb, stats.white)
+    if stats is None:
+        stats, chroma = _statistics(rgb, params)
+    else:
+        chroma = nucleus_chroma(rgb, stats.white, stats.red_cell_od)
+    # Resized or re-encoded fields often carry a coloured line along the border; replicate the
+    # pixels next to it instead (harmless on real content, e.g. the edge of a tile).
+    b = BORDER_PX
+    if min(shape) > 4 * b:
+        chroma = np.pad(chroma[b:-b, b:-b], b, mode="edge")
     if abs(factor - 1.0) > 0.05:
         work_shape = (max(8, round(shape[0] * factor)), max(8, round(shape[1] * factor)))
         chroma_w = transform.resize(chroma, work_shape, order=1, anti_aliasing=factor < 1,
@@ -196,9 +301,16 @@ def _segment_working(chroma: np.ndarray, thr: float, p: SegmentationParams, um: 
     nuc = morphology.remove_small_objects(nuc, max_size=max(1, int(0.8 * um * um)))
     nuc = ndi.binary_fill_holes(nuc)
 
-    # Group the lobes of one segmented nucleus: components closer than lobe_gap_um merge.
+    # Group the lobes of one segmented nucleus: components closer than lobe_gap_um merge, and
+    # small lobes (a segmented neutrophil's) reach further, up to lobe_reach_um.
     gap = max(1, int(round(p.lobe_gap_um * um / 2)))
     grouped = ndi.binary_dilation(nuc, structure=morphology.disk(gap))
+    if p.lobe_reach_um > p.lobe_gap_um:
+        comp = measure.label(nuc)
+        areas = np.bincount(comp.ravel())
+        small = (areas < p.max_lobe_area_um2 * um * um)[comp] & nuc
+        reach = max(1, int(round((p.lobe_reach_um - p.lobe_gap_um / 2) * um)))
+        grouped |= ndi.binary_dilation(small, structure=morphology.disk(reach))
     groups = measure.label(grouped)
     nuc_labels = np.where(nuc, groups, 0).astype(np.int32)
 
@@ -206,7 +318,7 @@ def _segment_working(chroma: np.ndarray, thr: float, p: SegmentationParams, um: 
     max_a = p.max_nucleus_area_um2 * um * um
     keep = np.zeros(groups.max() + 1, bool)
     for r in measure.regionprops(nuc_labels, intensity_image=chroma):
-        if min_a <= r.area <= max_a and r.intensity_mean >= p.min_mean_chroma:
+        if min_a <= r.area <= max_a and r.intensity_mean >= p.min_mean_signal * thr:
             keep[r.label] = True
     nuc_labels = np.where(keep[nuc_labels], nuc_labels, 0)
     nuc_labels, _, _ = segmentation.relabel_sequential(nuc_labels)
