@@ -176,6 +176,13 @@ def test_image_key_is_content_based():
 def test_default_review_path(tmp_path):
     img = tmp_path / "smear.ome.tif"
     assert default_review_path("smear", "abc" * 10, img) == tmp_path / "smear.review.csv"
+    # The file beside the image holds another image's review: it is kept, a keyed name is used.
+    s = ReviewSession(make_cells(CALLS), PBC_CLASSES, key="abc" * 10,
+                      path=tmp_path / "smear.review.csv")
+    s.confirm([1])
+    assert default_review_path("smear", "abc" * 10, img) == tmp_path / "smear.review.csv"
+    other = default_review_path("smear", "fed" * 10, img)
+    assert other == tmp_path / "smear-fedfedfedfed.review.csv"
     p = default_review_path("my smear/1", "0123456789abcdef", None, user_dir=tmp_path / "rv")
     assert p == tmp_path / "rv" / "my_smear_1-0123456789ab.review.csv"
     ro = tmp_path / "ro"

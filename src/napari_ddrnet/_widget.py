@@ -1,7 +1,9 @@
-"""The dockable napari widget: choose a layer, run in a worker thread, see and export counts."""
+"""The dockable napari widget: choose a layer, run in a worker thread, see, review and export
+counts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,11 @@ from napari.utils.notifications import show_error, show_info
 from .classes import DISPLAY_ORDER
 from .devices import DEVICES
 from .report import csv_tables, write_csv_atomic
+from .review import ReviewSession
+
+#: Count targets offered: label -> white cells (``None``: all).
+TARGET_CHOICES = {"all white cells": None, "first 100 white cells": 100,
+                  "first 200 white cells": 200}
 
 
 class DifferentialWidget(Container):
@@ -32,6 +39,10 @@ class DifferentialWidget(Container):
     Results appear as a Labels layer (masks), a Points layer (centroids, coloured and labelled
     by class) and a Shapes layer (boxes), all carrying the per-cell ``features`` table; the
     counts table shows the differential. Running again replaces those layers.
+
+    Each run opens a :class:`~napari_ddrnet.review.ReviewSession` (:attr:`review`), restored
+    from the image's review file when the same pixels were reviewed before; the review gallery
+    (**Review cells…**) changes it, and the layers, the counts table and the export follow.
     """
 
     def __init__(self, napari_viewer):
@@ -44,23 +55,38 @@ class DifferentialWidget(Container):
         self._conf = FloatSlider(label="Min confidence", min=0.0, max=1.0, step=0.01, value=0.5)
         self._single = CheckBox(text="Single-cell image (one centred cell, e.g. an analyser "
                                      "export)", value=False)
+        self._model = ComboBox(label="Model", choices=_model_choices)
+        self._target = ComboBox(label="Count", choices=list(TARGET_CHOICES),
+                                value="all white cells")
         self._run_btn = PushButton(text="Run")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="Choose an RGB smear image and press Run.")
         self._table = Table(value=_empty_counts())
         self._table.read_only = True
+        self._review_btn = PushButton(text="Review cells…", enabled=False)
         self._export_btn = PushButton(text="Export CSV…", enabled=False)
-        self.extend([self._image, self._pixel, self._device, self._conf, self._single,
-                     self._run_btn,
-                     self._cancel_btn, self._status, self._table, self._export_btn])
+        self.extend([self._image, self._pixel, self._model, self._device, self._conf,
+                     self._single, self._run_btn, self._cancel_btn, self._status,
+                     self._target, self._table, self._review_btn, self._export_btn])
+        self._review_btn.changed.connect(self.open_gallery)
+        self._target.changed.connect(self._on_target)
         self._run_btn.changed.connect(self.run)
         self._cancel_btn.changed.connect(self.cancel)
         self._export_btn.changed.connect(self._ask_export)
         self._classifier = None
-        self._classifier_device = None
+        self._classifier_key = None
         self._worker = None
         self.result = None
         self.image_name = ""
+        #: The review of the latest result (``None`` before a run).
+        self.review: ReviewSession | None = None
+        #: The image layer and pixel array (full resolution) the latest result came from.
+        self.result_layer = None
+        self.result_data = None
+        #: Called with the new :attr:`review` after every run (the gallery rebinds to it).
+        self.review_listeners: list[Callable[[ReviewSession | None], None]] = []
+        self._highlight: int | None = None
+        self._gallery = None
 
     # -- running -----------------------------------------------------------------------------
     def pixel_size_for(self, layer) -> tuple[float | None, float | None]:
@@ -93,15 +119,16 @@ class DifferentialWidget(Container):
 
         given, meta_px = self.pixel_size_for(layer)
         device, conf = self._device.value, float(self._conf.value)
+        weights = self._model.value
         self.image_name = layer.name
         # Errors are handled by _on_error (a notification), not re-raised as tracebacks.
         single = bool(self._single.value)
         steps = 2 if single else count_steps(data) + 1
-        worker = create_worker(self._work, data, given, meta_px, device, conf, single,
+        worker = create_worker(self._work, data, given, meta_px, device, conf, single, weights,
                                _progress={"total": steps,
                                           "desc": "WBC differential"},
                                _connect={"errored": self._on_error}, _start_thread=False)
-        worker.returned.connect(lambda res: self._show(res, layer))
+        worker.returned.connect(lambda out: self._show(out[0], layer, data, out[1]))
         worker.aborted.connect(lambda: self._status.set_value("Cancelled."))
         worker.finished.connect(self._finished)
         self._worker = worker
@@ -111,21 +138,24 @@ class DifferentialWidget(Container):
         worker.start()
         return worker
 
-    def _work(self, data, given, meta_px, device, conf, single):
+    def _work(self, data, given, meta_px, device, conf, single, weights=None):
         from .classify import Classifier
         from .pipeline import iter_analyze
+        from .review import image_key
         from .single_cell import analyze_single_cell
 
-        if self._classifier is None or self._classifier_device != device:
-            self._classifier = Classifier(device=device)
-            self._classifier_device = device
+        if self._classifier is None or self._classifier_key != (device, weights):
+            self._classifier = Classifier(weights, device=device)
+            self._classifier_key = (device, weights)
         yield
         if single:
-            return analyze_single_cell(np.asarray(data), given, self._classifier,
-                                       pixel_size_metadata=meta_px, min_confidence=conf)
-        return (yield from _steps(iter_analyze(data, given, self._classifier,
-                                               pixel_size_metadata=meta_px,
-                                               min_confidence=conf)))
+            result = analyze_single_cell(np.asarray(data), given, self._classifier,
+                                         pixel_size_metadata=meta_px, min_confidence=conf)
+        else:
+            result = yield from _steps(iter_analyze(data, given, self._classifier,
+                                                    pixel_size_metadata=meta_px,
+                                                    min_confidence=conf))
+        return result, image_key(data)
 
     def cancel(self):
         """Stop the running analysis at the next tile."""
@@ -142,20 +172,32 @@ class DifferentialWidget(Container):
         show_error(f"WBC differential failed: {exc}")
 
     # -- results -----------------------------------------------------------------------------
-    def _show(self, result, layer):
+    def _show(self, result, layer, data=None, key: str = ""):
         from .layers import OUR_LAYERS, layer_data
+        from .review import default_review_path
 
         self.result = result
+        self.result_layer, self.result_data = layer, data
+        review = ReviewSession(result.cells, result.classes, image_name=layer.name, key=key,
+                               path=default_review_path(layer.name, key, source_path(layer)),
+                               pixel_size_um=result.pixel_size_um)
+        restored = review.restore()
+        review.target = TARGET_CHOICES[self._target.value]
+        review.listeners.append(self._on_review_change)
+        self.review = review
+        self._highlight = None
         scale = tuple(layer.scale[-2:])
         translate = tuple(layer.translate[-2:])
         for name in OUR_LAYERS:  # re-run: replace, never pile up copies or keep stale masks
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
-        for data, meta, kind in layer_data(result, scale, translate):
-            getattr(self._viewer, f"add_{kind}")(data, **meta)
+        for ldata, meta, kind in layer_data(result, scale, translate, review.cells):
+            getattr(self._viewer, f"add_{kind}")(ldata, **meta)
         self._viewer.layers.selection.active = layer
-        self._table.value = _counts_for_table(result.counts)
+        self._refresh_table()
         status = f"{len(result.cells)} cells; pixel size {pixel_size_text(result.pixel_size)}."
+        if restored:
+            status += f" Review restored: {restored} cells from {review.path}."
         if not self._single.value:
             from .single_cell import looks_like_single_cell
 
@@ -165,13 +207,78 @@ class DifferentialWidget(Container):
                            "to classify it whole.")
         self._status.value = status
         self._export_btn.enabled = True
+        self._review_btn.enabled = True
+        for fn in list(self.review_listeners):
+            fn(review)
 
+    # -- review ------------------------------------------------------------------------------
+    def _review_layers(self) -> dict:
+        from .layers import OUR_LAYERS
+
+        return {n: self._viewer.layers[n] for n in OUR_LAYERS if n in self._viewer.layers}
+
+    def _on_review_change(self, cell_ids: list[int]) -> None:
+        from .layers import features_table, update_review
+
+        review = self.review
+        if review is None:
+            return
+        update_review(self._review_layers(), features_table(self.result, review.cells),
+                      self._highlight)
+        self._refresh_table()
+        if review.last_save_error:
+            show_error(f"Could not save the review: {review.last_save_error}")
+
+    def highlight(self, cell_id: int | None) -> None:
+        """Thicken ``cell_id``'s box and point (the gallery's current cell); ``None``: none."""
+        from .layers import features_table, update_review
+
+        if self.review is None:
+            return
+        self._highlight = None if cell_id is None else self.review.row_of(cell_id)
+        update_review(self._review_layers(), features_table(self.result, self.review.cells),
+                      self._highlight)
+
+    def _on_target(self, label: str) -> None:
+        if self.review is not None:
+            self.review.target = TARGET_CHOICES[label]
+            self._refresh_table()
+            for fn in list(self.review.listeners):
+                fn([])
+
+    def _refresh_table(self) -> None:
+        if self.review is not None:
+            self._table.value = _review_counts_for_table(self.review.counts())
+
+    def open_gallery(self):
+        """Dock the review gallery beside this widget (or show it again); returns it."""
+        from ._review_widget import ReviewWidget
+
+        if self._gallery is not None:
+            try:
+                self._gallery.parent().show()
+                self._gallery.parent().raise_()
+                return self._gallery
+            except RuntimeError:  # its dock was closed and deleted
+                self._gallery = None
+        gallery = ReviewWidget(self._viewer, differential=self)
+        self._viewer.window.add_dock_widget(gallery, name="WBC review gallery", area="right",
+                                            tabify=False)
+        self._gallery = gallery
+        return gallery
+
+    # -- export ------------------------------------------------------------------------------
     def export_csv(self, path: str | Path) -> tuple[Path, Path]:
-        """Write the counts to ``path`` and the per-cell table to ``<stem>_cells.csv``."""
+        """Write the counts to ``path`` and the per-cell table to ``<stem>_cells.csv``.
+
+        Both carry the review: each cell's current, model and reviewed class; the counts after
+        review beside the model's (docs/csv-formats.md), over the chosen count target.
+        """
         if self.result is None:
             raise RuntimeError("Nothing to export yet: run the analysis first.")
         path = Path(path)
-        cells, counts = csv_tables(self.image_name, self.result.cells, self.result.counts,
+        review = self.review or ReviewSession(self.result.cells, self.result.classes)
+        cells, counts = csv_tables(self.image_name, review.cells, review.counts(),
                                    self.result.classes, self.result.pixel_size_um)
         cells_path = path.with_name(path.stem + "_cells.csv")
         write_csv_atomic(counts, path)
@@ -196,6 +303,21 @@ _SOURCE_TEXT = {"given": "as entered", "metadata": "from the file",
                 "default": "DEFAULT: could not be measured, enter it for correct crops"}
 
 
+def source_path(layer) -> str | None:
+    """The file an image layer was read from: napari's ``source.path``, else our reader's
+    ``metadata['source_path']``; ``None`` for arrays made in memory."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return path or (layer.metadata or {}).get("source_path") or None
+
+
+def _model_choices(_widget=None) -> list[tuple[str, str]]:
+    """(name, weights path) of the models offered: the shipped one first, then the user's
+    adapted models (:func:`napari_ddrnet.user_models.list_models`), re-read on refresh."""
+    from .user_models import list_models
+
+    return [(m.name, str(m.path)) for m in list_models()]
+
+
 def pixel_size_text(px) -> str:
     """How the status line reports a :class:`~napari_ddrnet.scale.PixelSize`."""
     text = f"{px.um:.3f} µm ({_SOURCE_TEXT.get(px.source, px.source)})"
@@ -213,11 +335,20 @@ def _steps(gen):
 
 
 def _empty_counts() -> dict:
-    return {"class": list(DISPLAY_ORDER), "count": [0] * len(DISPLAY_ORDER),
-            "percent": [""] * len(DISPLAY_ORDER), "basis": [""] * len(DISPLAY_ORDER)}
+    n = len(DISPLAY_ORDER)
+    return {"class": list(DISPLAY_ORDER), "model": [0] * n, "model %": [""] * n,
+            "reviewed": [0] * n, "reviewed %": [""] * n, "basis": [""] * n}
 
 
-def _counts_for_table(counts: pd.DataFrame) -> dict:
-    pct = [("" if np.isnan(p) else f"{p:.1f}") for p in counts["percent"]]
-    return {"class": counts["class"].tolist(), "count": counts["count"].astype(int).tolist(),
-            "percent": pct, "basis": counts["basis"].tolist()}
+def _pct(values) -> list[str]:
+    return [("" if np.isnan(p) else f"{p:.1f}") for p in values]
+
+
+def _review_counts_for_table(counts: pd.DataFrame) -> dict:
+    """The model's differential beside the one after review, absolute and percent."""
+    return {"class": counts["class"].tolist(),
+            "model": counts["model_count"].astype(int).tolist(),
+            "model %": _pct(counts["model_percent"]),
+            "reviewed": counts["count"].astype(int).tolist(),
+            "reviewed %": _pct(counts["percent"]),
+            "basis": counts["basis"].tolist()}

@@ -1,7 +1,9 @@
-"""Build napari layer data from an analysis result (pure: no Qt, no viewer).
+"""Build and update napari layer data from an analysis result (pure: no Qt, no viewer).
 
 Every layer carries the same per-cell ``features`` table, so clicking a point, a box or a mask
-shows the class, the confidence and the per-class probabilities.
+shows the class, the confidence, the per-class probabilities and the review state
+(``model_class``, ``reviewed_class``, ``reviewed``). Colours and text follow ``class``, the
+current call (the reviewer's where a person reviewed the cell, else the model's).
 """
 
 from __future__ import annotations
@@ -11,17 +13,70 @@ import pandas as pd
 
 from .classes import class_color
 from .pipeline import AnalysisResult
-from .schema import feature_columns
+from .schema import REVIEW_COLUMNS, feature_columns, with_review_defaults
 
 LABELS_NAME = "WBC masks"
 POINTS_NAME = "WBC classes"
 SHAPES_NAME = "WBC boxes"
 OUR_LAYERS = (LABELS_NAME, POINTS_NAME, SHAPES_NAME)
+#: Box edge width, and that of the cell selected in the review gallery.
+EDGE_WIDTH, HIGHLIGHT_EDGE_WIDTH = 3.0, 9.0
+REVIEWED_MARK = "\u2713"  # check mark
 
 
-def features_table(result: AnalysisResult) -> pd.DataFrame:
-    """Per-cell features shown in napari (one row per cell, in ``cell_id`` order)."""
-    return result.cells.reindex(columns=feature_columns(result.classes)).reset_index(drop=True)
+def features_table(result: AnalysisResult, cells: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-cell features shown in napari (one row per cell, in ``cell_id`` order).
+
+    ``cells``: the review table (:attr:`napari_ddrnet.review.ReviewSession.cells`) to show
+    instead of ``result.cells``; without it the review columns say "not reviewed".
+    """
+    table = with_review_defaults(result.cells if cells is None else cells)
+    return table.reindex(columns=[*feature_columns(result.classes), *REVIEW_COLUMNS]) \
+        .reset_index(drop=True)
+
+
+def cell_text(feats: pd.DataFrame) -> list[str]:
+    """Canvas text per cell: ``class confidence``, or ``class ✓`` once a person reviewed it."""
+    return [f"{c} {REVIEWED_MARK}" if rev else f"{c} {conf:.2f}"
+            for c, conf, rev in zip(feats["class"], feats["confidence"], feats["reviewed"],
+                                    strict=True)]
+
+
+def _text(feats: pd.DataFrame, size: float) -> dict:
+    # A per-cell string array (napari's manual string encoding): the text depends on the review.
+    return {"string": {"array": cell_text(feats), "default": ""}, "size": 10,
+            "color": "white", "anchor": "upper_left", "translation": (-size, 0)}
+
+
+def update_review(layers: dict, feats: pd.DataFrame, highlight_row: int | None = None) -> None:
+    """Refresh our layers in place after a review change: features, colours, text, highlight.
+
+    ``layers`` maps layer names (:data:`OUR_LAYERS`) to the napari layers present (a deleted
+    layer is simply absent); ``feats`` is :func:`features_table` of the session's cells;
+    ``highlight_row`` thickens that cell's box (the gallery's current cell).
+    """
+    colors = [class_color(c) for c in feats["class"]]
+    if LABELS_NAME in layers:
+        layers[LABELS_NAME].features = label_features(feats)
+    pts = layers.get(POINTS_NAME)
+    if pts is not None and len(pts.data) == len(feats):
+        pts.features = feats
+        if len(feats):
+            pts.face_color = colors
+        pts.text = _text(feats, float(pts.metadata.get("text_offset", 10.0)))
+        width = np.full(len(feats), 0.1)
+        if highlight_row is not None:
+            width[highlight_row] = 0.35
+        pts.border_width = width
+    boxes = layers.get(SHAPES_NAME)
+    if boxes is not None and boxes.nshapes == len(feats):
+        boxes.features = feats
+        if len(feats):
+            boxes.edge_color = colors
+            widths = [EDGE_WIDTH] * len(feats)
+            if highlight_row is not None:
+                widths[highlight_row] = HIGHLIGHT_EDGE_WIDTH
+            boxes.edge_width = widths
 
 
 def label_features(feats: pd.DataFrame) -> pd.DataFrame:
@@ -33,9 +88,13 @@ def label_features(feats: pd.DataFrame) -> pd.DataFrame:
 
 
 def layer_data(result: AnalysisResult, scale: tuple[float, float] = (1.0, 1.0),
-               translate: tuple[float, float] = (0.0, 0.0)) -> list[tuple]:
-    """napari ``LayerDataTuple`` list: Labels (masks), Points (centroids), Shapes (boxes)."""
-    feats = features_table(result)
+               translate: tuple[float, float] = (0.0, 0.0),
+               cells: pd.DataFrame | None = None) -> list[tuple]:
+    """napari ``LayerDataTuple`` list: Labels (masks), Points (centroids), Shapes (boxes).
+
+    ``cells``: the review table to show (see :func:`features_table`).
+    """
+    feats = features_table(result, cells)
     colors = [class_color(c) for c in feats["class"]]
     common = {"scale": scale, "translate": translate}
     out: list[tuple] = []
@@ -50,15 +109,14 @@ def layer_data(result: AnalysisResult, scale: tuple[float, float] = (1.0, 1.0),
         if len(cells) else 10.0
     out.append((centroids, {
         "name": POINTS_NAME, "features": feats, "face_color": colors or "white",
-        "border_color": "black", "size": max(size, 4.0),
-        "text": {"string": "{class} {confidence:.2f}", "size": 10, "color": "white",
-                 "anchor": "upper_left", "translation": (-size, 0)},
+        "border_color": "black", "size": max(size, 4.0), "border_width": 0.1,
+        "text": _text(feats, size), "metadata": {"text_offset": size},
         **common}, "points"))
     boxes = [np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float)
              for r0, c0, r1, c1 in cells[["min_row", "min_col", "max_row", "max_col"]]
              .to_numpy()]
     out.append((boxes, {
         "name": SHAPES_NAME, "shape_type": "rectangle", "features": feats,
-        "edge_color": colors or "white", "face_color": "transparent", "edge_width": 3,
+        "edge_color": colors or "white", "face_color": "transparent", "edge_width": EDGE_WIDTH,
         **common}, "shapes"))
     return out

@@ -83,11 +83,19 @@ def default_review_path(image_name: str, key: str, source_path: str | os.PathLik
     Beside the image (``<stem>.review.csv``) when it came from a file in a writable folder, else
     in the user data folder (``user_dir``, default ``user_models_dir().parent / "reviews"``)
     as ``<name>-<key[:12]>.review.csv``: the key keeps different images with one name apart.
+    When ``<stem>.review.csv`` exists but holds the review of other pixels (the file was
+    changed), ``<stem>-<key[:12]>.review.csv`` is used so that review is never overwritten.
     """
     if source_path:
         src = Path(source_path)
         if src.parent.is_dir() and os.access(src.parent, os.W_OK):
-            return src.with_name(src.name.split(".")[0] + REVIEW_SUFFIX)
+            stem = src.name.split(".")[0]
+            path = src.with_name(stem + REVIEW_SUFFIX)
+            if path.exists():
+                saved = read_review(path)
+                if saved is None or (saved["image_key"].astype(str) != key).any():
+                    path = src.with_name(f"{stem}-{key[:12]}{REVIEW_SUFFIX}")
+            return path
     if user_dir is None:
         from .user_models import user_models_dir
 

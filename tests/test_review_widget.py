@@ -1,0 +1,195 @@
+"""The review gallery in a real viewer (run under xvfb-run): keys, sync, undo, autosave."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+if os.environ.get("CI"):
+    import napari  # noqa: F401  (CI must fail on a broken napari install, never skip)
+else:
+    napari = pytest.importorskip("napari")
+
+from qtpy.QtCore import Qt  # noqa: E402
+
+from napari_ddrnet._sample_data import make_sample_smear  # noqa: E402
+from napari_ddrnet._widget import DifferentialWidget  # noqa: E402
+from napari_ddrnet.classes import CLASS_COLORS, DISPLAY_ORDER  # noqa: E402
+from napari_ddrnet.layers import LABELS_NAME, POINTS_NAME, SHAPES_NAME  # noqa: E402
+from napari_ddrnet.review import read_review  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def user_home(tmp_path, monkeypatch):
+    """Reviews of in-memory images go to the user data folder: a fresh one per test."""
+    monkeypatch.setenv("NAPARI_DDRNET_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def analysed(viewer, qtbot, data=None):
+    """Dock the differential widget on the sample (or ``data`` under the same name), run it."""
+    sample, meta, _ = make_sample_smear()[0]
+    layer = viewer.add_image(sample if data is None else data, **meta)
+    widget = DifferentialWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="WBC differential")
+    widget._image.reset_choices()
+    widget._image.value = layer
+    widget._device.value = "cpu"
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert widget.result is not None and len(widget.result.cells) == 4
+    return widget
+
+
+def gallery_of(widget, qtbot):
+    gallery = widget.open_gallery()
+    qtbot.waitUntil(lambda: gallery._thumb_worker is None, timeout=30_000)
+    return gallery
+
+
+def rgb_of(hexcol: str) -> list[float]:
+    h = hexcol.lstrip("#")
+    return [int(h[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+
+
+def table_row(widget, cls: str) -> dict:
+    table = widget._table.value
+    rows = {r[0]: dict(zip(table["columns"], r, strict=True)) for r in table["data"]}
+    return rows[cls]
+
+
+def test_keys_reassign_sync_layers_counts_and_undo(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = analysed(viewer, qtbot)
+    gallery = gallery_of(widget, qtbot)
+    session = widget.review
+    assert gallery.session is session and len(gallery.shown()) == 4
+    assert len(gallery._thumbs) == 4  # every cell got its thumbnail
+    first = gallery.current_cell()
+    assert first == gallery.shown()[0]
+    # Selecting a cell centres the camera on it and thickens its box.
+    row = session.cells.iloc[session.row_of(first)]
+    np.testing.assert_allclose(viewer.camera.center[-2:],
+                               [row["centroid_row"] * 0.1, row["centroid_col"] * 0.1])
+    widths = viewer.layers[SHAPES_NAME].edge_width
+    assert widths[session.row_of(first)] > max(np.delete(widths, session.row_of(first)))
+    model = session.class_of(first)
+    target = "basophil" if model != "basophil" else "monocyte"
+    before = table_row(widget, target)["reviewed"]
+    qtbot.keyClick(gallery.list, getattr(Qt.Key, f"Key_{DISPLAY_ORDER.index(target) + 1}"))
+    # The session, the three layers' features, colours, text and the counts table follow.
+    assert session.class_of(first) == target and session.is_reviewed(first)
+    i = session.row_of(first)
+    for name in (POINTS_NAME, SHAPES_NAME, LABELS_NAME):
+        feats = viewer.layers[name].features
+        assert feats["class"][i] == target and feats["model_class"][i] == model
+        assert feats["reviewed_class"][i] == target and bool(feats["reviewed"][i])
+    pts = viewer.layers[POINTS_NAME]
+    np.testing.assert_allclose(pts.face_color[i][:3], rgb_of(CLASS_COLORS[target]), atol=1e-6)
+    np.testing.assert_allclose(viewer.layers[SHAPES_NAME].edge_color[i][:3],
+                               rgb_of(CLASS_COLORS[target]), atol=1e-6)
+    assert pts.text.values[i] == f"{target} \u2713"
+    assert table_row(widget, target)["reviewed"] == before + 1
+    assert table_row(widget, target)["model"] == before - int(model == target)
+    assert gallery.current_cell() == gallery.shown()[1]  # moved on to the next cell
+    assert "reviewed 1 / 4" in gallery._info.text()
+    # Space confirms the next one; Backspace and Ctrl+Z undo, one level each.
+    second = gallery.current_cell()
+    qtbot.keyClick(gallery.list, Qt.Key.Key_Space)
+    assert session.is_reviewed(second) and session.n_reviewed == 2
+    qtbot.keyClick(gallery.list, Qt.Key.Key_Backspace)
+    assert not session.is_reviewed(second) and gallery.current_cell() == second
+    qtbot.keyClick(gallery.list, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert session.n_reviewed == 0 and session.class_of(first) == model
+    assert pts.features["class"][i] == model and pts.text.values[i].startswith(model)
+    assert table_row(widget, target)["reviewed"] == before
+    # Arrows move through the cells, never onto the class dividers.
+    gallery.select(gallery.shown()[0])
+    qtbot.keyClick(gallery.list, Qt.Key.Key_Right)
+    assert gallery.current_cell() == gallery.shown()[1]
+    qtbot.keyClick(gallery.list, Qt.Key.Key_Left)
+    assert gallery.current_cell() == gallery.shown()[0]
+
+
+def test_autosave_survives_closed_viewer_and_restores_same_image_only(
+        make_napari_viewer, qtbot, user_home):
+    viewer = make_napari_viewer()
+    widget = analysed(viewer, qtbot)
+    gallery = gallery_of(widget, qtbot)
+    cell = gallery.current_cell()
+    box = widget.review.cells.iloc[widget.review.row_of(cell)][["min_row", "min_col"]].tolist()
+    qtbot.keyClick(gallery.list, Qt.Key.Key_6)  # ig
+    path = widget.review.path
+    assert path.parent == user_home / "reviews" and path.is_file()
+    saved = read_review(path)
+    assert saved.loc[saved["cell_id"] == cell, "reviewed_class"].item() == "ig"
+    viewer.close()  # no save action: the file is already there
+
+    viewer2 = make_napari_viewer()
+    widget2 = analysed(viewer2, qtbot)
+    review = widget2.review
+    assert review.path == path and review.n_reviewed == 1
+    restored = review.cells[review.cells["reviewed"]]
+    assert restored[["min_row", "min_col"]].iloc[0].tolist() == box
+    assert restored["class"].iloc[0] == "ig"
+    assert "Review restored: 1 cells" in widget2._status.value
+    assert viewer2.layers[POINTS_NAME].features["reviewed"].sum() == 1
+    assert table_row(widget2, "ig")["reviewed"] >= 1
+
+    # Another image with the same layer name: its own file, nothing restored onto it.
+    other = make_sample_smear()[0][0].copy()
+    other[::7, ::7] = 255
+    viewer3 = make_napari_viewer()
+    widget3 = analysed(viewer3, qtbot, data=other)
+    assert widget3.review.path != path and widget3.review.n_reviewed == 0
+    assert "restored" not in widget3._status.value
+    assert read_review(path)["reviewed"].sum() == 1  # the first review is untouched
+
+
+def test_target_mark_all_shown_and_export(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    widget = analysed(viewer, qtbot)
+    gallery = gallery_of(widget, qtbot)
+    session = widget.review
+    n_wbc = int(widget.result.cells["class"].isin(DISPLAY_ORDER[:6]).sum())
+    widget._target.value = "first 100 white cells"
+    assert session.target == 100
+    assert f"NOT reached: only {n_wbc} white cells" in gallery._info.text()
+    assert session.counts()["wbc_target"].iloc[0] == 100
+    # One class only, then mark all shown: exactly those cells become reviewed (one undo step).
+    cls = session.class_of(gallery.shown()[0])
+    gallery._queue.setCurrentIndex(gallery._queue.findData(cls))
+    shown = gallery.shown()
+    assert shown and all(session.class_of(c) == cls for c in shown)
+    gallery._all_btn.click()
+    assert set(session.cells.loc[session.cells["reviewed"], "cell_id"]) == set(shown)
+    gallery._queue.setCurrentIndex(gallery._queue.findData("all"))
+    gallery._all_btn.click()
+    assert session.n_reviewed == 4 and "reviewed 4 / 4" in gallery._info.text()
+    gallery.select(shown[0])
+    qtbot.keyClick(gallery.list, Qt.Key.Key_9)  # unidentified
+    counts_csv, cells_csv = widget.export_csv(tmp_path / "smear.csv")
+    cells = pd.read_csv(cells_csv, keep_default_na=False)
+    assert {"model_class", "reviewed_class", "reviewed", "pixel_size_um"} <= set(cells.columns)
+    assert cells["reviewed"].astype(str).eq("True").all()
+    row = cells.set_index("cell_id").loc[shown[0]]
+    assert row["class"] == "unidentified" and row["reviewed_class"] == "unidentified"
+    assert row["model_class"] == cls
+    counts = pd.read_csv(counts_csv).set_index("class")
+    assert counts.at["unidentified", "count"] == counts.at["unidentified", "model_count"] + 1
+    assert counts.at[cls, "count"] == counts.at[cls, "model_count"] - 1
+    assert counts["n_reviewed"].sum() == 4 and (counts["wbc_target"] == 100).all()
+
+
+def test_gallery_from_plugin_menu_finds_the_differential(make_napari_viewer, qtbot):
+    from napari_ddrnet._review_widget import ReviewWidget
+
+    viewer = make_napari_viewer()
+    widget = analysed(viewer, qtbot)
+    gallery = ReviewWidget(viewer)
+    viewer.window.add_dock_widget(gallery, name="gallery")
+    assert gallery.differential is widget and gallery.session is widget.review
+    assert len(gallery.shown()) == 4
