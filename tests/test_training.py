@@ -158,3 +158,126 @@ def test_fine_tune_from_weights_with_two_validation_packs(tmp_path):
     assert {"val_macro_f1_small_val", "val_macro_f1_second_val"} <= set(rec)
     assert rec["val_macro_f1"] == pytest.approx(
         (rec["val_macro_f1_small_val"] + rec["val_macro_f1_second_val"]) / 2)
+
+
+# --- Strong augmentation: every transform keeps shape/dtype/range, is the identity at strength
+# 0, and changes the image by the intended amount. -------------------------------------------
+
+_STILL = dict(flip=False, rot90=False, max_rotation_deg=0, zoom=(1, 1), max_shift=0,
+              contrast=(1, 1))
+_TRANSFORMS = {"white_balance": 0.15, "hue": 0.05, "saturation": 0.3, "gamma": 0.3,
+               "blur_p": 1.0, "noise": 0.05, "jpeg_p": 1.0, "hed_jitter": 0.08,
+               "stain_jitter": 0.08, "brightness": 0.08}
+
+
+def _smooth_batch(n=8, s=64, seed=0):
+    """Images with structure at several scales (blur and JPEG must have something to act on)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, s // 8, s // 8, generator=g)
+    x = torch.nn.functional.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+    return (0.15 + 0.7 * x + 0.05 * torch.rand(n, 3, s, s, generator=g)).clamp(0, 1)
+
+
+def test_identity_when_every_strength_is_zero():
+    import torch
+
+    x = _smooth_batch()
+    y = augment_batch(x.clone(), AugmentConfig(**_STILL))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert torch.allclose(x, y, atol=1e-5)
+    # blur_p / jpeg_p = 0 leave the strength parameters inert.
+    y = augment_batch(x.clone(), AugmentConfig(blur_sigma=3.0, jpeg_quality=(5, 10), **_STILL))
+    assert torch.allclose(x, y, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(_TRANSFORMS))
+def test_each_transform_keeps_shape_dtype_range_and_changes_the_image(name):
+    import torch
+
+    x = _smooth_batch()
+    y = augment_batch(x.clone(), AugmentConfig(**{name: _TRANSFORMS[name]}, **_STILL),
+                      torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and y.dtype == torch.float32
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+    diff = float((y - x).abs().mean())
+    assert 1e-3 < diff < 0.2, (name, diff)
+
+
+def test_white_balance_cast_is_bounded_and_keeps_brightness():
+    import torch
+
+    from training.augment import white_balance_gains
+
+    u = torch.rand(1000, 3) * 2 - 1
+    g = white_balance_gains(u, 0.1)
+    # Geometric mean 1: a tint, not a brightness change; each gain within exp(±2 * 0.1).
+    assert torch.allclose(g.log().mean(1), torch.zeros(1000), atol=1e-6)
+    assert float(g.max()) <= np.exp(0.2) + 1e-6 and float(g.min()) >= np.exp(-0.2) - 1e-6
+    # Applied to a grey image: channel ratios are exactly the gains.
+    x = torch.full((4, 3, 16, 16), 0.5)
+    y = augment_batch(x.clone(), AugmentConfig(white_balance=0.1, **_STILL),
+                      torch.Generator().manual_seed(0))
+    ratio = y.mean((2, 3)) / 0.5
+    assert float((ratio.log().mean(1)).abs().max()) < 1e-4
+    assert 0.01 < float((ratio - 1).abs().max()) <= np.exp(0.2) - 1 + 1e-4
+
+
+def test_zoom_scales_a_cell_by_the_drawn_factor():
+    import torch
+
+    s = 64
+    yy, xx = torch.meshgrid(torch.arange(s) - s / 2 + 0.5, torch.arange(s) - s / 2 + 0.5,
+                            indexing="ij")
+    disk = ((yy ** 2 + xx ** 2) < 12 ** 2).float()  # radius 12 px
+    x = torch.ones(2, 3, s, s) - 0.8 * disk  # dark cell on white
+    for z in (0.7, 1.3):
+        cfg = AugmentConfig(**dict(_STILL, zoom=(z, z)), padding="reflection")
+        y = augment_batch(x.clone(), cfg)
+        area = float((y[0, 0] < 0.6).sum())
+        assert area / float(disk.sum()) == pytest.approx(z ** 2, rel=0.08), z
+
+
+def test_blur_sigma_matches_the_request():
+    import torch
+
+    from training.augment import gaussian_blur
+
+    x = torch.zeros(2, 3, 33, 33)
+    x[:, :, 16, 16] = 1
+    y = gaussian_blur(x, torch.tensor([0.8, 1.5]))
+    for i, sigma in enumerate((0.8, 1.5)):
+        prof = y[i, 0, 16] / y[i, 0, 16].sum()
+        t = torch.arange(33) - 16.0
+        assert float((prof * t ** 2).sum().sqrt()) == pytest.approx(sigma, rel=0.05)
+    assert torch.allclose(y.sum((2, 3)), torch.ones(2, 3), atol=1e-5)
+
+
+def test_load_split_fraction_keeps_a_fixed_subset(tmp_path):
+    from training.train import load_split
+
+    rng = np.random.default_rng(0)
+    crops = [encode_jpeg(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(20)]
+    save_pack(tmp_path / "p.npz", crops, [i % 2 for i in range(20)], ["a", "b"],
+              [str(i) for i in range(20)])
+    x1, y1, _ = load_split(tmp_path, [["p", 0.25], ["p", 2]], seed=3)
+    x2, _, _ = load_split(tmp_path, [["p", 0.25]], seed=3)
+    assert len(y1) == 5 + 40 and np.array_equal(x1[:5], x2)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_ddp_shards_are_disjoint_and_cover_the_epoch(world):
+    """Issue 9 item 6: every rank draws the same permutation and takes its own stride."""
+    from training.train import epoch_shard
+
+    n = 1003
+    for epoch in (0, 5):
+        shards = [epoch_shard(n, seed=7, epoch=epoch, rank=r, world=world).tolist()
+                  for r in range(world)]
+        flat = [i for s in shards for i in s]
+        assert len(flat) == n and sorted(flat) == list(range(n))  # disjoint and complete
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    # Different epochs shuffle differently; the same epoch reproduces (resume).
+    assert epoch_shard(n, 7, 0).tolist() != epoch_shard(n, 7, 1).tolist()
+    assert epoch_shard(n, 7, 1).tolist() == epoch_shard(n, 7, 1).tolist()

@@ -1,8 +1,19 @@
 """Batched augmentation on tensors (runs on the GPU when training there).
 
-The paper's augmentations — flips, rotation by up to ±10°, zoom, random contrast — plus, as an
-option, stain/colour jitter (per-channel gain and brightness) for robustness across stains and
-cameras, and 90° rotations (a cell has no preferred orientation).
+The paper's augmentations — flips, rotation by up to ±10°, zoom, random contrast — plus, as
+options, the photometric and optical variation between laboratories, microscopes and cameras
+that a model must survive to work on a lab it never saw (the LISC cross-lab test in
+``docs/cross-source.md``):
+
+- stain: per-channel gain (``stain_jitter``, legacy) and haematoxylin/eosin optical-density
+  jitter (``hed_jitter``, Tellez et al. 2018);
+- camera: white-balance casts (``white_balance``), hue, saturation and gamma jitter,
+  brightness, sensor noise (``noise``) and JPEG compression (``jpeg_p``);
+- optics: defocus blur (``blur_p``/``blur_sigma``) and a wider zoom range (``zoom``) so that a
+  moderately wrong pixel-size estimate degrades gracefully.
+
+Every option is off (or the paper's value) by default, so old configs train exactly as before.
+Each sample gets its own draw.
 """
 
 from __future__ import annotations
@@ -16,20 +27,78 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
+    """Augmentation strengths; the defaults are the paper's geometric augmentation only.
+
+    Attributes
+    ----------
+    flip, rot90 : bool
+        Random horizontal/vertical flips and 90° rotations.
+    max_rotation_deg : float
+        Uniform rotation in ``±max_rotation_deg``.
+    zoom : tuple of float
+        Scale factor range (``> 1`` enlarges the cell); ``(0.7, 1.3)`` covers a ±30 % pixel-size
+        error.
+    max_shift : float
+        Translation, as a fraction of the crop side.
+    padding : {"border", "reflection", "zeros"}
+        How :func:`torch.nn.functional.grid_sample` fills pixels from outside the crop. With a
+        wide zoom-out ``"reflection"`` shows mirrored field instead of smeared edge pixels.
+    contrast : tuple of float
+        Contrast factor range about the per-sample mean.
+    stain_jitter : float
+        Per-channel linear gain ``1 ± stain_jitter`` (legacy; e.g. 0.08).
+    hed_jitter : float
+        Haematoxylin/eosin/DAB optical-density scale ``1 ± s`` and shift ``± s`` (e.g. 0.05).
+    white_balance : float
+        White-balance cast: per-channel gains ``exp(U(-w, w))`` rescaled to a geometric mean of
+        1 (colour changes, overall brightness does not); e.g. 0.1 gives casts up to about ±10 %.
+    hue : float
+        Hue rotation by up to ``± hue`` of a full turn (YIQ rotation; e.g. 0.04 ≈ ±14°).
+    saturation : float
+        Saturation factor in ``1 ± saturation`` (blend with the grey image).
+    gamma : float
+        Gamma ``exp(U(-g, g))`` applied as ``x ** gamma`` (e.g. 0.25 gives 0.78–1.28).
+    brightness : float
+        Additive brightness in ``± brightness`` (e.g. 0.06).
+    blur_p, blur_sigma : float
+        Fraction of samples blurred by a Gaussian of sigma ``U(0.3, blur_sigma)`` pixels
+        (defocus; at 64 px for 30 µm one pixel is ~0.47 µm).
+    noise : float
+        Additive Gaussian sensor noise with a per-sample std ``U(0, noise)``.
+    jpeg_p : float
+        Fraction of samples re-encoded as JPEG (CPU, torchvision) at a quality drawn from
+        ``jpeg_quality``; the other transforms are batched, this one loops per sample.
+    jpeg_quality : tuple of int
+        JPEG quality range.
+    """
+
     flip: bool = True
     rot90: bool = True
     max_rotation_deg: float = 10.0
     zoom: tuple[float, float] = (0.9, 1.15)
     max_shift: float = 0.06
+    padding: str = "border"
     contrast: tuple[float, float] = (0.8, 1.2)
-    stain_jitter: float = 0.0  # per-channel gain spread, e.g. 0.08
-    hed_jitter: float = 0.0  # haematoxylin/eosin/DAB optical-density scale and shift, e.g. 0.05
-    brightness: float = 0.0  # additive, e.g. 0.06
+    stain_jitter: float = 0.0
+    hed_jitter: float = 0.0
+    white_balance: float = 0.0
+    hue: float = 0.0
+    saturation: float = 0.0
+    gamma: float = 0.0
+    brightness: float = 0.0
+    blur_p: float = 0.0
+    blur_sigma: float = 1.2
+    noise: float = 0.0
+    jpeg_p: float = 0.0
+    jpeg_quality: tuple[int, int] = (40, 95)
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None
                   ) -> torch.Tensor:
-    """Augment a ``(N, 3, S, S)`` float batch in 0..1; every sample gets its own draw."""
+    """Augment a ``(N, 3, S, S)`` float batch in 0..1; every sample gets its own draw.
+
+    Returns a new tensor in 0..1 (``x`` itself may be modified by the 90° rotations).
+    """
     n, dev = x.shape[0], x.device
 
     def rand(*shape):
@@ -41,6 +110,42 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
             sel = k == r
             if sel.any():
                 x[sel] = torch.rot90(x[sel], r, (2, 3))
+    x = _affine(x, cfg, rand)
+
+    mean = x.mean((1, 2, 3), keepdim=True)
+    c = cfg.contrast[0] + rand(n, 1, 1, 1) * (cfg.contrast[1] - cfg.contrast[0])
+    x = (x - mean) * c + mean
+    if cfg.stain_jitter > 0:
+        gain = 1 + (rand(n, 3, 1, 1) * 2 - 1) * cfg.stain_jitter
+        x = x * gain
+    if cfg.hed_jitter > 0:
+        x = _hed_jitter(x, cfg.hed_jitter, rand)
+    if cfg.white_balance > 0:
+        x = x * white_balance_gains(rand(n, 3) * 2 - 1, cfg.white_balance)[:, :, None, None]
+    if cfg.hue > 0 or cfg.saturation > 0:
+        x = _hue_saturation(x.clamp(0, 1), (rand(n) * 2 - 1) * cfg.hue,
+                            1 + (rand(n) * 2 - 1) * cfg.saturation)
+    if cfg.gamma > 0:
+        g = torch.exp((rand(n, 1, 1, 1) * 2 - 1) * cfg.gamma)
+        x = x.clamp(1e-4, 1) ** g
+    if cfg.brightness > 0:
+        x = x + (rand(n, 1, 1, 1) * 2 - 1) * cfg.brightness
+    if cfg.blur_p > 0:
+        sel = rand(n) < cfg.blur_p
+        sigma = 0.3 + rand(n) * max(cfg.blur_sigma - 0.3, 0.0)
+        x = torch.where(sel[:, None, None, None], gaussian_blur(x, sigma), x)
+    if cfg.noise > 0:
+        std = rand(n, 1, 1, 1) * cfg.noise
+        x = x + std * torch.randn(x.shape, device=dev, generator=gen)
+    x = x.clamp_(0, 1)
+    if cfg.jpeg_p > 0:
+        x = _jpeg(x, rand(n) < cfg.jpeg_p, cfg.jpeg_quality, rand)
+    return x
+
+
+def _affine(x: torch.Tensor, cfg: AugmentConfig, rand) -> torch.Tensor:
+    """Flip, rotation, zoom and shift in one resampling (one interpolation blur, not four)."""
+    n, dev = x.shape[0], x.device
     angle = (rand(n) * 2 - 1) * math.radians(cfg.max_rotation_deg)
     scale = cfg.zoom[0] + rand(n) * (cfg.zoom[1] - cfg.zoom[0])
     flip_x = torch.where(rand(n) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(n, device=dev)
@@ -53,19 +158,67 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
     theta[:, 1, 1] = cos * flip_y
     theta[:, :, 2] = (rand(n, 2) * 2 - 1) * cfg.max_shift * 2
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=cfg.padding, align_corners=False)
 
-    mean = x.mean((1, 2, 3), keepdim=True)
-    c = cfg.contrast[0] + rand(n, 1, 1, 1) * (cfg.contrast[1] - cfg.contrast[0])
-    x = (x - mean) * c + mean
-    if cfg.stain_jitter > 0:
-        gain = 1 + (rand(n, 3, 1, 1) * 2 - 1) * cfg.stain_jitter
-        x = x * gain
-    if cfg.hed_jitter > 0:
-        x = _hed_jitter(x, cfg.hed_jitter, rand)
-    if cfg.brightness > 0:
-        x = x + (rand(n, 1, 1, 1) * 2 - 1) * cfg.brightness
-    return x.clamp_(0, 1)
+
+def white_balance_gains(u: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-channel gains ``exp(u * strength)`` for ``u`` in [-1, 1], ``(N, 3)``, divided by
+    their geometric mean so a cast tints the image without making it brighter or darker."""
+    log_g = u * strength
+    return torch.exp(log_g - log_g.mean(1, keepdim=True))
+
+
+# RGB <-> YIQ (NTSC): hue is a rotation of the (I, Q) chroma plane.
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                         [0.211, -0.523, 0.312]])
+
+
+def _hue_saturation(x: torch.Tensor, turns: torch.Tensor, sat: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by ``turns`` (fraction of 360°) and scale chroma by ``sat``, per sample, as
+    one linear map in YIQ space (a standard, cheap approximation of an HSV hue shift)."""
+    to_yiq = _RGB2YIQ.to(x.device, x.dtype)
+    to_rgb = torch.linalg.inv(to_yiq)
+    a = turns * 2 * math.pi
+    n = x.shape[0]
+    m = torch.zeros(n, 3, 3, device=x.device, dtype=x.dtype)
+    m[:, 0, 0] = 1
+    m[:, 1, 1] = torch.cos(a) * sat
+    m[:, 1, 2] = -torch.sin(a) * sat
+    m[:, 2, 1] = torch.sin(a) * sat
+    m[:, 2, 2] = torch.cos(a) * sat
+    full = to_rgb @ m @ to_yiq  # N,3,3
+    return torch.einsum("nij,njhw->nihw", full, x)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one ``sigma`` (pixels) per sample, as a grouped convolution
+    (torchvision's ``gaussian_blur`` takes one sigma per call)."""
+    n, c, h, w = x.shape
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None].clamp(min=1e-3)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (N*C, K)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k[:, None, :, None], groups=n * c)
+    y = F.conv2d(y, k[:, None, None, :], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def _jpeg(x: torch.Tensor, sel: torch.Tensor, quality: tuple[int, int], rand) -> torch.Tensor:
+    """JPEG-compress the selected samples on the CPU (torchvision.io) at random qualities."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    idx = torch.nonzero(sel).flatten().tolist()
+    if not idx:
+        return x
+    q = (quality[0] + rand(len(idx)) * (quality[1] - quality[0] + 1)).long().clamp(
+        quality[0], quality[1]).tolist()
+    x = x.clone()
+    for i, qi in zip(idx, q):
+        u8 = (x[i] * 255).round().to(torch.uint8).cpu()
+        dec = decode_jpeg(encode_jpeg(u8, quality=int(qi)))
+        x[i] = dec.to(x.device, x.dtype) / 255
+    return x
 
 
 # Colour deconvolution matrix (Ruifrok & Johnston 2001), as in skimage.color.rgb2hed.

@@ -45,19 +45,43 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_split(packs: Path, entries: list) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Concatenate packs; an entry is ``"name"`` or ``["name", repeat]`` (oversampling)."""
+def load_split(packs: Path, entries: list, seed: int = 0
+               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Concatenate packs; an entry is ``"name"`` or ``["name", repeat]``.
+
+    An integer ``repeat`` oversamples the pack; a fraction below 1 keeps that share of it, a
+    fixed random subset drawn with ``seed`` (to keep a large, redundant pack such as Kaggle's
+    35 augmented copies per field from swamping the others).
+    """
     xs, ys, classes = [], [], None
     for e in entries:
-        name, rep = (e, 1) if isinstance(e, str) else (e[0], int(e[1]))
+        name, rep = (e, 1.0) if isinstance(e, str) else (e[0], float(e[1]))
         x, y, cls, _ = load_pack(packs / f"{name}.npz")
         if classes is None:
             classes = cls
         elif cls != classes:  # map labels into the first pack's class list
             y = np.asarray([classes.index(cls[i]) for i in y])
-        xs += [x] * rep
-        ys += [y] * rep
+        if rep < 1:
+            keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:round(rep * len(y))])
+            x, y, rep = x[keep], y[keep], 1
+        xs += [x] * int(rep)
+        ys += [y] * int(rep)
     return np.concatenate(xs), np.concatenate(ys), classes
+
+
+def epoch_shard(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """This rank's sample indices for one epoch.
+
+    Every rank draws the *same* permutation (the generator is seeded with the run seed and the
+    epoch, never the rank) and takes every ``world``-th element from ``rank``: the shards are
+    disjoint and together cover the epoch. (Per-rank seeds made shards overlap and skip
+    samples.) Seeding by epoch also makes ``--resume`` draw the order the uninterrupted run
+    would have drawn.
+    """
+    gen = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + int(epoch))
+    perm = torch.randperm(n, device=device, generator=gen)
+    return perm[rank::world]
 
 
 def class_weights(y: np.ndarray, k: int, power: float) -> torch.Tensor:
@@ -105,7 +129,7 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
     torch.manual_seed(seed + rank)
     out.mkdir(parents=True, exist_ok=True)
 
-    x_tr, y_tr, classes = load_split(packs, cfg["train"])
+    x_tr, y_tr, classes = load_split(packs, cfg["train"], seed)
     if limit:
         sel = np.random.default_rng(seed).permutation(len(y_tr))[:limit]
         x_tr, y_tr = x_tr[sel], y_tr[sel]
@@ -156,11 +180,9 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
         start_epoch, best_f1 = int(state["epoch"]) + 1, float(state["best_f1"])
     log = open(out / "train.log", "a") if rank == 0 else None
     t0 = time.time()
-    gen = torch.Generator(device=xt.device).manual_seed(seed * 1000 + rank)
     for epoch in range(start_epoch, epochs):
         model.train()
-        perm = torch.randperm(len(yt), device=xt.device, generator=gen)
-        perm = perm[rank::world]
+        perm = epoch_shard(len(yt), seed, epoch, rank, world, xt.device)
         tot_loss, seen, correct = 0.0, 0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}",
                    disable=True if (quiet or rank != 0) else None, leave=False)
@@ -199,8 +221,13 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
                 else:
                     rec["val_acc"] = float((p == yv).mean())
             rec["val_macro_f1"] = float(np.mean(f1s))
-            improved = rec["val_macro_f1"] > best_f1
-            best_f1 = max(best_f1, rec["val_macro_f1"])
+            # Epochs before ``select_after_epoch`` are logged but never selected: a fine-tune's
+            # early, high-learning-rate checkpoints scored well on val and badly on test.
+            if epoch + 1 >= int(cfg.get("select_after_epoch", 1)):
+                improved = rec["val_macro_f1"] > best_f1
+                best_f1 = max(best_f1, rec["val_macro_f1"])
+            else:
+                improved = False
         if rank == 0:
             history.append(rec)
             line = json.dumps(rec)
@@ -238,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--limit", type=int, help="train on a random subset of N crops")
+    ap.add_argument("--threads", type=int,
+                    help="torch CPU threads (default: torch's choice; set it on a shared CPU)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON",
                     help="override config keys, e.g. ddrnet='{\"use_csab\": false}'")
     args = ap.parse_args(argv)
@@ -247,6 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     for kv in args.set:
         key, val = kv.split("=", 1)
         cfg[key] = json.loads(val)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = args.out or Path("runs") / args.config.stem
     train(cfg, out, args.packs, args.device, args.resume, args.limit)
 
