@@ -1,4 +1,5 @@
-"""Command line: ``napari-ddrnet count`` for pipelines, ``napari-ddrnet demo`` for a first look.
+"""Command line: ``napari-ddrnet count`` for pipelines, ``napari-ddrnet demo`` for a first look,
+``napari-ddrnet adapt`` to fit the model to a lab from its reviewed cells.
 
 ``count`` contract (see docs/csv-formats.md)::
 
@@ -9,6 +10,17 @@
 A file that cannot be read or analysed is reported on stderr and skipped; the others finish.
 The exit code is 1 when any file failed, 2 for unusable arguments or weights. CSVs are written
 atomically, so a crash never leaves a partial file.
+
+``adapt`` contract (see docs/adaptation.md)::
+
+    napari-ddrnet adapt --cells-csv REVIEWED.csv [MORE.csv ...] [--out MODEL.safetensors]
+        [--single-cell] [--epochs N] [--weights BASE.safetensors] [--holdout F] [--seed N]
+
+REVIEWED.csv is a CELLS.csv with a ``reviewed_class`` column; rows where it is empty are
+ignored, and each crop is re-cut from the row's ``image`` with its geometry and
+``pixel_size_um``. Missing images, unknown class names, missing columns or too few reviewed
+cells exit with code 2 and write nothing. The adapted model (``.safetensors`` + ``.json``
+card) is then used with ``count --weights MODEL.safetensors``.
 """
 
 from __future__ import annotations
@@ -158,6 +170,84 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_reviewed(paths: list[Path]) -> pd.DataFrame:
+    """Concatenate reviewed CSVs; a relative ``image`` path that does not exist from the
+    working directory is looked up beside its CSV (a results folder moved as a whole)."""
+    from .adapt import AdaptError
+
+    parts = []
+    for csv in paths:
+        try:
+            df = pd.read_csv(csv, dtype={"image": str, "reviewed_class": str})
+        except (OSError, ValueError) as exc:
+            raise AdaptError(f"cannot read {csv}: {exc}") from exc
+        if "image" in df:
+            df["image"] = [_resolve_image(name, csv) for name in df["image"]]
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _resolve_image(name: str, csv: Path) -> str:
+    path = Path(name)
+    if not path.is_absolute() and not path.exists() and (csv.parent / path).exists():
+        return str(csv.parent / path)
+    return name
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from .adapt import AdaptError, adapt_from_cells
+    from .weights import WeightsError
+
+    def error(msg) -> int:
+        print(f"napari-ddrnet: error: {msg}", file=sys.stderr)
+        return 2
+
+    missing = [str(p) for p in args.cells_csv if not p.is_file()]
+    if missing:
+        return error(f"cells CSV not found: {', '.join(missing)}")
+    if args.epochs is not None and args.epochs < 1:
+        return error("--epochs must be at least 1")
+    if not 0.0 <= args.holdout < 1.0:
+        return error("--holdout must be in [0, 1)")
+    if args.out is not None and args.out.suffix != ".safetensors":
+        return error("--out must end in .safetensors (its .json card is written beside it)")
+    try:
+        cells = _read_reviewed(args.cells_csv)
+    except AdaptError as exc:
+        return error(exc)
+
+    from tqdm import tqdm
+
+    bar = tqdm(desc="adapting", unit="step", disable=args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        report = adapt_from_cells(cells, args.out, base_weights=args.weights,
+                                  single_cell=args.single_cell, epochs=args.epochs,
+                                  holdout=args.holdout, seed=args.seed, progress=progress,
+                                  source_files=[str(p) for p in args.cells_csv])
+    except (AdaptError, WeightsError) as exc:
+        bar.close()
+        return error(exc)
+    bar.close()
+    if not args.quiet:
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:.1f} %"
+        print(f"adapted on {report.n_train} cells in {report.seconds:.1f} s; held-out "
+              f"{report.n_holdout} cells: {pct(report.before_accuracy)} before, "
+              f"{pct(report.after_accuracy)} after", file=sys.stderr)
+        for c, v in report.per_class.items():
+            print(f"  {c:14s} train {v['train']:4d}  held out {v['holdout']:4d}  "
+                  f"{pct(v['before'])} -> {pct(v['after'])}", file=sys.stderr)
+        print(f"wrote {report.path} (use: napari-ddrnet count --weights {report.path} ...)",
+              file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="napari-ddrnet",
                                  description="White-blood-cell differential with DDRNet.")
@@ -182,6 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier weights (with their .json card beside them); default: the "
                         "shipped model")
     c.add_argument("--quiet", action="store_true")
+    a = sub.add_parser("adapt", help="fine-tune the classifier on reviewed cells of your lab")
+    a.add_argument("--cells-csv", required=True, type=Path, nargs="+",
+                   metavar="REVIEWED.csv",
+                   help="CELLS.csv file(s) with a reviewed_class column (empty = not reviewed)")
+    a.add_argument("--out", type=Path, default=None, metavar="MODEL.safetensors",
+                   help="adapted weights (card written beside them); default: a new file in "
+                        "the user's model folder")
+    a.add_argument("--single-cell", action="store_true",
+                   help="each image is one centred cell (as for count --single-cell)")
+    a.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="passes over the training cells (default: about 10, 60-200 steps)")
+    a.add_argument("--weights", type=Path, default=None, metavar="BASE.safetensors",
+                   help="model to adapt (default: the shipped model)")
+    a.add_argument("--holdout", type=float, default=0.2, metavar="F",
+                   help="fraction of reviewed cells held out to report accuracy before/after "
+                        "(default 0.2; 0 trains on all)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--quiet", action="store_true")
     d = sub.add_parser("demo", help="analyse the built-in synthetic smear")
     d.add_argument("--viewer", action="store_true", help="open napari with the widget")
     d.add_argument("--out", default="napari-ddrnet-demo", help="folder for the demo CSVs")
@@ -207,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
             return 2
         return _count(args)
+    if args.command == "adapt":
+        return _adapt(args)
     return _demo(args)
 
 

@@ -1,0 +1,529 @@
+"""Adapt the classifier to a laboratory from its own reviewed cells ("Adapt to my lab").
+
+A model trained on one laboratory's smears loses accuracy on another's (stain, camera,
+optics); a few dozen cells that a person has confirmed or corrected in that lab are the
+fastest cure (Chossegros et al. 2024). The method, in order:
+
+1. **AdaBN** (Li et al. 2016): the BatchNorm running statistics are re-estimated on the lab's
+   own crops (all 8 rotations/flips of the training cells), which undoes most of a stain or
+   camera shift before any weight moves.
+2. **Fine-tuning regularised toward the shipped model**: a few AdamW steps on class-balanced,
+   augmented batches (rotations/flips, small stain and brightness jitter), with an **L2-SP**
+   penalty (Li et al. 2018) pulling every weight toward its base value, so that classes nobody
+   reviewed (erythroblasts, platelets, ...) keep their base behaviour instead of collapsing,
+   and label smoothing over all the model's classes. BatchNorm layers stay frozen at the
+   statistics of step 1 (a few dozen cells cannot give stable batch statistics).
+3. A part of the reviewed cells (whole groups when a ``cell_group`` column is given) is held
+   out and classified before and after, so the user sees what adaptation bought.
+
+The result is a weights file + JSON card (:func:`napari_ddrnet.weights.export_weights`) that
+loads like the shipped model, written to :func:`napari_ddrnet.user_models.user_models_dir` by
+default. ``docs/adaptation.md`` measures the method on two unseen laboratories (LISC, BCCD).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .classes import UNIDENTIFIED
+from .preprocess import normalize
+from .weights import ModelBundle, load_bundle, sha256_file
+
+#: CELLS.csv columns adaptation needs (single-cell mode needs only ``image`` and the class).
+FIELD_COLUMNS = ("image", "centroid_row", "centroid_col", "min_row", "min_col", "max_row",
+                 "max_col", "pixel_size_um", "reviewed_class")
+SINGLE_CELL_COLUMNS = ("image", "reviewed_class")
+#: Fewer reviewed cells or classes than this cannot adapt anything meaningfully.
+MIN_CELLS = 10
+MIN_CLASSES = 2
+#: Card keys copied from the base model: the adapted model must crop and scale alike.
+TRANSFORM_KEYS = ("architecture", "config", "classes", "input_size", "crop_fov_um", "mean",
+                  "std")
+
+
+class AdaptError(ValueError):
+    """The reviewed cells cannot be used for adaptation (too few, unknown class, missing
+    image or columns). Nothing is written when it is raised."""
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Fine-tuning hyper-parameters (defaults measured in ``benchmarks/adaptation.py``).
+
+    Attributes
+    ----------
+    steps : int or None
+        Optimiser steps; ``None``: :meth:`default_steps` of the number of training cells.
+    batch_size : int
+        Crops per step (class-balanced draw with replacement).
+    lr : float
+        Peak AdamW learning rate (cosine decay to zero).
+    l2sp : float
+        Weight of the L2-SP penalty ``sum((w - w_base) ** 2) / 2``.
+    label_smoothing : float
+        Label smoothing of the cross-entropy, over all the model's classes.
+    stain_jitter, brightness : float
+        Per-channel gain ``1 ± stain_jitter`` and additive brightness ``± brightness`` on 0..1
+        RGB (a lab's own slides still vary in stain).
+    adabn : bool
+        Re-estimate the BatchNorm statistics on the lab's crops first.
+    """
+
+    steps: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-3
+    l2sp: float = 0.01
+    label_smoothing: float = 0.1
+    stain_jitter: float = 0.05
+    brightness: float = 0.03
+    adabn: bool = True
+
+    def default_steps(self, n_train: int) -> int:
+        """About 10 passes over the training cells, 60 to 200 steps."""
+        return int(min(200, max(60, math.ceil(10 * n_train / self.batch_size))))
+
+
+@dataclass
+class AdaptReport:
+    """What :func:`adapt_from_cells` did.
+
+    Attributes
+    ----------
+    path : Path
+        The adapted weights (``.safetensors``; the card is beside it as ``.json``).
+    n_train, n_holdout : int
+        Reviewed cells used for fine-tuning and held out for the before/after check.
+    before_accuracy, after_accuracy : float or None
+        Accuracy on the held-out cells of the base and the adapted model (``None`` when
+        nothing was held out).
+    per_class : dict
+        ``class -> {"train": n, "holdout": n, "before": acc, "after": acc}`` (accuracies
+        ``None`` where the class has no held-out cell).
+    seconds : float
+        Wall time of the whole adaptation.
+    """
+
+    path: Path
+    n_train: int
+    n_holdout: int
+    before_accuracy: float | None
+    after_accuracy: float | None
+    per_class: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Reviewed rows and their crops
+
+
+def reviewed_cells(cells: pd.DataFrame, classes, single_cell: bool = False) -> pd.DataFrame:
+    """The rows of ``cells`` a person reviewed (``reviewed_class`` set), checked.
+
+    Rows whose ``reviewed_class`` is empty or ``unidentified`` (a reviewer's "not a cell I can
+    name") are dropped. Class names are matched case-insensitively.
+
+    Raises
+    ------
+    AdaptError
+        When needed columns are missing or a reviewed class is not one of ``classes``.
+    """
+    need = SINGLE_CELL_COLUMNS if single_cell else FIELD_COLUMNS
+    missing = [c for c in need if c not in cells.columns]
+    if missing:
+        raise AdaptError(f"the cells table lacks column(s) {', '.join(missing)} (a CELLS.csv "
+                         "from `napari-ddrnet count` or the widget, plus reviewed_class)")
+    rc = cells["reviewed_class"].fillna("").astype(str).str.strip().str.lower()
+    keep = (rc != "") & (rc != "nan") & (rc != UNIDENTIFIED)
+    out = cells.loc[keep].copy()
+    out["reviewed_class"] = rc[keep]
+    known = {c.lower(): c for c in classes}
+    unknown = sorted(set(out["reviewed_class"]) - set(known))
+    if unknown:
+        raise AdaptError(f"unknown class name(s) in reviewed_class: {', '.join(unknown)}; the "
+                         f"model's classes are {', '.join(classes)}")
+    out["reviewed_class"] = out["reviewed_class"].map(known)
+    if not single_cell:
+        bad = ~np.isfinite(pd.to_numeric(out["pixel_size_um"], errors="coerce"))
+        if bad.any() or (pd.to_numeric(out["pixel_size_um"], errors="coerce") <= 0).any():
+            raise AdaptError("pixel_size_um must be a positive number on every reviewed row")
+    return out.reset_index(drop=True)
+
+
+def _load_rgb(name: str, images: dict | None) -> np.ndarray:
+    from .image_input import to_rgb_uint8
+    from .image_io import read_image
+
+    if images is not None and name in images:
+        return to_rgb_uint8(np.asarray(images[name]))
+    levels, _ = read_image(name)
+    return to_rgb_uint8(np.asarray(levels[0]))
+
+
+def cut_crops(cells: pd.DataFrame, input_size: int, crop_fov_um: float,
+              images: dict[str, np.ndarray] | None = None,
+              single_cell: bool = False) -> np.ndarray:
+    """Re-cut the crops of ``cells`` exactly as the pipeline cuts them for the model.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        Rows with ``image`` and (fields) the geometry and ``pixel_size_um``.
+    input_size, crop_fov_um : int, float
+        The model's transforms (from its card).
+    images : dict, optional
+        ``image`` name -> in-memory array; other names are read from disk.
+    single_cell : bool
+        Each image is one centred cell: its centred square is the crop
+        (:func:`napari_ddrnet.crop.crop_centre`), as in ``count --single-cell``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, input_size, input_size, 3) uint8`` in row order.
+
+    Raises
+    ------
+    AdaptError
+        When an image is missing or unreadable.
+    """
+    from .crop import crop_cells, crop_centre
+    from .image_input import ImageInputError
+
+    out = np.empty((len(cells), input_size, input_size, 3), np.uint8)
+    for name, rows in cells.groupby("image", sort=False):
+        try:
+            rgb = _load_rgb(str(name), images)
+        except (ImageInputError, OSError) as exc:
+            raise AdaptError(f"cannot read image {name}: {exc}") from exc
+        idx = rows.index.to_numpy()
+        if single_cell:
+            out[idx] = crop_centre(rgb, input_size)
+            continue
+        for px, sub in rows.groupby("pixel_size_um", sort=False):
+            out[sub.index.to_numpy()] = crop_cells(rgb, sub, float(px), input_size,
+                                                   fov_um=crop_fov_um)
+    return out
+
+
+def split_holdout(labels: np.ndarray, groups: np.ndarray, holdout: float, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, grouped train/held-out split: whole groups go to one side.
+
+    Each class keeps at least one group for training; a class with a single group is not held
+    out. scikit-learn's ``StratifiedGroupKFold`` would do, but it is not a runtime dependency.
+
+    Returns
+    -------
+    train_idx, holdout_idx : numpy.ndarray
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"y": labels, "g": groups})
+    group_class = frame.groupby("g", sort=True)["y"].agg(lambda s: s.mode().iloc[0])
+    held = set()
+    if holdout > 0:
+        for _, gs in group_class.groupby(group_class):
+            names = gs.index.to_numpy()
+            n_hold = min(len(names) - 1, int(round(holdout * len(names))))
+            if n_hold > 0:
+                held.update(rng.permutation(names)[:n_hold].tolist())
+    mask = frame["g"].isin(held).to_numpy()
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+# --------------------------------------------------------------------------------------------
+# The method
+
+
+def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    rots = [torch.rot90(x, k, (2, 3)) for k in range(4)]
+    return rots + [torch.flip(r, (3,)) for r in rots]
+
+
+def _to_unit(crops: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(crops).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, x: torch.Tensor, chunk: int = 256) -> None:
+    """AdaBN in place: BatchNorm running statistics from the normalised crops ``x`` alone
+    (cumulative average over chunks; dropout stays off)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(x) < 2:
+        return
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk]
+        if len(part) >= 2:
+            model(part)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+
+
+def _augment(x: torch.Tensor, cfg: AdaptConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random rotation/flip of each crop, then small stain and brightness jitter (0..1 RGB)."""
+    n = len(x)
+    k = torch.randint(0, 8, (n,), generator=gen)
+    out = torch.empty_like(x)
+    for r in range(8):
+        sel = k == r
+        if sel.any():
+            v = torch.rot90(x[sel], r % 4, (2, 3))
+            out[sel] = torch.flip(v, (3,)) if r >= 4 else v
+    gain = 1 + (torch.rand(n, 3, 1, 1, generator=gen) * 2 - 1) * cfg.stain_jitter
+    shift = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * cfg.brightness
+    return (out * gain + shift).clamp_(0, 1)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, crops: np.ndarray, mean, std, batch: int = 256,
+                  tta: bool = True) -> np.ndarray:
+    """Softmax probabilities of an (unfused) model, averaged over the 8 rotations/flips as the
+    plugin's :class:`~napari_ddrnet.classify.Classifier` does by default."""
+    model.eval()
+    out = []
+    for i in range(0, len(crops), batch):
+        x = normalize(_to_unit(crops[i:i + batch]), mean, std)
+        views = _dihedral(x) if tta else [x]
+        out.append(sum(torch.softmax(model(v), 1) for v in views) / len(views))
+    if not out:
+        return np.zeros((0, model.fc.out_features if hasattr(model, "fc") else 0), np.float32)
+    return torch.cat(out).numpy()
+
+
+def fine_tune(bundle: ModelBundle, crops: np.ndarray, labels: np.ndarray,
+              config: AdaptConfig | None = None, seed: int = 0,
+              progress: Callable[[int, int], None] | None = None) -> nn.Module:
+    """AdaBN, then L2-SP-regularised fine-tuning of a copy of ``bundle.model``.
+
+    Parameters
+    ----------
+    bundle : ModelBundle
+        The base model (unfused) and its transforms; not modified.
+    crops : numpy.ndarray
+        ``(N, S, S, 3) uint8`` training crops of the lab.
+    labels : numpy.ndarray
+        ``(N,)`` class indices into ``bundle.classes``.
+    config : AdaptConfig, optional
+    seed : int
+    progress : callable, optional
+        ``progress(done, total)`` after each optimiser step.
+
+    Returns
+    -------
+    torch.nn.Module
+        The adapted model, in eval mode.
+    """
+    cfg = config or AdaptConfig()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = copy.deepcopy(bundle.model).float().cpu()
+    x_all = _to_unit(crops)
+    y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if cfg.adabn:
+        views = torch.cat(_dihedral(normalize(x_all.clone(), bundle.mean, bundle.std)))
+        reestimate_batchnorm(model, views[torch.randperm(len(views), generator=gen)])
+    base = [p.detach().clone() for p in model.parameters()]
+    params = list(model.parameters())
+    steps = cfg.steps if cfg.steps is not None else cfg.default_steps(len(crops))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
+    # Class-balanced draws: a lab's reviewed cells are mostly neutrophils.
+    counts = torch.bincount(y_all, minlength=len(bundle.classes)).float()
+    weights = 1.0 / counts[y_all]
+    model.train()
+    for m in model.modules():  # frozen (AdaBN) statistics; dropout stays on
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    for step in range(steps):
+        idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=gen)
+        x = normalize(_augment(x_all[idx], cfg, gen), bundle.mean, bundle.std)
+        loss = F.cross_entropy(model(x), y_all[idx], label_smoothing=cfg.label_smoothing)
+        if cfg.l2sp > 0:
+            loss = loss + 0.5 * cfg.l2sp * sum(((p - b) ** 2).sum() for p, b in zip(params, base))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress is not None:
+            progress(step + 1, steps)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# The user-facing entry point
+
+
+def default_output() -> Path:
+    """A new file name in the user's model folder, dated to the second."""
+    from .user_models import user_models_dir
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return user_models_dir() / f"adapted-{stamp}.safetensors"
+
+
+def _accuracy(pred: np.ndarray, y: np.ndarray) -> float | None:
+    return float((pred == y).mean()) if len(y) else None
+
+
+def adapt_from_cells(
+    cells: pd.DataFrame,
+    out: Path | None = None,
+    *,
+    images: dict[str, np.ndarray] | None = None,
+    base_weights=None,
+    single_cell: bool = False,
+    epochs: int | None = None,
+    holdout: float = 0.2,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    config: AdaptConfig | None = None,
+    source_files: list[str] | None = None,
+) -> AdaptReport:
+    """Fine-tune the classifier on a lab's reviewed cells and save it as a user model.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        CELLS.csv rows (``image``, ``centroid_row/col``, ``min/max_row/col``,
+        ``pixel_size_um``, ``reviewed_class``, ...); rows with an empty ``reviewed_class`` are
+        ignored. An optional ``cell_group`` column keeps crops of one cell (or one slide) on
+        the same side of the held-out split; else each row is its own group.
+    out : Path, optional
+        Output ``.safetensors``; default: a new file in
+        :func:`napari_ddrnet.user_models.user_models_dir`.
+    images : dict, optional
+        ``image`` name -> in-memory array (e.g. napari layers); other images are read from
+        their path.
+    base_weights : str or Path, optional
+        The model to adapt; default: the shipped one.
+    single_cell : bool
+        Each image is one centred cell (crop = its centred square).
+    epochs : int, optional
+        Passes over the training cells (``ceil(epochs * n_train / batch_size)`` steps);
+        default: :meth:`AdaptConfig.default_steps`.
+    holdout : float
+        Fraction of the reviewed cells (by group, per class) kept out of training to measure
+        accuracy before and after; 0 trains on all.
+    seed : int
+    progress : callable, optional
+        ``progress(done, total)`` after each fine-tuning step.
+    config : AdaptConfig, optional
+        Hyper-parameters (``epochs`` overrides its ``steps``).
+    source_files : list of str, optional
+        Where the cells came from (e.g. the reviewed CSVs), recorded on the card.
+
+    Returns
+    -------
+    AdaptReport
+
+    Raises
+    ------
+    AdaptError
+        Missing columns, unknown class names, unreadable images, or fewer than
+        :data:`MIN_CELLS` reviewed training cells / :data:`MIN_CLASSES` classes. Nothing is
+        written then.
+    napari_ddrnet.weights.WeightsError
+        When the base weights cannot be loaded.
+    """
+    t0 = time.perf_counter()
+    if not 0.0 <= holdout < 1.0:
+        raise AdaptError(f"holdout must be in [0, 1), got {holdout!r}")
+    if epochs is not None and epochs < 1:
+        raise AdaptError(f"epochs must be at least 1, got {epochs!r}")
+    bundle = load_bundle(base_weights)
+    rows = reviewed_cells(cells, bundle.classes, single_cell)
+    cfg = config or AdaptConfig()
+    _check_enough(rows["reviewed_class"], "reviewed")
+    cls_index = {c: i for i, c in enumerate(bundle.classes)}
+    y = rows["reviewed_class"].map(cls_index).to_numpy()
+    groups = (rows["cell_group"].astype(str).to_numpy() if "cell_group" in rows
+              else np.arange(len(rows)))
+    tr, ho = split_holdout(y, groups, holdout, seed)
+    _check_enough(rows["reviewed_class"].iloc[tr], "training")
+    crops = cut_crops(rows, bundle.input_size, bundle.crop_fov_um, images, single_cell)
+    if epochs is not None:
+        cfg = AdaptConfig(**{**cfg.__dict__,
+                             "steps": math.ceil(epochs * len(tr) / cfg.batch_size)})
+
+    model = fine_tune(bundle, crops[tr], y[tr], cfg, seed, progress)
+
+    before = after = np.zeros(0, int)
+    if len(ho):
+        before = predict_proba(bundle.model, crops[ho], bundle.mean, bundle.std).argmax(1)
+        after = predict_proba(model, crops[ho], bundle.mean, bundle.std).argmax(1)
+    per_class = {}
+    for c in sorted(set(rows["reviewed_class"])):
+        k = cls_index[c]
+        sel = y[ho] == k
+        per_class[c] = {"train": int((y[tr] == k).sum()), "holdout": int(sel.sum()),
+                        "before": _accuracy(before[sel], y[ho][sel]),
+                        "after": _accuracy(after[sel], y[ho][sel])}
+    report = AdaptReport(Path(out) if out is not None else default_output(), len(tr), len(ho),
+                         _accuracy(before, y[ho]), _accuracy(after, y[ho]), per_class)
+    base_path = Path(base_weights) if base_weights is not None else None
+    card = _card(bundle, base_path, rows, report, cfg, seed, single_cell, source_files)
+    from .weights import export_weights
+
+    export_weights(model.state_dict(), card, report.path)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _check_enough(classes: pd.Series, what: str) -> None:
+    n, k = len(classes), classes.nunique()
+    if n < MIN_CELLS or k < MIN_CLASSES:
+        raise AdaptError(f"too few {what} cells to adapt: {n} cell(s) in {k} class(es); at "
+                         f"least {MIN_CELLS} cells in {MIN_CLASSES} classes are needed (review "
+                         "more cells, or lower the held-out fraction)")
+
+
+def _card(bundle: ModelBundle, base_path: Path | None, rows: pd.DataFrame,
+          report: AdaptReport, cfg: AdaptConfig, seed: int, single_cell: bool,
+          source_files: list[str] | None) -> dict:
+    from .weights import DEFAULT_WEIGHTS
+
+    base_file = base_path or DEFAULT_WEIGHTS
+    card = {k: bundle.meta[k] for k in TRANSFORM_KEYS}
+    card["name"] = report.path.stem
+    card["base_model"] = {"name": bundle.meta.get("name", base_file.stem),
+                          "file": base_file.name, "sha256": sha256_file(base_file)}
+    card["adaptation"] = {
+        "method": "AdaBN + L2-SP fine-tuning (napari_ddrnet.adapt)",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cells_per_class": {c: v["train"] for c, v in report.per_class.items()},
+        "holdout_per_class": {c: v["holdout"] for c, v in report.per_class.items()},
+        "source_files": [str(f) for f in source_files or []],
+        "images": sorted(set(rows["image"].astype(str))),
+        "single_cell": bool(single_cell),
+        "seed": int(seed),
+        "config": {**cfg.__dict__},
+        "holdout": {"n": report.n_holdout, "before_accuracy": report.before_accuracy,
+                    "after_accuracy": report.after_accuracy,
+                    "per_class": {c: {"before": v["before"], "after": v["after"]}
+                                  for c, v in report.per_class.items()}},
+    }
+    return card
+
+
+__all__ = ["AdaptConfig", "AdaptError", "AdaptReport", "adapt_from_cells", "cut_crops",
+           "fine_tune", "predict_proba", "reestimate_batchnorm", "reviewed_cells",
+           "split_holdout"]
