@@ -58,7 +58,9 @@ def rgb_of(hexcol: str) -> list[float]:
 def table_row(widget, cls: str) -> dict:
     table = widget._table.value
     rows = {r[0]: dict(zip(table["columns"], r, strict=True)) for r in table["data"]}
-    return rows[cls]
+    # "12 (40.0 %)" -> 12
+    return {k: (int(v.split()[0]) if k in ("model", "reviewed") else v)
+            for k, v in rows[cls].items()}
 
 
 def test_keys_reassign_sync_layers_counts_and_undo(make_napari_viewer, qtbot):

@@ -72,8 +72,10 @@ def test_widget_runs_on_sample_and_adds_layers(docked, qtbot, tmp_path):
     assert set(np.unique(labels)) - {0} == set(res.cells["cell_id"])
     # The counts table shows the differential.
     table = widget._table.value
-    counts = {row[0]: row[1] for row in table["data"]}
+    assert list(table["columns"]) == ["class", "model", "reviewed", "basis"]
+    counts = {row[0]: int(row[1].split()[0]) for row in table["data"]}
     assert sum(counts.values()) == 4
+    assert all(row[1] == row[2] for row in table["data"])  # nothing reviewed yet
     # Export writes both CSVs.
     counts_csv, cells_csv = widget.export_csv(tmp_path / "smear.csv")
     df = pd.read_csv(counts_csv)

@@ -38,6 +38,8 @@ from .review import QUEUE_ALL, QUEUE_UNCERTAIN, UNCERTAIN_MARGIN, ReviewSession
 THUMB = 88  # thumbnail side, screen pixels
 _CELL_ROLE = Qt.ItemDataRole.UserRole
 _KEY_CLASS = {getattr(Qt.Key, f"Key_{i + 1}"): c for i, c in enumerate(DISPLAY_ORDER[:9])}
+_PLAIN_KEYS = (Qt.Key.Key_Backspace, Qt.Key.Key_Space, Qt.Key.Key_Return, Qt.Key.Key_Enter,
+               Qt.Key.Key_Left, Qt.Key.Key_Right, Qt.Key.Key_Up, Qt.Key.Key_Down)
 _BATCH = 24  # thumbnails per worker yield
 
 
@@ -72,7 +74,7 @@ class ReviewWidget(QWidget):
         self.list = QListWidget()
         self.list.setViewMode(QListView.ViewMode.IconMode)
         self.list.setIconSize(QSize(THUMB, THUMB))
-        self.list.setGridSize(QSize(THUMB + 16, THUMB + 40))
+        self.list.setGridSize(QSize(THUMB + 48, THUMB + 40))
         self.list.setMovement(QListView.Movement.Static)
         self.list.setResizeMode(QListView.ResizeMode.Adjust)
         self.list.setUniformItemSizes(True)
@@ -198,11 +200,8 @@ class ReviewWidget(QWidget):
         row = s.row_of(cell_id)
         mark = " \u2713" if s.is_reviewed(cell_id) else ""
         model = s.cells.at[row, "model_class"]
-        text = f"#{cell_id} {cls}{mark}"
-        if cls != model:
-            text += f"\n(model: {model})"
-        else:
-            text += f"\nmargin {s.margin[row]:.2f}"
+        text = f"{cls}{mark}\n" + (f"\u2190 {model}" if cls != model  # "<- the model's call"
+                                   else f"margin {s.margin[row]:.2f}")
         item.setText(text)
         item.setToolTip(f"cell {cell_id}: model {model} "
                         f"({s.cells.at[row, 'confidence']:.2f}), now {cls}"
@@ -252,6 +251,8 @@ class ReviewWidget(QWidget):
         else:
             text += (f" · target {s.target} NOT reached: only {n_wbc} white cells in this "
                      "image")
+        if not self.shown():
+            text += "<br>No cells in this view."
         self._info.setText(text)
         where = f"Review saved on every change to: {s.path}" if s.path else "Not saved."
         if s.last_save_error:
@@ -340,8 +341,19 @@ class ReviewWidget(QWidget):
         if ids and ids[0] in self._items:
             self.select(ids[0])
 
+    @staticmethod
+    def is_gallery_key(key, modifiers) -> bool:
+        """Whether :meth:`handle_key` uses this key."""
+        ctrl = bool(modifiers & (Qt.KeyboardModifier.ControlModifier
+                                 | Qt.KeyboardModifier.MetaModifier))
+        if ctrl:
+            return key == Qt.Key.Key_Z
+        return key in _KEY_CLASS or key in _PLAIN_KEYS
+
     def handle_key(self, key, modifiers) -> bool:
         """Gallery keys; returns whether the key was used."""
+        if not self.is_gallery_key(key, modifiers):
+            return False
         ctrl = bool(modifiers & (Qt.KeyboardModifier.ControlModifier
                                  | Qt.KeyboardModifier.MetaModifier))
         if key in _KEY_CLASS and not ctrl:
@@ -363,7 +375,13 @@ class ReviewWidget(QWidget):
         return True
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
-        # The list would use digits for keyboard search and arrows over the dividers: ours win.
+        # The list would use digits for keyboard search and arrows over the dividers, and a
+        # window shortcut (a napari menu action) could take Ctrl+Z: ours win while the gallery
+        # has the focus (accepting ShortcutOverride turns the shortcut back into a key press).
+        if event.type() == QEvent.Type.ShortcutOverride and self.is_gallery_key(
+                event.key(), event.modifiers()):
+            event.accept()
+            return True
         if event.type() == QEvent.Type.KeyPress and self.handle_key(event.key(),
                                                                     event.modifiers()):
             return True

@@ -63,6 +63,7 @@ class DifferentialWidget(Container):
         self._status = Label(value="Choose an RGB smear image and press Run.")
         self._table = Table(value=_empty_counts())
         self._table.read_only = True
+        self._table.native.setMinimumHeight(200)
         self._review_btn = PushButton(text="Review cells…", enabled=False)
         self._export_btn = PushButton(text="Export CSV…", enabled=False)
         self.extend([self._image, self._pixel, self._model, self._device, self._conf,
@@ -231,13 +232,12 @@ class DifferentialWidget(Container):
 
     def highlight(self, cell_id: int | None) -> None:
         """Thicken ``cell_id``'s box and point (the gallery's current cell); ``None``: none."""
-        from .layers import features_table, update_review
+        from .layers import set_highlight
 
         if self.review is None:
             return
         self._highlight = None if cell_id is None else self.review.row_of(cell_id)
-        update_review(self._review_layers(), features_table(self.result, self.review.cells),
-                      self._highlight)
+        set_highlight(self._review_layers(), len(self.review.cells), self._highlight)
 
     def _on_target(self, label: str) -> None:
         if self.review is not None:
@@ -336,19 +336,20 @@ def _steps(gen):
 
 def _empty_counts() -> dict:
     n = len(DISPLAY_ORDER)
-    return {"class": list(DISPLAY_ORDER), "model": [0] * n, "model %": [""] * n,
-            "reviewed": [0] * n, "reviewed %": [""] * n, "basis": [""] * n}
+    return {"class": list(DISPLAY_ORDER), "model": ["0"] * n, "reviewed": ["0"] * n,
+            "basis": [""] * n}
 
 
-def _pct(values) -> list[str]:
-    return [("" if np.isnan(p) else f"{p:.1f}") for p in values]
+def _count_text(counts, percents) -> list[str]:
+    """``"12 (40.0 %)"``: absolute count and percent in one cell, so the table fits a dock."""
+    return [f"{int(k)}" if np.isnan(p) else f"{int(k)} ({p:.1f} %)"
+            for k, p in zip(counts, percents, strict=True)]
 
 
 def _review_counts_for_table(counts: pd.DataFrame) -> dict:
-    """The model's differential beside the one after review, absolute and percent."""
+    """The model's differential beside the one after review (reviewed class where a person
+    set one, else the model's), each as count and percent."""
     return {"class": counts["class"].tolist(),
-            "model": counts["model_count"].astype(int).tolist(),
-            "model %": _pct(counts["model_percent"]),
-            "reviewed": counts["count"].astype(int).tolist(),
-            "reviewed %": _pct(counts["percent"]),
+            "model": _count_text(counts["model_count"], counts["model_percent"]),
+            "reviewed": _count_text(counts["count"], counts["percent"]),
             "basis": counts["basis"].tolist()}

@@ -64,19 +64,29 @@ def update_review(layers: dict, feats: pd.DataFrame, highlight_row: int | None =
         if len(feats):
             pts.face_color = colors
         pts.text = _text(feats, float(pts.metadata.get("text_offset", 10.0)))
-        width = np.full(len(feats), 0.1)
-        if highlight_row is not None:
-            width[highlight_row] = 0.35
-        pts.border_width = width
     boxes = layers.get(SHAPES_NAME)
     if boxes is not None and boxes.nshapes == len(feats):
         boxes.features = feats
         if len(feats):
             boxes.edge_color = colors
-            widths = [EDGE_WIDTH] * len(feats)
-            if highlight_row is not None:
-                widths[highlight_row] = HIGHLIGHT_EDGE_WIDTH
-            boxes.edge_width = widths
+    set_highlight(layers, len(feats), highlight_row)
+
+
+def set_highlight(layers: dict, n: int, row: int | None) -> None:
+    """Thicken the box and the point border of cell ``row`` (``None``: no cell); only the
+    widths change, so moving through the gallery does not rebuild colours or text."""
+    pts = layers.get(POINTS_NAME)
+    if pts is not None and len(pts.data) == n:
+        width = np.full(n, 0.1)
+        if row is not None:
+            width[row] = 0.35
+        pts.border_width = width
+    boxes = layers.get(SHAPES_NAME)
+    if boxes is not None and boxes.nshapes == n and n:
+        widths = [EDGE_WIDTH] * n
+        if row is not None:
+            widths[row] = HIGHLIGHT_EDGE_WIDTH
+        boxes.edge_width = widths
 
 
 def label_features(feats: pd.DataFrame) -> pd.DataFrame:
