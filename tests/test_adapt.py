@@ -1,0 +1,161 @@
+"""Adapt to my lab: fine-tuning on reviewed cells, its card, its errors and the CLI contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import needs_data
+from PIL import Image
+
+from napari_ddrnet import cli
+from napari_ddrnet.adapt import AdaptError, adapt_from_cells, split_holdout
+from napari_ddrnet.weights import DEFAULT_WEIGHTS, load_bundle, sha256_file
+from training.paths import data_root
+
+LISC_CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
+
+
+def _lisc_cells(groups_per_class: int, crops_per_group: int, seed: int = 0) -> pd.DataFrame:
+    """LISC single-cell files as reviewed CELLS rows (``image``, ``reviewed_class``,
+    ``cell_group``): ``groups_per_class`` distinct cells per class, a few crops of each."""
+    root = data_root() / "lisc"
+    lab = pd.read_csv(root / "labels.csv")
+    rng = np.random.default_rng(seed)
+    parts = []
+    for c in LISC_CLASSES:
+        groups = lab.loc[lab["class"] == c, "cell_group"].unique()
+        for g in rng.choice(groups, groups_per_class, replace=False):
+            parts.append(lab[lab["cell_group"] == g].head(crops_per_group))
+    sel = pd.concat(parts, ignore_index=True)
+    return pd.DataFrame({"image": [str(root / f) for f in sel["file"]],
+                         "reviewed_class": sel["class"], "cell_group": sel["cell_group"]})
+
+
+def test_split_holdout_keeps_groups_apart_and_every_class_in_training():
+    y = np.repeat([0, 1, 2], [12, 12, 3])
+    groups = np.array([f"g{i // 2}" for i in range(27)])  # two crops per group
+    tr, ho = split_holdout(y, groups, 0.3, seed=1)
+    assert not set(groups[tr]) & set(groups[ho])
+    assert len(tr) + len(ho) == len(y)
+    assert set(y[tr]) == {0, 1, 2}
+    assert len(ho) and set(y[ho]) <= {0, 1, 2}
+    assert split_holdout(y, groups, 0.0)[1].size == 0
+
+
+@needs_data("lisc")
+def test_adapting_to_lisc_improves_held_out_cells_and_writes_a_card(tmp_path):
+    """An unseen lab (LISC): 8 cells per class, a quarter of the cells (whole groups) held out.
+    The shipped model is near chance there; a short adaptation must clearly beat it."""
+    cells = _lisc_cells(8, 2)
+    out = tmp_path / "lab.safetensors"
+    seen = []
+    report = adapt_from_cells(cells, out, single_cell=True, epochs=4, holdout=0.25, seed=0,
+                              progress=lambda d, t: seen.append((d, t)))
+    assert report.n_train + report.n_holdout == len(cells)
+    assert report.n_holdout % 2 == 0  # both crops of a held-out cell are held out together
+    assert report.after_accuracy >= report.before_accuracy + 0.15, report
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert set(report.per_class) == set(LISC_CLASSES)
+
+    base = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    card = json.loads(out.with_suffix(".json").read_text())
+    for key in ("architecture", "config", "classes", "input_size", "crop_fov_um", "mean", "std"):
+        assert card[key] == base[key]
+    assert card["base_model"]["sha256"] == sha256_file(DEFAULT_WEIGHTS)
+    ad = card["adaptation"]
+    assert sum(ad["cells_per_class"].values()) == report.n_train
+    assert ad["holdout"]["before_accuracy"] == pytest.approx(report.before_accuracy)
+    assert ad["holdout"]["after_accuracy"] == pytest.approx(report.after_accuracy)
+    assert ad["date"].startswith("20") and len(ad["images"]) == len(cells)
+    bundle = load_bundle(out)  # checksum and architecture verified
+    assert bundle.classes == tuple(base["classes"])
+
+
+def test_too_few_reviewed_cells_is_an_error_and_writes_nothing(tmp_path):
+    out = tmp_path / "m.safetensors"
+    nine = pd.DataFrame({"image": [f"x{i}.png" for i in range(12)],
+                         "reviewed_class": ["neutrophil", "lymphocyte"] * 4 + [""] * 3
+                         + ["unidentified"]})
+    one_class = pd.DataFrame({"image": [f"x{i}.png" for i in range(20)],
+                              "reviewed_class": ["neutrophil"] * 20})
+    for cells in (nine, one_class):
+        with pytest.raises(AdaptError, match="too few"):
+            adapt_from_cells(cells, out, single_cell=True)
+    assert not list(tmp_path.iterdir())
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reviewed_csv(tmp_path_factory, smear):
+    """A CELLS.csv from `count` on three copies of the synthetic smear, every cell reviewed
+    (alternating neutrophil/lymphocyte: the contract, not the biology, is tested here)."""
+    image, _ = smear
+    tmp_path = tmp_path_factory.mktemp("reviewed")
+    d = tmp_path / "in"
+    d.mkdir()
+    for k in range(3):
+        Image.fromarray(np.rot90(image, 2 * k).copy()).save(d / f"f{k}.png")
+    cells_csv = tmp_path / "cells.csv"
+    rc = cli.main(["count", str(d), "--cells-csv", str(cells_csv), "--counts-csv",
+                   str(tmp_path / "counts.csv"), "--pixel-size", "0.1", "--device", "cpu",
+                   "--quiet", "--no-tta"])
+    assert rc == 0
+    cells = pd.read_csv(cells_csv)
+    assert len(cells) >= 10
+    cells["reviewed_class"] = ["neutrophil", "lymphocyte"] * (len(cells) // 2) + \
+        ["monocyte"] * (len(cells) % 2)
+    cells["reviewed"] = True
+    cells.loc[0, "reviewed_class"] = None  # an unreviewed row is ignored
+    cells.to_csv(cells_csv, index=False)
+    return cells_csv
+
+
+def test_cli_adapt_then_count_with_the_adapted_weights(reviewed_csv, tmp_path, capsys):
+    out = tmp_path / "models" / "lab.safetensors"
+    rc = cli.main(["adapt", "--cells-csv", str(reviewed_csv), "--out", str(out),
+                   "--epochs", "1", "--holdout", "0", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["adaptation"]["source_files"] == [str(reviewed_csv)]
+    n_reviewed = len(pd.read_csv(reviewed_csv)) - 1
+    assert sum(card["adaptation"]["cells_per_class"].values()) == n_reviewed
+    image = pd.read_csv(reviewed_csv)["image"].iloc[0]
+    cells_csv = tmp_path / "again.csv"
+    rc = cli.main(["count", image, "--weights", str(out), "--cells-csv", str(cells_csv),
+                   "--counts-csv", str(tmp_path / "again_counts.csv"), "--pixel-size", "0.1",
+                   "--device", "cpu", "--quiet", "--no-tta"])
+    assert rc == 0
+    assert len(pd.read_csv(cells_csv)) == 4
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("missing_image", "cannot read image"),
+    ("unknown_class", "unknown class"),
+    ("missing_column", "pixel_size_um"),
+    ("too_few", "too few"),
+    ("no_csv", "not found"),
+])
+def test_cli_adapt_errors_exit_2_and_write_nothing(reviewed_csv, tmp_path, capsys, defect,
+                                                    message):
+    cells = pd.read_csv(reviewed_csv)
+    bad = tmp_path / "bad.csv"
+    if defect == "missing_image":
+        cells.loc[3, "image"] = str(tmp_path / "gone.png")
+    elif defect == "unknown_class":
+        cells.loc[2, "reviewed_class"] = "banana"
+    elif defect == "missing_column":
+        cells = cells.drop(columns="pixel_size_um")
+    elif defect == "too_few":
+        cells.loc[5:, "reviewed_class"] = None
+    if defect != "no_csv":
+        cells.to_csv(bad, index=False)
+    out = tmp_path / "models" / "m.safetensors"
+    rc = cli.main(["adapt", "--cells-csv", str(bad), "--out", str(out), "--epochs", "1",
+                   "--holdout", "0", "--quiet"])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+    assert not out.parent.exists() or not list(out.parent.iterdir())
