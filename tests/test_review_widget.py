@@ -29,6 +29,18 @@ def user_home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+@pytest.fixture(autouse=True)
+def _shared_classifier(classifier, monkeypatch):
+    """Every widget reuses the session's classifier (loading one per test costs seconds)."""
+    real_init = DifferentialWidget.__init__
+
+    def init(self, viewer):
+        real_init(self, viewer)
+        self._classifier, self._classifier_key = classifier, ("cpu", self._model.value)
+
+    monkeypatch.setattr(DifferentialWidget, "__init__", init)
+
+
 def analysed(viewer, qtbot, data=None):
     """Dock the differential widget on the sample (or ``data`` under the same name), run it."""
     sample, meta, _ = make_sample_smear()[0]
@@ -195,3 +207,62 @@ def test_gallery_from_plugin_menu_finds_the_differential(make_napari_viewer, qtb
     viewer.window.add_dock_widget(gallery, name="gallery")
     assert gallery.differential is widget and gallery.session is widget.review
     assert len(gallery.shown()) == 4
+
+
+def test_adapt_needs_enough_reviewed_cells(make_napari_viewer, qtbot, monkeypatch):
+    viewer = make_napari_viewer()
+    widget = analysed(viewer, qtbot)
+    gallery = gallery_of(widget, qtbot)
+    shown = []
+    monkeypatch.setattr("napari_ddrnet._review_widget.show_info", shown.append)
+    widget.review.confirm(gallery.shown())
+    assert gallery.adapt() is None and gallery._adapt_worker is None
+    assert shown and "Too few reviewed cells" in shown[0] and "at least 10" in shown[0]
+
+
+def test_adapt_runs_in_worker_and_refreshes_model_list(make_napari_viewer, qtbot, monkeypatch,
+                                                       user_home):
+    """The gallery hands the reviewed cells and the in-memory image to adapt_from_cells (a fast
+    stand-in here: the real fine-tuning is tested in the adaptation tests) and offers the
+    model it wrote."""
+    import shutil
+
+    from napari_ddrnet import adapt
+    from napari_ddrnet.user_models import user_models_dir
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS, metadata_path
+
+    calls = {}
+
+    def fake_adapt(cells, out=None, *, images=None, base_weights=None, single_cell=False,
+                   progress=None, **kw):
+        calls.update(cells=cells, images=images, base=base_weights, single=single_cell)
+        for i in range(3):
+            progress(i + 1, 3)
+        path = user_models_dir() / "adapted-test.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(DEFAULT_WEIGHTS, path)
+        shutil.copy(metadata_path(DEFAULT_WEIGHTS), metadata_path(path))
+        return adapt.AdaptReport(path, 3, 1, 0.0, 1.0, {})
+
+    monkeypatch.setattr(adapt, "adapt_from_cells", fake_adapt)
+    monkeypatch.setattr(adapt, "MIN_CELLS", 3)
+    viewer = make_napari_viewer()
+    widget = analysed(viewer, qtbot)
+    gallery = gallery_of(widget, qtbot)
+    ids = gallery.shown()
+    widget.review.reassign(ids[0], "lymphocyte")
+    widget.review.reassign(ids[1], "neutrophil")
+    widget.review.reassign(ids[2], "neutrophil")
+    worker = gallery.adapt()
+    assert worker is not None
+    qtbot.waitUntil(lambda: gallery._adapt_worker is None, timeout=30_000)
+    cells = calls["cells"]
+    assert set(cells.loc[cells["reviewed"], "cell_id"]) == set(ids[:3])
+    assert {"image", "pixel_size_um", "min_row", "reviewed_class"} <= set(cells.columns)
+    assert calls["images"][widget.review.image_name] is widget.result_data
+    assert calls["base"] == widget.weights_used and calls["single"] is False
+    assert "0 % before, 100 % after" in gallery._adapt_label.text()
+    # The widget's model list now offers it (choices are the weights paths), shipped first.
+    choices = [str(c) for c in widget._model.choices]
+    assert choices[0] == str(widget.weights_used)
+    assert choices[1:] == [str(user_home / "models" / "adapted-test.safetensors")]

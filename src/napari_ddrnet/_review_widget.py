@@ -8,15 +8,21 @@ and the counts table.
 Keys (with the gallery focused): ``1``–``9`` move the current cell to that class (clinical
 order of the counts table) and go to the next cell; Space/Enter confirms it; arrows move;
 Backspace or Ctrl+Z undo (several levels).
+
+**Adapt to my lab…** fine-tunes the model used for the run on this image's reviewed cells
+(:func:`napari_ddrnet.adapt.adapt_from_cells`) in a worker thread and adds the result to the
+differential widget's model list.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import Counter
 
 import numpy as np
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtGui import QColor, QIcon, QImage, QPainter, QPen, QPixmap
 from qtpy.QtWidgets import (
@@ -27,6 +33,7 @@ from qtpy.QtWidgets import (
     QListView,
     QListWidget,
     QListWidgetItem,
+    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -100,6 +107,13 @@ class ReviewWidget(QWidget):
         self._file = QLabel("")
         self._file.setWordWrap(True)
         self._file.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self._adapt_btn = self._button("Adapt to my lab…", self.adapt)
+        self._adapt_bar = QProgressBar()
+        self._adapt_bar.setVisible(False)
+        self._adapt_label = QLabel("")
+        self._adapt_label.setWordWrap(True)
+        self._adapt_worker = None
+        self.adapt_report = None
 
         layout = QVBoxLayout(self)
         layout.addWidget(self._info)
@@ -111,6 +125,9 @@ class ReviewWidget(QWidget):
         layout.addLayout(buttons)
         layout.addLayout(actions)
         layout.addWidget(self._file)
+        layout.addWidget(self._adapt_btn)
+        layout.addWidget(self._adapt_bar)
+        layout.addWidget(self._adapt_label)
 
         self.differential = differential or _find_differential(napari_viewer)
         if self.differential is not None:
@@ -391,6 +408,79 @@ class ReviewWidget(QWidget):
         if not self.handle_key(event.key(), event.modifiers()):
             super().keyPressEvent(event)
 
+    # -- adaptation --------------------------------------------------------------------------
+    def adapt(self):
+        """Fine-tune the run's model on this image's reviewed cells (worker thread).
+
+        Too few reviewed cells: a notification says how many more are needed, nothing runs.
+        Returns the worker, or ``None``.
+        """
+        from .adapt import MIN_CELLS, MIN_CLASSES
+
+        s, diff = self.session, self.differential
+        if s is None or diff is None or diff.result_data is None:
+            show_info("Run the WBC differential and review some cells first.")
+            return None
+        if self._adapt_worker is not None:
+            show_info("An adaptation is already running.")
+            return None
+        cells = s.table_for_csv()
+        named = cells[cells["reviewed"] & (cells["reviewed_class"] != "")
+                      & (cells["reviewed_class"] != "unidentified")]
+        n, k = len(named), named["reviewed_class"].nunique()
+        if n < MIN_CELLS or k < MIN_CLASSES:
+            show_info(f"Too few reviewed cells to adapt the model: {n} in {k} class(es). "
+                      f"Review at least {MIN_CELLS} cells in {MIN_CLASSES} classes (confirmed "
+                      "or moved; 'unidentified' does not count), plus some to hold out for "
+                      "the before/after check.")
+            return None
+        worker = create_worker(_adapt_steps, cells, {s.image_name: diff.result_data},
+                               diff.weights_used, diff.result_single,
+                               _start_thread=False)
+        worker.yielded.connect(self._adapt_progress)
+        worker.returned.connect(self._adapt_done)
+        worker.errored.connect(self._adapt_failed)
+        worker.finished.connect(self._adapt_finished)
+        self._adapt_worker = worker
+        self._adapt_btn.setEnabled(False)
+        self._adapt_bar.setRange(0, 0)  # busy until the first step reports its total
+        self._adapt_bar.setVisible(True)
+        self._adapt_label.setText(f"Adapting the model on {n} reviewed cells…")
+        worker.start()
+        return worker
+
+    def _adapt_progress(self, step) -> None:
+        done, total = step
+        self._adapt_bar.setRange(0, int(total))
+        self._adapt_bar.setValue(int(done))
+
+    def _adapt_done(self, report) -> None:
+        self.adapt_report = report
+
+        def pct(v):
+            return "n/a" if v is None else f"{100 * v:.0f} %"
+
+        text = (f"Saved model '{report.path.stem}' ({report.n_train} cells trained). "
+                f"Held-out accuracy on {report.n_holdout} reviewed cells: "
+                f"{pct(report.before_accuracy)} before, {pct(report.after_accuracy)} after. "
+                "Choose it in the widget's Model list to use it.")
+        if not report.n_holdout:
+            text = (f"Saved model '{report.path.stem}' ({report.n_train} cells trained); no "
+                    "cell could be held out to measure it: review more cells.")
+        self._adapt_label.setText(text)
+        show_info(text)
+        if self.differential is not None:
+            self.differential._model.reset_choices()
+
+    def _adapt_failed(self, exc: Exception) -> None:
+        self._adapt_label.setText(f"Adaptation failed: {exc}")
+        show_error(f"Adaptation failed: {exc}")
+
+    def _adapt_finished(self) -> None:
+        self._adapt_worker = None
+        self._adapt_btn.setEnabled(True)
+        self._adapt_bar.setVisible(False)
+
     # -- thumbnails --------------------------------------------------------------------------
     def _start_thumbnails(self) -> None:
         if self._thumb_worker is not None:
@@ -420,6 +510,34 @@ class ReviewWidget(QWidget):
     def _thumbs_done(self, worker) -> None:
         if self._thumb_worker is worker:
             self._thumb_worker = None
+
+
+def _adapt_steps(cells, images, base_weights, single_cell):
+    """Run :func:`~napari_ddrnet.adapt.adapt_from_cells`, yielding its ``(done, total)``
+    steps (a generator worker reports them to the Qt thread) and returning its report."""
+    from .adapt import adapt_from_cells
+
+    steps: queue.Queue = queue.Queue()
+    out: dict = {}
+
+    def run():
+        try:
+            out["report"] = adapt_from_cells(cells, images=images, base_weights=base_weights,
+                                             single_cell=single_cell,
+                                             progress=lambda d, t: steps.put((d, t)))
+        except BaseException as exc:  # re-raised in the worker: napari's errored signal
+            out["error"] = exc
+        finally:
+            steps.put(None)
+
+    thread = threading.Thread(target=run, name="napari-ddrnet-adapt", daemon=True)
+    thread.start()
+    while (step := steps.get()) is not None:
+        yield step
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["report"]
 
 
 def _thumbnail_batches(data, boxes: np.ndarray, pad: float = 0.3, side: int = THUMB * 2):

@@ -84,6 +84,9 @@ class DifferentialWidget(Container):
         #: The image layer and pixel array (full resolution) the latest result came from.
         self.result_layer = None
         self.result_data = None
+        #: Weights file and single-cell mode of the latest result (what adaptation starts from).
+        self.weights_used: str | None = None
+        self.result_single = False
         #: Called with the new :attr:`review` after every run (the gallery rebinds to it).
         self.review_listeners: list[Callable[[ReviewSession | None], None]] = []
         self._highlight: int | None = None
@@ -129,7 +132,8 @@ class DifferentialWidget(Container):
                                _progress={"total": steps,
                                           "desc": "WBC differential"},
                                _connect={"errored": self._on_error}, _start_thread=False)
-        worker.returned.connect(lambda out: self._show(out[0], layer, data, out[1]))
+        worker.returned.connect(lambda out: self._show(out[0], layer, data, out[1],
+                                                       weights, single))
         worker.aborted.connect(lambda: self._status.set_value("Cancelled."))
         worker.finished.connect(self._finished)
         self._worker = worker
@@ -173,12 +177,14 @@ class DifferentialWidget(Container):
         show_error(f"WBC differential failed: {exc}")
 
     # -- results -----------------------------------------------------------------------------
-    def _show(self, result, layer, data=None, key: str = ""):
+    def _show(self, result, layer, data=None, key: str = "", weights: str | None = None,
+              single: bool = False):
         from .layers import OUR_LAYERS, layer_data
         from .review import default_review_path
 
         self.result = result
         self.result_layer, self.result_data = layer, data
+        self.weights_used, self.result_single = weights, single
         review = ReviewSession(result.cells, result.classes, image_name=layer.name, key=key,
                                path=default_review_path(layer.name, key, source_path(layer)),
                                pixel_size_um=result.pixel_size_um)
