@@ -203,10 +203,12 @@ def test_gallery_from_plugin_menu_finds_the_differential(make_napari_viewer, qtb
 
     viewer = make_napari_viewer()
     widget = analysed(viewer, qtbot)
-    gallery = ReviewWidget(viewer)
-    viewer.window.add_dock_widget(gallery, name="gallery")
+    # What Plugins -> DDRNet WBC differential -> WBC review gallery does (manifest entry).
+    _, gallery = viewer.window.add_plugin_dock_widget("napari-ddrnet", "WBC review gallery")
+    assert isinstance(gallery, ReviewWidget)
     assert gallery.differential is widget and gallery.session is widget.review
     assert len(gallery.shown()) == 4
+    assert widget.open_gallery() is gallery  # the button shows it again, no second gallery
 
 
 def test_adapt_needs_enough_reviewed_cells(make_napari_viewer, qtbot, monkeypatch):
@@ -266,3 +268,30 @@ def test_adapt_runs_in_worker_and_refreshes_model_list(make_napari_viewer, qtbot
     choices = [str(c) for c in widget._model.choices]
     assert choices[0] == str(widget.weights_used)
     assert choices[1:] == [str(user_home / "models" / "adapted-test.safetensors")]
+
+
+def test_review_file_beside_the_image_names_it(make_napari_viewer, qtbot, tmp_path):
+    """A layer read from a file: the review goes beside it, and names the file, so the CLI's
+    `adapt` can re-cut the reviewed cells from the review file."""
+    from napari_ddrnet.adapt import reviewed_cells
+    from napari_ddrnet.classes import PBC_CLASSES
+
+    viewer = make_napari_viewer()
+    sample, meta, _ = make_sample_smear()[0]
+    src = tmp_path / "smear.ome.tif"
+    meta = {**meta, "metadata": {**meta["metadata"], "source_path": str(src)}}
+    layer = viewer.add_image(sample, **meta)
+    widget = DifferentialWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.reset_choices()
+    widget._image.value = layer
+    widget.run()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    assert widget.review.path == tmp_path / "smear.review.csv"
+    gallery = gallery_of(widget, qtbot)
+    qtbot.keyClick(gallery.list, Qt.Key.Key_1)
+    saved = read_review(tmp_path / "smear.review.csv")
+    assert set(saved["image"]) == {str(src)}
+    rows = reviewed_cells(saved, PBC_CLASSES)
+    assert len(rows) == 1 and rows["reviewed_class"].item() == "neutrophil"
+    assert "smear.ome.tif" in gallery._info.text()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from napari.qt.threading import create_worker
@@ -259,7 +260,7 @@ class ReviewWidget(QWidget):
             return
         scope = s.counted_mask(s.target)
         n_rev = int(s.cells.loc[scope, "reviewed"].sum())
-        text = f"<b>{s.image_name}</b>: reviewed {n_rev} / {int(scope.sum())}"
+        text = f"<b>{Path(s.image_name).name}</b>: reviewed {n_rev} / {int(scope.sum())}"
         n_wbc, reached = s.target_status()
         if s.target is None:
             text += f" (all {n_wbc} white cells)"

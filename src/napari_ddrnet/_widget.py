@@ -185,8 +185,11 @@ class DifferentialWidget(Container):
         self.result = result
         self.result_layer, self.result_data = layer, data
         self.weights_used, self.result_single = weights, single
-        review = ReviewSession(result.cells, result.classes, image_name=layer.name, key=key,
-                               path=default_review_path(layer.name, key, source_path(layer)),
+        src = source_path(layer)
+        # The file path, when there is one, names the image in the review file and the CSVs
+        # (as the CLI does), so `napari-ddrnet adapt` can re-cut the reviewed cells from them.
+        review = ReviewSession(result.cells, result.classes, image_name=src or layer.name,
+                               key=key, path=default_review_path(layer.name, key, src),
                                pixel_size_um=result.pixel_size_um)
         restored = review.restore()
         review.target = TARGET_CHOICES[self._target.value]
@@ -283,8 +286,9 @@ class DifferentialWidget(Container):
         if self.result is None:
             raise RuntimeError("Nothing to export yet: run the analysis first.")
         path = Path(path)
-        review = self.review or ReviewSession(self.result.cells, self.result.classes)
-        cells, counts = csv_tables(self.image_name, review.cells, review.counts(),
+        review = self.review or ReviewSession(self.result.cells, self.result.classes,
+                                              image_name=self.image_name)
+        cells, counts = csv_tables(review.image_name, review.cells, review.counts(),
                                    self.result.classes, self.result.pixel_size_um)
         cells_path = path.with_name(path.stem + "_cells.csv")
         write_csv_atomic(counts, path)
