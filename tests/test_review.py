@@ -193,3 +193,13 @@ def test_default_review_path(tmp_path):
         assert p.parent == tmp_path / "u" or ro.stat().st_uid == 0
     finally:
         ro.chmod(0o755)
+
+
+def test_empty_image_session():
+    s = ReviewSession(make_cells([]).reindex(columns=make_cells(CALLS).columns), PBC_CLASSES)
+    assert s.queue(QUEUE_ALL) == [] and s.queue(QUEUE_UNCERTAIN) == []
+    s.target = 100
+    assert s.target_status() == (0, False)
+    counts = s.counts()
+    assert counts["count"].sum() == 0 and counts["model_count"].sum() == 0
+    assert len(s.table_for_csv()) == 0 and s.confirm([]) == 0 and s.undo() == []

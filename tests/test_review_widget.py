@@ -209,6 +209,10 @@ def test_gallery_from_plugin_menu_finds_the_differential(make_napari_viewer, qtb
     assert gallery.differential is widget and gallery.session is widget.review
     assert len(gallery.shown()) == 4
     assert widget.open_gallery() is gallery  # the button shows it again, no second gallery
+    viewer.window.remove_dock_widget(gallery)  # what the dock's close button does
+    assert all(w is not gallery for w in viewer.window.dock_widgets.values())
+    assert widget.open_gallery() is gallery  # docked again, state kept
+    assert any(w is gallery for w in viewer.window.dock_widgets.values())
 
 
 def test_adapt_needs_enough_reviewed_cells(make_napari_viewer, qtbot, monkeypatch):

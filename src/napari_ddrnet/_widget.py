@@ -261,16 +261,28 @@ class DifferentialWidget(Container):
 
     def open_gallery(self):
         """Dock the review gallery beside this widget (or show it again); returns it."""
+        from qtpy.QtWidgets import QDockWidget
+
         from ._review_widget import ReviewWidget
 
-        if self._gallery is not None:
+        gallery = self._gallery
+        if gallery is not None:
             try:
-                self._gallery.parent().show()
-                self._gallery.parent().raise_()
-                return self._gallery
-            except RuntimeError:  # its dock was closed and deleted
-                self._gallery = None
-        gallery = ReviewWidget(self._viewer, differential=self)
+                gallery.isVisible()
+            except RuntimeError:  # its Qt object was deleted
+                gallery = None
+        if gallery is not None and any(w is gallery
+                                       for w in self._viewer.window.dock_widgets.values()):
+            dock = gallery.parent()
+            while dock is not None and not isinstance(dock, QDockWidget):
+                dock = dock.parent()
+            if dock is not None:
+                dock.show()
+                dock.raise_()
+            return gallery
+        # Closing a dock only un-parents the gallery (napari keeps the widget): dock it again,
+        # with its view and current cell as they were.
+        gallery = gallery or ReviewWidget(self._viewer, differential=self)
         self._viewer.window.add_dock_widget(gallery, name="WBC review gallery", area="right",
                                             tabify=False)
         self._gallery = gallery
