@@ -281,3 +281,24 @@ def test_ddp_shards_are_disjoint_and_cover_the_epoch(world):
     # Different epochs shuffle differently; the same epoch reproduces (resume).
     assert epoch_shard(n, 7, 0).tolist() != epoch_shard(n, 7, 1).tolist()
     assert epoch_shard(n, 7, 1).tolist() == epoch_shard(n, 7, 1).tolist()
+
+
+def test_export_takes_metrics_from_machine_output_only(tmp_path):
+    """Issue 9 item 7: the card's selection epoch comes from the log; typed metrics are refused."""
+    from pathlib import Path
+
+    from training.export import benchmark_metrics, export_run, selected_epoch
+
+    root = Path(__file__).resolve().parents[1]
+    summary = json.loads((root / "docs/results/pbc8_ddrnet_e60/summary.json").read_text())
+    sel = selected_epoch(summary)
+    assert sel["epoch"] == 22 and sel["val_macro_f1"] == pytest.approx(0.9459, abs=1e-4)
+    with pytest.raises(ValueError, match="metrics"):
+        export_run(tmp_path, tmp_path / "w.safetensors", {"metrics_with_tta": {}})
+    bench = {"lisc_side_px": 200, "results": {"lisc": {"tta": {
+        "n": 10, "accuracy_plain": 0.5, "accuracy_restricted": 0.6, "macro_f1": 0.55}}},
+        "bccd_fields": {"tta": {"n": 69, "accuracy": 0.8}}}
+    m = benchmark_metrics(bench)
+    assert m["lisc"]["tta"] == {"n": 10, "accuracy": 0.6, "macro_f1": 0.55,
+                                "accuracy_plain_argmax": 0.5}
+    assert m["bccd_test_fields_end_to_end"]["tta"]["accuracy"] == 0.8

@@ -2,8 +2,15 @@
 
 Usage::
 
-    python -m training.export --run runs/pbc8_ddrnet \
-        --out src/napari_ddrnet/weights/ddrnet_pbc8.safetensors
+    python -m training.export --run runs/NAME --out src/napari_ddrnet/weights/NAME.safetensors \
+        [--config training/configs/NAME.json] [--extra training/configs/NAME_card.json] \
+        [--benchmark benchmarks/results/cross_source_NAME.json]
+
+Every number in the card is copied from machine output — the run's ``summary.json`` (training,
+selection score and epoch), its ``eval.json`` (``training.evaluate``, single pass) and, with
+``--benchmark``, the ``benchmarks.cross_source`` JSON (TTA, AdaBN, Reinhard, other sources,
+BCCD fields end to end). The ``--extra`` JSON carries prose only (data description, intended
+use): metric keys there are refused, so no metric is ever typed by hand again.
 """
 
 from __future__ import annotations
@@ -19,9 +26,48 @@ from napari_ddrnet.model import DDRNetConfig
 from napari_ddrnet.preprocess import MEAN, STD
 from napari_ddrnet.weights import export_weights
 
+METRIC_KEYS = ("n", "accuracy", "macro_f1", "mcc", "ece")
 
-def export_run(run: Path, out: Path, extra: dict | None = None) -> dict:
+
+def selected_epoch(summary: dict) -> dict | None:
+    """The epoch whose checkpoint is ``best.pt``: the best validation score among the
+    selectable epochs (first maximum, as ``training.train`` keeps it), else the last epoch."""
+    hist = summary.get("history") or []
+    if not hist:
+        return None
+    after = int((summary.get("config") or {}).get("select_after_epoch", 1))
+    cand = [h for h in hist if "val_macro_f1" in h and h["epoch"] >= after]
+    if not cand:
+        return {"epoch": hist[-1]["epoch"]}
+    best = max(cand, key=lambda h: h["val_macro_f1"])  # max keeps the first of equal scores
+    return {k: v for k, v in best.items() if k == "epoch" or k.startswith("val_")}
+
+
+def benchmark_metrics(bench: dict) -> dict:
+    """Compact metrics from a ``benchmarks.cross_source`` JSON: per source and mode, the
+    accuracy (restricted to the source's classes where it has fewer) and macro-F1."""
+    out: dict = {"source": "benchmarks/cross_source.py", "lisc_side_px": bench.get("lisc_side_px")}
+    for src, modes in bench.get("results", {}).items():
+        out[src] = {}
+        for mode, r in modes.items():
+            m = {"n": r["n"], "accuracy": round(r.get("accuracy_restricted",
+                                                      r["accuracy_plain"]), 4),
+                 "macro_f1": round(r["macro_f1"], 4)}
+            if "accuracy_restricted" in r:
+                m["accuracy_plain_argmax"] = round(r["accuracy_plain"], 4)
+            out[src][mode] = m
+    for mode, r in (bench.get("bccd_fields") or {}).items():
+        out.setdefault("bccd_test_fields_end_to_end", {})[mode] = {
+            "n": r["n"], "accuracy": round(r["accuracy"], 4)}
+    return out
+
+
+def export_run(run: Path, out: Path, extra: dict | None = None, config: Path | None = None,
+               benchmark: dict | None = None) -> dict:
     """Write the run's best checkpoint and metadata to ``out``; returns the metadata."""
+    if extra and any(k.startswith("metrics") for k in extra):
+        raise ValueError("metrics come from eval/benchmark output, not from --extra: "
+                         f"remove {[k for k in extra if k.startswith('metrics')]}")
     meta_run = json.loads((run / "meta.json").read_text())
     if meta_run["arch"] != "ddrnet":
         raise ValueError("only DDRNet runs can be shipped")
@@ -30,6 +76,7 @@ def export_run(run: Path, out: Path, extra: dict | None = None) -> dict:
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() \
         else {}
     evals = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else {}
+    cfg_arg = str(config) if config else "training/configs/<config>.json"
     meta = {
         "name": out.stem,
         "architecture": "DDRNet",
@@ -41,16 +88,20 @@ def export_run(run: Path, out: Path, extra: dict | None = None) -> dict:
         "config": cfg.to_dict(),
         "training": {k: summary.get(k) for k in ("config", "epochs", "n_train", "train_time_s",
                                                   "device", "best_val_macro_f1")},
-        "metrics": {t: {k: r[k] for k in ("n", "accuracy", "macro_f1", "mcc", "ece")}
-                    for t, r in evals.items()},
+        "selected": selected_epoch(summary),
+        "metrics": {t: {k: r[k] for k in METRIC_KEYS} for t, r in evals.items()},
         "reproduce": [
             "python -m training.prepare --out packs",
-            f"python -m training.train --config training/configs/pbc8_ddrnet.json --out {run}",
-            f"python -m training.evaluate --run {run} --test pbc_test bccd_test",
-            f"python -m training.export --run {run} --out {out}",
+            f"python -m training.train --config {cfg_arg} --out {run}",
+            f"python -m training.evaluate --run {run} --test {' '.join(evals) or 'pbc_test'}",
+            f"python -m benchmarks.cross_source --weights {out} --bccd-fields",
+            f"python -m training.export --run {run} --out {out} --config {cfg_arg} "
+            "--benchmark benchmarks/results/cross_source_<name>.json",
         ],
         **(extra or {}),
     }
+    if benchmark is not None:
+        meta["metrics_benchmark"] = benchmark_metrics(benchmark)
     return export_weights(state, meta, out)
 
 
@@ -58,10 +109,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Export a DDRNet run as package weights.")
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--extra", type=Path, help="JSON file merged into the metadata")
+    ap.add_argument("--config", type=Path, help="the training config (for the reproduce lines)")
+    ap.add_argument("--extra", type=Path, help="JSON of prose fields merged into the metadata")
+    ap.add_argument("--benchmark", type=Path,
+                    help="benchmarks.cross_source JSON whose metrics go into the card")
     args = ap.parse_args(argv)
     extra = json.loads(args.extra.read_text()) if args.extra else None
-    meta = export_run(args.run, args.out, extra)
+    bench = json.loads(args.benchmark.read_text()) if args.benchmark else None
+    meta = export_run(args.run, args.out, extra, args.config, bench)
     print(f"wrote {args.out} sha256={meta['sha256']}")
 
 
