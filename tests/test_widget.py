@@ -19,6 +19,13 @@ from napari_ddrnet.classes import CLASS_COLORS  # noqa: E402
 from napari_ddrnet.layers import LABELS_NAME, POINTS_NAME, SHAPES_NAME  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _own_user_folder(tmp_path, monkeypatch):
+    """Runs look for a saved review in the user data folder: never the developer's own (a
+    review of the sample made in napari would be restored into these tests)."""
+    monkeypatch.setenv("NAPARI_DDRNET_HOME", str(tmp_path / "home"))
+
+
 def _wait(widget, qtbot, timeout=120_000):
     # The widget's own `finished` handler (connected before the worker starts) clears
     # `_worker`; waiting on that cannot miss a signal emitted before we start waiting.
