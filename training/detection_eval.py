@@ -1,44 +1,42 @@
-"""WBC detection quality against the BCCD boxes and nucleus masks."""
+"""WBC detection quality (boxes matched one-to-one at IoU >= 0.5, recall/precision, Dice) and the
+TXL-PBC detection fields it is measured on besides BCCD."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from skimage import io
+from torchvision.ops import box_iou as _tv_box_iou
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``(min_row, min_col, max_row, max_col)`` boxes, ``(len(a), len(b))``."""
-    a = np.asarray(a, float).reshape(-1, 4)
-    b = np.asarray(b, float).reshape(-1, 4)
-    r0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    c0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    r1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    c1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(r1 - r0, 0, None) * np.clip(c1 - c0, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+    """Pairwise IoU of ``(min_row, min_col, max_row, max_col)`` boxes, ``(len(a), len(b))``.
+
+    :func:`torchvision.ops.box_iou` on the same corner order (IoU does not depend on which
+    axis comes first).
+    """
+    a = torch.as_tensor(np.asarray(a, np.float64).reshape(-1, 4))
+    b = torch.as_tensor(np.asarray(b, np.float64).reshape(-1, 4))
+    return _tv_box_iou(a, b).numpy()
 
 
 def match_boxes(pred: np.ndarray, gt: np.ndarray, thr: float = 0.5) -> list[tuple[int, int]]:
-    """Greedy one-to-one matching by IoU (highest first); pairs ``(pred_idx, gt_idx)``."""
+    """One-to-one matching that maximises the total IoU; pairs ``(pred_idx, gt_idx)``.
+
+    :func:`scipy.optimize.linear_sum_assignment` on the IoU matrix, keeping pairs with
+    IoU >= ``thr``. Pairs below ``thr`` are zeroed first so they cannot displace a valid match.
+    """
     iou = box_iou(pred, gt)
-    pairs = []
     if iou.size == 0:
-        return pairs
-    used_p, used_g = set(), set()
-    for flat in np.argsort(-iou, axis=None):
-        i, j = np.unravel_index(flat, iou.shape)
-        if iou[i, j] < thr:
-            break
-        if i in used_p or j in used_g:
-            continue
-        used_p.add(i)
-        used_g.add(j)
-        pairs.append((int(i), int(j)))
-    return pairs
+        return []
+    gain = np.where(iou >= thr, iou, 0.0)
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    return [(int(i), int(j)) for i, j in zip(rows, cols) if iou[i, j] >= thr]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -57,13 +55,18 @@ class DetectionCounts:
     fn: int = 0
     dice_sum: float = 0.0
     n_fields: int = 0
+    n_dice: int = 0
 
-    def add(self, pred_boxes: np.ndarray, gt_boxes: np.ndarray, pred_nuc, gt_nuc) -> None:
+    def add(self, pred_boxes: np.ndarray, gt_boxes: np.ndarray, pred_nuc=None,
+            gt_nuc=None) -> None:
+        """Count one field; nucleus masks are optional (no Dice without them)."""
         m = len(match_boxes(pred_boxes, gt_boxes))
         self.tp += m
         self.fp += len(pred_boxes) - m
         self.fn += len(gt_boxes) - m
-        self.dice_sum += dice(pred_nuc, gt_nuc)
+        if pred_nuc is not None and gt_nuc is not None:
+            self.dice_sum += dice(pred_nuc, gt_nuc)
+            self.n_dice += 1
         self.n_fields += 1
 
     @property
@@ -76,9 +79,78 @@ class DetectionCounts:
 
     @property
     def mean_dice(self) -> float:
-        return self.dice_sum / max(1, self.n_fields)
+        return self.dice_sum / max(1, self.n_dice)
 
     def as_dict(self) -> dict:
         return {"fields": self.n_fields, "tp": self.tp, "fp": self.fp, "fn": self.fn,
                 "recall": self.recall, "precision": self.precision,
                 "nucleus_dice": self.mean_dice}
+
+
+# --- TXL-PBC detection fields (four sources) -------------------------------------------------
+
+#: TXL-PBC sources, in report order.
+TXL_SOURCES = ("bccd", "bcd", "pbc", "raabin")
+#: Diameter of a normal red cell, micrometres: the ruler for the pixel size from RBC boxes.
+RBC_BOX_UM = 7.5
+#: Tenths of TXL-PBC images in the development part (the rest is held out).
+TXL_DEV_TENTHS = 7
+
+
+def txl_part(image: str) -> str:
+    """``"dev"`` or ``"held"``: a deterministic 70/30 split by the MD5 of the image name.
+
+    Detection parameters are tuned on ``dev`` only; ``held`` is reported, never tuned on.
+    """
+    h = int(hashlib.md5(image.encode()).hexdigest()[:8], 16)
+    return "dev" if h % 10 < TXL_DEV_TENTHS else "held"
+
+
+@dataclass(frozen=True)
+class TxlField:
+    """One TXL-PBC field and its boxes (``min_row, min_col, max_row, max_col``, max exclusive)."""
+
+    image: str
+    source: str
+    root: Path
+    wbc: np.ndarray
+    rbc: np.ndarray
+
+    def rgb(self) -> np.ndarray:
+        """RGB uint8 image."""
+        return io.imread(self.root / "images" / self.image)[..., :3]
+
+    def rbc_pixel_size(self) -> float | None:
+        """Micrometres per pixel from the median annotated red-cell box side (7.5 µm).
+
+        The longer side of each box, so that boxes cut by the image border still measure.
+        """
+        if len(self.rbc) == 0:
+            return None
+        side = np.maximum(self.rbc[:, 2] - self.rbc[:, 0], self.rbc[:, 3] - self.rbc[:, 1])
+        return RBC_BOX_UM / float(np.median(side))
+
+
+def load_txl_fields(part: str | None = None, sources=TXL_SOURCES, per_source: int | None = None,
+                    root: Path | None = None) -> list[TxlField]:
+    """TXL-PBC fields of ``part`` (``"dev"``, ``"held"`` or ``None`` for both), sorted by name.
+
+    ``per_source`` keeps the first ``n`` fields of each source (a fixed subset for tests).
+    """
+    import pandas as pd
+
+    from .paths import data_root
+
+    root = root or data_root() / "txlpbc_train"
+    boxes = pd.read_csv(root / "boxes.csv")
+    cols = ["min_row", "min_col", "max_row", "max_col"]
+    out = []
+    for source in sources:
+        names = sorted(boxes.loc[boxes["source"] == source, "image"].unique())
+        names = [n for n in names if part is None or txl_part(n) == part][:per_source]
+        for name in names:
+            b = boxes[boxes["image"] == name]
+            out.append(TxlField(name, source, root,
+                                b.loc[b["label"] == "WBC", cols].to_numpy(np.int64),
+                                b.loc[b["label"] == "RBC", cols].to_numpy(np.int64)))
+    return out

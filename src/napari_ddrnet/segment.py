@@ -34,6 +34,10 @@ CELL_COLUMNS = GEOMETRY_COLUMNS
 #: Image border, in pixels, ignored by the statistics and replaced by its neighbours.
 BORDER_PX = 2
 
+#: Shape of a round, whole nucleus (not one lobe of a segmented one).
+ROUND_SOLIDITY = 0.93
+ROUND_ECCENTRICITY = 0.6
+
 #: Unit optical-density colour of red cells in a Wright-stained BCCD field, used when a field has
 #: too few stained pixels to measure its own.
 DEFAULT_RED_CELL_OD: tuple[float, float, float] = (0.37, 0.71, 0.60)
@@ -52,13 +56,15 @@ class SegmentationParams:
     #: Nucleus parts smaller than ``max_lobe_area_um2`` join a neighbour up to this far away.
     lobe_reach_um: float = 3.0
     #: Largest area of one lobe of a segmented nucleus.
-    max_lobe_area_um2: float = 30.0
+    max_lobe_area_um2: float = 38.0
     #: Nucleus groups smaller than this are platelets or debris.
     min_nucleus_area_um2: float = 12.0
     #: Nucleus groups larger than this are stain precipitate or clumps, not one cell.
     max_nucleus_area_um2: float = 400.0
     #: Cytoplasm rim grown around the convex hull of the nucleus.
     cytoplasm_um: float = 1.8
+    #: Nucleus threshold = this factor x Otsu of the signal over the field's stained pixels.
+    otsu_factor: float = 0.8
     #: Minimum nucleus-signal threshold, a floor under Otsu for fields without white cells.
     min_signal: float = 0.15
     #: Mean signal a nucleus group must reach, relative to the field's threshold.
@@ -219,7 +225,8 @@ def _statistics(rgb: np.ndarray, params: SegmentationParams) -> tuple[FieldStats
     if values.size:
         values = np.minimum(values, np.percentile(values, 99.5))
     thr = float(filters.threshold_otsu(values)) if values.size and np.ptp(values) > 0 else 0.0
-    stats = FieldStats(tuple(float(v) for v in white), max(thr, params.min_signal),
+    stats = FieldStats(tuple(float(v) for v in white),
+                       max(params.otsu_factor * thr, params.min_signal),
                        tuple(float(v) for v in rbc))
     return stats, (np.pad(signal, b, mode="edge") if crop else signal)
 
@@ -307,8 +314,12 @@ def _segment_working(chroma: np.ndarray, thr: float, p: SegmentationParams, um: 
     grouped = ndi.binary_dilation(nuc, structure=morphology.disk(gap))
     if p.lobe_reach_um > p.lobe_gap_um:
         comp = measure.label(nuc)
-        areas = np.bincount(comp.ravel())
-        small = (areas < p.max_lobe_area_um2 * um * um)[comp] & nuc
+        lobe = np.zeros(comp.max() + 1, bool)
+        for r in measure.regionprops(comp):
+            # A lone round nucleus (a lymphocyte's) is not a lobe, even when small.
+            round_ = r.solidity > ROUND_SOLIDITY and r.eccentricity < ROUND_ECCENTRICITY
+            lobe[r.label] = r.area < p.max_lobe_area_um2 * um * um and not round_
+        small = lobe[comp] & nuc
         reach = max(1, int(round((p.lobe_reach_um - p.lobe_gap_um / 2) * um)))
         grouped |= ndi.binary_dilation(small, structure=morphology.disk(reach))
     groups = measure.label(grouped)
