@@ -9,9 +9,10 @@ Reference per image: the median side of its annotated RBC boxes (those not cut b
 border when there are at least 3) is taken as 7.5 µm. Reported per source: the ratio
 estimate / reference (median, IQR, share within ±10 %) and the share of images where the
 estimate declines (``None``). Sources: BCCD fields (VOC boxes), TXL-PBC per source (bccd, bcd,
-pbc, raabin; ``boxes.csv``), LISC crops (no boxes: reference 0.15 µm/px from RBCs spanning
-45-55 px). Then the size stability: mosaics of BCCD fields (1x1 .. 6x6), and a synthetic smear
-at a known pixel size from 640x480 to an 8000x8000 tiled whole-slide window, in memory and as a
+pbc, raabin; ``boxes.csv``), LISC crops (no boxes: a rough reference of 0.15 µm/px from RBCs
+spanning 45-55 px, which does not hold for every crop: a plausibility check, not accuracy).
+Then the size stability: mosaics of BCCD fields (1x1 .. 6x6), and a synthetic smear at a known
+pixel size from 640x480 to an 8000x8000 tiled whole-slide window, in memory and as a
 dask array. ``--old`` first runs the same on an older implementation of
 ``red_cell_diameter_px`` (before/after); a declined estimate there counts as "cannot measure".
 """
@@ -97,7 +98,7 @@ def bccd_items(step: int):
 def lisc_items(step: int):
     paths = sorted((data_root() / "lisc").glob("*/*.jpg"))
     for p in paths[::step * 4]:
-        yield "lisc", p, LISC_REFERENCE_UM
+        yield "lisc (rough ref)", p, LISC_REFERENCE_UM
 
 
 def per_source(estimate, step: int) -> tuple[list[dict], dict]:

@@ -195,10 +195,14 @@ def red_cell_diameter_px(image, guess_px: float | None = None) -> float | None:
     Up to :data:`N_WINDOWS` windows of :data:`WINDOW_DIAMETERS` cell diameters are each
     measured on a grid where a cell spans :data:`WORK_DIAMETER_PX` pixels, and the median over
     windows is taken, so the number of input pixels does not matter. The measurement is
-    repeated on the grid its own result implies until the two agree within 3 %, so the rough
+    repeated on the grid its own result implies until the two agree within 5 %, so the rough
     first guess does not bias it; a field where they never agree is declined.
     """
-    d = guess_px or _rough_diameter(image)
+    return _fixed_point(image, guess_px or _rough_diameter(image))
+
+
+def _fixed_point(image, d: float | None) -> float | None:
+    """Diameter that the windows measured on its own grid confirm within 5 % (or ``None``)."""
     for _ in range(_MAX_ITERATIONS):
         if d is None:
             return None
@@ -239,19 +243,20 @@ def _rough_diameter(image) -> float | None:
         d = _window_diameter(np.asarray(image[r0:r1, c0:c1]), trial)
         trials.append(trial)
         logs.append(None if d is None else math.log(d / trial))
+    logs.append(None)  # past the largest trial: nothing measured
     for i in reversed(range(len(trials))):
-        f0 = logs[i]
+        f0, f1 = logs[i], logs[i + 1]
+        below = logs[i - 1] if i > 0 else None
         if f0 is None:
             continue
-        if abs(f0) < math.log(1.15):
-            return trials[i] * math.exp(f0)
-        if i + 1 == len(trials):  # the image is too small for the next trial
-            if 0 < f0 < math.log(2.0):
-                return trials[i] * math.exp(f0)
-            continue
-        f1 = logs[i + 1]
         if f0 > 0 and f1 is not None and f1 < 0:
             return trials[i] * 2.0 ** (f0 / (f0 - f1))
+        # Next to a trial that measured nothing (window too small or too coarse for the
+        # image), the measurement itself is the best rough size when it is within 2x.
+        near = abs(f0) < math.log(1.15)
+        edge = (f0 > 0 and f1 is None) or (f0 < 0 and below is None)
+        if near or (edge and abs(f0) < math.log(2.0)):
+            return trials[i] * math.exp(f0)
     return None
 
 
