@@ -245,6 +245,12 @@ def _adapt(args: argparse.Namespace) -> int:
                   f"{pct(v['before'])} -> {pct(v['after'])}", file=sys.stderr)
         print(f"wrote {report.path} (use: napari-ddrnet count --weights {report.path} ...)",
               file=sys.stderr)
+    if (report.after_accuracy is not None
+            and report.after_accuracy < report.before_accuracy):
+        # Adaptation can hurt where the base model already fits the lab (docs/adaptation.md).
+        print("napari-ddrnet: warning: the adapted model is less accurate than the base model "
+              "on the held-out cells; keep using the base model, or review more cells",
+              file=sys.stderr)
     return 0
 
 
