@@ -125,27 +125,48 @@ def score(probs: np.ndarray, y_names: np.ndarray, classes: list[str],
     return res
 
 
-def adapted(model: torch.nn.Module, crops: np.ndarray, mean, std, adabn: bool
-            ) -> torch.nn.Module:
+def _adabn_token(mode: str) -> str:
+    return next((t for t in mode.split("+") if t.startswith("adabn")), "")
+
+
+def adapted(model: torch.nn.Module, crops: np.ndarray, mean, std, adabn: bool,
+            include_1d: bool = True) -> torch.nn.Module:
     """A fused copy for fast inference, after AdaBN on ``crops`` when asked."""
-    m = adapt_batchnorm(model, crops_to_tensor(crops, "cpu", mean, std)) if adabn \
-        else copy.deepcopy(model)
+    m = adapt_batchnorm(model, crops_to_tensor(crops, "cpu", mean, std),
+                        include_1d=include_1d) if adabn else copy.deepcopy(model)
     return fuse_for_inference(m.eval())
 
 
-def evaluate_sources(model, classes, mean, std, sources: dict, log) -> dict:
-    """Every source x {plain, Reinhard} x {no AdaBN, AdaBN} x {single, TTA}."""
+ALL_MODES = ("plain", "tta", "adabn", "adabn+tta", "reinhard", "reinhard+tta",
+             "reinhard+adabn", "reinhard+adabn+tta", "adabn_conv", "adabn_conv+tta",
+             "reinhard+adabn_conv", "reinhard+adabn_conv+tta")
+
+
+def evaluate_sources(model, classes, mean, std, sources: dict, log,
+                     modes: dict | None = None) -> dict:
+    """Each source under each mode of ``modes[source]`` (default :data:`ALL_MODES`, i.e.
+    {plain, Reinhard} x {no AdaBN, AdaBN} x {single, TTA})."""
     results: dict = {}
     for name, (crops, y, subset, groups) in sources.items():
         results[name] = {}
+        want = set((modes or {}).get(name, ALL_MODES))
         t0 = time.time()
         for reinhard in (False, True):
+            if not any(("reinhard" in w) == reinhard for w in want):
+                continue
             x = reinhard_normalize(crops) if reinhard else crops
-            for adabn in (False, True):
-                m = adapted(model, x, mean, std, adabn)
+            # AdaBN of every BatchNorm layer ("adabn"), or of the convolutional ones only
+            # ("adabn_conv": the head's BatchNorm1d keeps the source statistics).
+            for adabn in ("", "adabn", "adabn_conv"):
+                if not any(("reinhard" in w) == reinhard and _adabn_token(w) == adabn
+                           for w in want):
+                    continue
+                m = adapted(model, x, mean, std, bool(adabn), adabn != "adabn_conv")
                 for tta in (False, True):
-                    key = "+".join(k for k, on in (("reinhard", reinhard), ("adabn", adabn),
+                    key = "+".join(k for k, on in (("reinhard", reinhard), (adabn, adabn),
                                                    ("tta", tta)) if on) or "plain"
+                    if key not in want:
+                        continue
                     r = score(predict(m, x, mean, std, tta), y, classes, subset, groups)
                     results[name][key] = r
                     acc = r.get("accuracy_restricted", r["accuracy_plain"])
@@ -156,7 +177,8 @@ def evaluate_sources(model, classes, mean, std, sources: dict, log) -> dict:
     return results
 
 
-def adabn_sweep(model, classes, mean, std, crops, y, subset, sizes, draws, log) -> dict:
+def adabn_sweep(model, classes, mean, std, crops, y, subset, sizes, draws, log,
+                variants=("all_bn", "conv_bn_only")) -> dict:
     """LISC accuracy (single pass, restricted) after AdaBN on ``k`` random crops, ``draws``
     times each: how many crops of a new lab AdaBN needs. Two variants: every BatchNorm layer,
     and the convolutional ones only (the head's BatchNorm1d keeps the source statistics)."""
@@ -164,6 +186,8 @@ def adabn_sweep(model, classes, mean, std, crops, y, subset, sizes, draws, log) 
     rng = np.random.default_rng(0)
     for include_1d in (True, False):
         variant = "all_bn" if include_1d else "conv_bn_only"
+        if variant not in variants:
+            continue
         out[variant] = {}
         for k in sizes:
             accs = []
@@ -181,7 +205,8 @@ def adabn_sweep(model, classes, mean, std, crops, y, subset, sizes, draws, log) 
     return out
 
 
-def bccd_fields(weights: Path | None, model, mean, std, adapt_crops: np.ndarray, log) -> dict:
+def bccd_fields(weights: Path | None, model, mean, std, adapt_crops: np.ndarray, log,
+                modes=("plain", "tta", "adabn", "adabn+tta")) -> dict:
     """BCCD test fields end to end (``benchmarks.accuracy``), single pass and TTA, plain and
     with AdaBN on the BCCD test crops (unlabelled)."""
     from napari_ddrnet.classify import Classifier
@@ -191,6 +216,9 @@ def bccd_fields(weights: Path | None, model, mean, std, adapt_crops: np.ndarray,
     out = {}
     for adabn in (False, True):
         for tta in (False, True):
+            if ("+".join(k for k, on in (("adabn", adabn), ("tta", tta)) if on)
+                    or "plain") not in modes:
+                continue
             clf = Classifier(weights, device="cpu", tta=tta)
             if adabn:
                 clf.model = adapted(model, adapt_crops, mean, std, True)
@@ -211,9 +239,15 @@ def main(argv: list[str] | None = None) -> dict:
                     help="LISC crop side in pixels before resizing to 64 (224 = whole image)")
     ap.add_argument("--sources", nargs="*",
                     default=["pbc_test", "bccd_test", "kaggle_test", "lisc"])
+    ap.add_argument("--modes", nargs="*", default=[], metavar="SOURCE=MODE,MODE",
+                    help="restrict a source to some modes (default: all of ALL_MODES), e.g. "
+                         "kaggle_test=plain,adabn; saves time on a shared CPU")
+    ap.add_argument("--fields-modes", default="plain,tta,adabn,adabn+tta",
+                    help="modes for --bccd-fields")
     ap.add_argument("--adabn-sweep", action="store_true")
     ap.add_argument("--sweep-sizes", type=int, nargs="*", default=[8, 16, 32, 64, 128, 100000])
     ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--sweep-variants", nargs="*", default=["all_bn", "conv_bn_only"])
     ap.add_argument("--bccd-fields", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -229,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
         lines.append(msg)
         log_path.write_text("\n".join(lines) + "\n")
 
+    modes = {kv.split("=")[0]: kv.split("=")[1].split(",") for kv in args.modes}
     model, classes, mean, std = load_model(args.weights)
     log(f"cross-source accuracy of {args.weights or 'shipped ddrnet_pbc8'} "
         f"(classes {', '.join(classes)}); LISC crop {args.lisc_side:g} px of 224")
@@ -243,17 +278,20 @@ def main(argv: list[str] | None = None) -> dict:
                       KAGGLE_CLASSES if s.startswith("kaggle") else None, None)
     payload: dict = {"machine": machine(), "weights": str(args.weights or "shipped"),
                      "lisc_side_px": args.lisc_side,
-                     "results": evaluate_sources(model, classes, mean, std, sources, log)}
+                     "results": evaluate_sources(model, classes, mean, std, sources, log,
+                                                modes)}
     if args.adabn_sweep and "lisc" in sources:
         crops, y, subset, _ = sources["lisc"]
         payload["adabn_sweep_lisc"] = adabn_sweep(model, classes, mean, std, crops, y, subset,
-                                                  args.sweep_sizes, args.draws, log)
+                                                  args.sweep_sizes, args.draws, log,
+                                                  args.sweep_variants)
     if args.bccd_fields:
         if args.weights is not None and Path(args.weights).is_dir():
             log("bccd_fields needs .safetensors weights: skipped")
         else:
             adapt = load_pack(args.packs / "bccd_test.npz")[0]
-            payload["bccd_fields"] = bccd_fields(args.weights, model, mean, std, adapt, log)
+            payload["bccd_fields"] = bccd_fields(args.weights, model, mean, std, adapt, log,
+                                                 args.fields_modes.split(","))
     write_json(args.out / f"cross_source_{name}.json", payload)
     return payload
 
