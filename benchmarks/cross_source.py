@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -229,6 +230,36 @@ def bccd_fields(weights: Path | None, model, mean, std, adapt_crops: np.ndarray,
     return out
 
 
+def compare_markdown(paths: list[Path]) -> str:
+    """Markdown table of several result JSONs side by side: one row per source and mode,
+    one column per model (accuracy, restricted to the source's classes where it has fewer;
+    LISC also as plain 8-class argmax)."""
+    runs = {Path(p).stem.replace("cross_source_", ""): json.loads(Path(p).read_text())
+            for p in paths}
+    names = list(runs)
+    lines = ["| source | mode | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    sources = dict.fromkeys(s for r in runs.values() for s in r["results"])
+    for src in sources:
+        modes = dict.fromkeys(m for r in runs.values() for m in r["results"].get(src, {}))
+        for mode in modes:
+            cells = []
+            for n in names:
+                r = runs[n]["results"].get(src, {}).get(mode)
+                if r is None:
+                    cells.append("")
+                    continue
+                acc = 100 * r.get("accuracy_restricted", r["accuracy_plain"])
+                extra = f" ({100 * r['accuracy_plain']:.1f})" if src == "lisc" else ""
+                cells.append(f"{acc:.2f}{extra}")
+            lines.append(f"| {src} | {mode} | " + " | ".join(cells) + " |")
+    for mode in dict.fromkeys(m for r in runs.values() for m in (r.get("bccd_fields") or {})):
+        cells = [f"{100 * runs[n]['bccd_fields'][mode]['accuracy']:.2f}"
+                 if mode in (runs[n].get("bccd_fields") or {}) else "" for n in names]
+        lines.append(f"| bccd_fields (end to end) | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, default=None,
@@ -251,7 +282,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--bccd-fields", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--compare", type=Path, nargs="*",
+                    help="only print a Markdown table of these result JSONs side by side")
     args = ap.parse_args(argv)
+    if args.compare:
+        print(compare_markdown(args.compare), end="")
+        return {}
     torch.set_num_threads(args.threads)
     name = args.name or (args.weights.stem if args.weights else "ddrnet_pbc8")
     args.out.mkdir(parents=True, exist_ok=True)

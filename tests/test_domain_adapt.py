@@ -108,3 +108,13 @@ def test_reinhard_single_image_and_per_image():
     for c in per:
         m, _ = lab_mean_std(c[None])
         assert np.allclose(m, PBC_LAB_MEAN_STD[0], atol=3)
+
+
+def test_adabn_chunks_do_not_depend_on_crop_order():
+    """Crops in class order (two very different halves) must not shrink the variance estimate:
+    chunks are drawn from a shuffled set."""
+    model = _model()
+    x = torch.cat([torch.randn(64, 3, 64, 64) - 1, torch.randn(64, 3, 64, 64) + 1])
+    one = adapt_batchnorm(model, x, batch_size=128)
+    chunked = adapt_batchnorm(model, x, batch_size=64)
+    assert torch.allclose(chunked.stem.norm.running_var, one.stem.norm.running_var, rtol=0.1)

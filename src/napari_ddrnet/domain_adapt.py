@@ -40,7 +40,7 @@ def _is_fused(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def adapt_batchnorm(model: nn.Module, x: torch.Tensor, momentum: float | None = None,
-                    batch_size: int = 512, include_1d: bool = True) -> nn.Module:
+                    batch_size: int = 1024, include_1d: bool = True) -> nn.Module:
     """AdaBN: a deep copy of ``model`` whose BatchNorm statistics come from the crops ``x``.
 
     Parameters
@@ -56,8 +56,9 @@ def adapt_batchnorm(model: nn.Module, x: torch.Tensor, momentum: float | None = 
         ``stat = (1 - momentum) * source + momentum * target`` (one pass over ``x`` as a single
         batch), a safer choice when only a handful of crops is available.
     batch_size : int
-        Crops per forward pass when ``momentum`` is ``None``. Each chunk's statistics are
-        averaged, so chunks should be large (the default covers a typical slide in one pass).
+        Crops per forward pass when ``momentum`` is ``None``. The crops are shuffled (fixed
+        seed) and each chunk's statistics averaged, so chunks should be large: the default
+        covers a typical slide in one or two passes.
     include_1d : bool
         Also re-estimate the classifier head's ``BatchNorm1d`` (one feature vector per crop, so
         it needs more crops than the convolutional layers, which see every pixel).
@@ -95,6 +96,12 @@ def adapt_batchnorm(model: nn.Module, x: torch.Tensor, momentum: float | None = 
             bn.momentum = float(momentum)
         bn.train()  # only the BN layers: dropout stays off
     step = len(x) if momentum is not None else max(2, int(batch_size))
+    if step < len(x):
+        # Chunks are averaged, so each must be a fair sample of the whole set: shuffle with a
+        # fixed seed. (Crops in class order — e.g. a folder per class — would otherwise give
+        # chunk statistics that miss the between-class variance, and a result that depends on
+        # the order of the labels.)
+        x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
     for i in range(0, len(x), step):
         chunk = x[i:i + step]
         if len(chunk) < 2 and i > 0:  # a lone trailing crop: BatchNorm1d cannot use it
