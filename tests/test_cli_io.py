@@ -146,7 +146,9 @@ def test_writers(tmp_path):
     df = pd.read_csv(out[0])
     assert df["class"].tolist() == ["neutrophil", "lymphocyte"]
     assert df["centroid_col"].tolist() == [2.0, 4.0]
-    boxes = [np.array([[0, 0], [0, 5], [4, 5], [4, 0]]), np.array([[1, 1], [1, 2], [2, 2], [2, 1]])]
+    # Box vertices on pixel edges, as layers.layer_data draws them (pixel centres are integers).
+    boxes = [np.array([[0, 0], [0, 5], [4, 5], [4, 0]]) - 0.5,
+             np.array([[1, 1], [1, 2], [2, 2], [2, 1]]) - 0.5]
     df = pd.read_csv(write_shapes(str(tmp_path / "s.csv"), boxes, {"features": feats})[0])
     assert df[["min_row", "max_col"]].values.tolist() == [[0, 5], [1, 2]]
 

@@ -168,3 +168,13 @@ def test_crops_follow_the_weights_card(classifier, smear, tmp_path, monkeypatch)
     # 45 µm instead of 30 µm: the cell fills less of the crop, so its border is background.
     border = lambda c: c[:, :4].astype(float).mean()  # noqa: E731
     assert border(seen[0]) > border(seen[1])
+
+
+def test_value_range_never_leaves_a_tile_to_its_own_range():
+    from napari_ddrnet.image_input import value_range
+
+    dim16 = np.full((32, 32, 3), 200, np.uint16)  # a dark 16-bit sample stays on 0..255
+    assert value_range([dim16]) == (0.0, 255.0)
+    assert value_range([np.full((32, 32, 3), 0.5, np.float32)]) == (0.0, 1.0)
+    assert value_range([np.full((32, 32, 3), 9, np.uint8)]) is None
+    assert value_range([np.array([[[0, 10, 4095]]], np.uint16)]) == (0.0, 4095.0)

@@ -118,6 +118,16 @@ def test_rerun_replaces_layers(docked, qtbot):
     assert set(viewer.layers[POINTS_NAME].features["class"]) == {"unidentified"}
 
 
+def test_whole_slide_masks_are_left_out():
+    """A full-size int32 label image is only built when it fits (1 GB at the limit)."""
+    da = pytest.importorskip("dask.array")
+    from napari_ddrnet._widget import MAX_LABEL_PIXELS, _labels_fit
+
+    assert _labels_fit(np.zeros((480, 640, 3), np.uint8))
+    slide = da.zeros((100_000, 60_000, 3), dtype=np.uint8, chunks=(4096, 4096, 3))
+    assert not _labels_fit(slide) and MAX_LABEL_PIXELS * 4 <= 2**30
+
+
 def test_single_cell_mode_is_proposed_then_gives_one_row(make_napari_viewer, qtbot, smear):
     """A single-cell export analysed as a field: the status proposes the single-cell mode."""
     image, truth = smear
@@ -174,8 +184,13 @@ def test_worker_error_is_notified(docked, qtbot, monkeypatch):
 
 
 def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, monkeypatch):
-    """Cancel after the first tile: the run stops before the last tile and adds nothing."""
+    """Cancel pressed (GUI thread) while the first tile is being segmented: that tile ends,
+    no further tile starts, and nothing is added."""
+    import threading
+    import time
+
     da = pytest.importorskip("dask.array")
+    from napari_ddrnet import pipeline
     from napari_ddrnet.pipeline import count_steps
     from napari_ddrnet.synthetic import synthetic_smear
 
@@ -188,28 +203,22 @@ def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, monkeypatch):
     widget._image.reset_choices()
     widget._image.value = layer
     widget._device.value = "cpu"
-    steps = []
-    from napari_ddrnet import pipeline
+    started, release = [], threading.Event()
+    real = pipeline.segment_wbc
 
-    real = pipeline.iter_analyze
+    def slow_segment(*args, **kwargs):  # the real segmentation, held until Cancel is pressed
+        started.append(time.perf_counter())
+        release.wait(30)
+        return real(*args, **kwargs)
 
-    def spy(*args, **kwargs):  # the real pipeline, cancelled from inside after its first tile
-        inner = real(*args, **kwargs)
-        while True:
-            try:
-                step = next(inner)
-            except StopIteration as stop:
-                return stop.value
-            steps.append(step)
-            if len(steps) == 1:
-                widget.cancel()
-            yield step
-
-    monkeypatch.setattr(pipeline, "iter_analyze", spy)
+    monkeypatch.setattr(pipeline, "segment_wbc", slow_segment)
     widget.run()
+    qtbot.waitUntil(lambda: len(started) == 1, timeout=60_000)
+    widget.cancel()  # mid-tile, from the GUI thread, as the Cancel button does
+    release.set()
     _wait(widget, qtbot)
     n_tiles = count_steps(data) - 1
-    assert n_tiles >= 2 and 1 <= len(steps) < n_tiles, (steps, n_tiles)
+    assert n_tiles >= 2 and len(started) == 1, (len(started), n_tiles)
     assert widget.result is None
     assert POINTS_NAME not in viewer.layers
     assert widget._status.value == "Cancelled." and widget._run_btn.enabled

@@ -543,14 +543,19 @@ def _adapt_steps(cells, images, base_weights, single_cell):
 
 def _thumbnail_batches(data, boxes: np.ndarray, pad: float = 0.3, side: int = THUMB * 2):
     """Yield lists of ``(cell_id, rgb uint8)``: each box with a margin, at most ``side`` px."""
+    from .image_input import value_range
+    from .sampling import sample_windows
+
     h, w = data.shape[:2]
+    # One scaling for every thumbnail, from the whole image (as the pipeline scales tiles).
+    vrange = value_range(sample_windows(data)) if data.dtype != np.uint8 else None
     batch = []
     for cell_id, r0, c0, r1, c1 in boxes:
         m = int(pad * max(r1 - r0, c1 - c0))
         r0, c0, r1, c1 = max(0, r0 - m), max(0, c0 - m), min(h, r1 + m), min(w, c1 + m)
         step = max(1, int(np.ceil(max(r1 - r0, c1 - c0) / side)))
         crop = np.asarray(data[r0:r1:step, c0:c1:step])
-        batch.append((int(cell_id), _to_rgb8(crop)))
+        batch.append((int(cell_id), _to_rgb8(crop, vrange)))
         if len(batch) >= _BATCH:
             yield batch
             batch = []
@@ -558,13 +563,11 @@ def _thumbnail_batches(data, boxes: np.ndarray, pad: float = 0.3, side: int = TH
         yield batch
 
 
-def _to_rgb8(crop: np.ndarray) -> np.ndarray:
-    """A thumbnail as contiguous RGB uint8 (RGBA dropped, other types stretched)."""
-    rgb = crop[..., :3] if crop.ndim == 3 else np.repeat(crop[..., None], 3, axis=2)
-    if rgb.dtype != np.uint8:
-        lo, hi = float(np.min(rgb)), float(np.max(rgb))
-        rgb = ((rgb.astype(np.float32) - lo) * (255.0 / max(hi - lo, 1e-9))).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
+def _to_rgb8(crop: np.ndarray, vrange: tuple[float, float] | None = None) -> np.ndarray:
+    """A thumbnail as contiguous RGB uint8, scaled by the image-wide ``vrange``."""
+    from .image_input import to_rgb_uint8
+
+    return to_rgb_uint8(crop, vrange)
 
 
 def _find_differential(viewer):

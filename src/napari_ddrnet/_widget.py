@@ -23,10 +23,11 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from .classes import DISPLAY_ORDER
+from .classes import DEFAULT_MIN_CONFIDENCE, DISPLAY_ORDER
 from .devices import DEVICES
 from .report import csv_tables, write_csv_atomic
 from .review import ReviewSession
+from .scale import MAX_PIXEL_SIZE_UM
 
 #: Count targets offered: label -> white cells (``None``: all).
 TARGET_CHOICES = {"all white cells": None, "first 100 white cells": 100,
@@ -49,10 +50,11 @@ class DifferentialWidget(Container):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._image = create_widget(annotation=Image, label="Image")
-        self._pixel = FloatSpinBox(label="Pixel size µm (0 = auto)", min=0.0, max=50.0,
-                                   step=0.001, value=0.0)
+        self._pixel = FloatSpinBox(label="Pixel size µm (0 = auto)", min=0.0,
+                                   max=MAX_PIXEL_SIZE_UM, step=0.001, value=0.0)
         self._device = ComboBox(label="Device", choices=list(DEVICES), value="auto")
-        self._conf = FloatSlider(label="Min confidence", min=0.0, max=1.0, step=0.01, value=0.5)
+        self._conf = FloatSlider(label="Min confidence", min=0.0, max=1.0, step=0.01,
+                                 value=DEFAULT_MIN_CONFIDENCE)
         self._single = CheckBox(text="Single-cell image (one centred cell, e.g. an analyser "
                                      "export)", value=False)
         self._model = ComboBox(label="Model", choices=_model_choices)
@@ -154,12 +156,15 @@ class DifferentialWidget(Container):
             self._classifier_key = (device, weights)
         yield
         if single:
-            result = analyze_single_cell(np.asarray(data), given, self._classifier,
+            result = analyze_single_cell(data, given, self._classifier,
                                          pixel_size_metadata=meta_px, min_confidence=conf)
         else:
+            # A full-size label image of a whole slide would not fit in memory (int32, 4 bytes
+            # a pixel): above MAX_LABEL_PIXELS the masks are left out and the status says so.
             result = yield from _steps(iter_analyze(data, given, self._classifier,
                                                     pixel_size_metadata=meta_px,
-                                                    min_confidence=conf))
+                                                    min_confidence=conf,
+                                                    return_labels=_labels_fit(data)))
         return result, image_key(data)
 
     def cancel(self):
@@ -206,9 +211,12 @@ class DifferentialWidget(Container):
         self._viewer.layers.selection.active = layer
         self._refresh_table()
         status = f"{len(result.cells)} cells; pixel size {pixel_size_text(result.pixel_size)}."
+        if result.labels is None and not single:
+            status += (f" Masks not drawn: the image is larger than "
+                       f"{MAX_LABEL_PIXELS // 10**6} MP (points and boxes cover every cell).")
         if restored:
             status += f" Review restored: {restored} cells from {review.path}."
-        if not self._single.value:
+        if not single:
             from .single_cell import looks_like_single_cell
 
             if looks_like_single_cell(layer.data.shape if not layer.multiscale
@@ -344,6 +352,15 @@ def pixel_size_text(px) -> str:
     """How the status line reports a :class:`~napari_ddrnet.scale.PixelSize`."""
     text = f"{px.um:.3f} µm ({_SOURCE_TEXT.get(px.source, px.source)})"
     return f"{text}; {px.note}" if px.note else text
+
+
+#: Largest image whose full-size label image the widget builds (int32: 1 GB at this size).
+MAX_LABEL_PIXELS = 256 * 10**6
+
+
+def _labels_fit(data) -> bool:
+    """Whether a full-size int32 label image of ``data`` stays within :data:`MAX_LABEL_PIXELS`."""
+    return int(data.shape[0]) * int(data.shape[1]) <= MAX_LABEL_PIXELS
 
 
 def _steps(gen):

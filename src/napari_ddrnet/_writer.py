@@ -29,8 +29,9 @@ def write_shapes(path: str, data: Any, attributes: dict) -> list[str]:
     """Write one row per shape: the features, then its bounding box (max exclusive)."""
     shapes = [np.asarray(s, float) for s in data]
     df = _features(attributes, len(shapes))
+    # Vertices lie on pixel edges (see layers.layer_data): +0.5 gives pixel indices back.
     bb = np.array([[s[:, 0].min(), s[:, 1].min(), s[:, 0].max(), s[:, 1].max()]
-                   for s in shapes]).reshape(-1, 4)
+                   for s in shapes]).reshape(-1, 4) + 0.5
     for i, col in enumerate(("min_row", "min_col", "max_row", "max_col")):
         df[col] = bb[:, i]
     return [str(write_csv_atomic(df, path))]

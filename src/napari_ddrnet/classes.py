@@ -14,6 +14,9 @@ PBC_CLASSES = (
     "platelet",
 )
 UNIDENTIFIED = "unidentified"
+#: A cell whose top class probability is below this is reported as :data:`UNIDENTIFIED`
+#: (for review) instead of being forced into a class; every entry point defaults to it.
+DEFAULT_MIN_CONFIDENCE = 0.5
 
 #: White-cell classes: the differential is given as % of these.
 WBC_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import torch
 
-from .classes import UNIDENTIFIED
+from .classes import DEFAULT_MIN_CONFIDENCE, UNIDENTIFIED
 from .devices import resolve_device
 from .model import fuse_for_inference
 from .preprocess import crops_to_tensor
@@ -41,7 +43,8 @@ class Classifier:
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
-        model = fuse_for_inference(self.bundle.model)
+        # Fuse a copy: bundle.model keeps its BatchNorm layers (AdaBN, fine-tuning need them).
+        model = fuse_for_inference(copy.deepcopy(self.bundle.model))
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.amp = self.device.type in ("cuda", "mps")
 
@@ -77,7 +80,8 @@ class Classifier:
             out[i:i + len(x)] = (probs / len(views)).cpu().numpy()
         return out
 
-    def classify(self, crops: np.ndarray, min_confidence: float = 0.5) -> pd.DataFrame:
+    def classify(self, crops: np.ndarray,
+                 min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> pd.DataFrame:
         """Class, confidence and per-class probabilities for each crop.
 
         A crop whose top probability is below ``min_confidence`` is ``unidentified`` (its

@@ -46,8 +46,9 @@ def value_range(samples) -> tuple[float, float] | None:
     Returns
     -------
     tuple of float or None
-        ``(low, high)`` for :func:`to_rgb_uint8`; ``None`` when the image is already 8-bit or
-        floats within 0..1 (no data-dependent scaling is needed).
+        ``(low, high)`` for :func:`to_rgb_uint8`; ``None`` only for 8-bit images. Samples of a
+        float image within 0..1 give ``(0, 1)`` and of an integer image within 0..255 give
+        ``(0, 255)``, so that no tile falls back to its own range.
     """
     arrs = [np.asarray(a)[..., :3] for a in samples]
     if not arrs or arrs[0].dtype == np.uint8:
@@ -55,9 +56,9 @@ def value_range(samples) -> tuple[float, float] | None:
     lo = min(float(a.min()) for a in arrs)
     hi = max(float(a.max()) for a in arrs)
     if np.issubdtype(arrs[0].dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-        return None
+        return 0.0, 1.0
     if np.issubdtype(arrs[0].dtype, np.integer) and lo >= 0 and hi <= 255:
-        return None
+        return 0.0, 255.0
     return min(lo, 0.0), hi
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .classes import class_color
 from .pipeline import AnalysisResult
-from .schema import REVIEW_COLUMNS, feature_columns, with_review_defaults
+from .schema import BOX_COLUMNS, REVIEW_COLUMNS, feature_columns, with_review_defaults
 
 LABELS_NAME = "WBC masks"
 POINTS_NAME = "WBC classes"
@@ -122,9 +122,10 @@ def layer_data(result: AnalysisResult, scale: tuple[float, float] = (1.0, 1.0),
         "border_color": "black", "size": max(size, 4.0), "border_width": 0.1,
         "text": _text(feats, size), "metadata": {"text_offset": size},
         **common}, "points"))
-    boxes = [np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float)
-             for r0, c0, r1, c1 in cells[["min_row", "min_col", "max_row", "max_col"]]
-             .to_numpy()]
+    # napari puts pixel centres on integer coordinates: a box over pixels r0..r1-1 runs from
+    # the top edge of r0 (r0 - 0.5) to the bottom edge of r1 - 1 (r1 - 0.5).
+    boxes = [np.array([[r0, c0], [r0, c1], [r1, c1], [r1, c0]], float) - 0.5
+             for r0, c0, r1, c1 in cells[list(BOX_COLUMNS)].to_numpy()]
     out.append((boxes, {
         "name": SHAPES_NAME, "shape_type": "rectangle", "features": feats,
         "edge_color": colors or "white", "face_color": "transparent", "edge_width": EDGE_WIDTH,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .classes import DEFAULT_MIN_CONFIDENCE
 from .classify import Classifier, check_min_confidence, probabilities_to_table
 from .crop import crop_cells
 from .image_input import check_rgb_shape, to_rgb_uint8, value_range
@@ -116,7 +117,7 @@ def iter_analyze(
     pixel_size_metadata: float | None = None,
     device: str = "auto",
     batch_size: int = 64,
-    min_confidence: float = 0.5,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     return_labels: bool = True,
     tile_size: int | None = None,
     params: SegmentationParams | None = None,
@@ -148,7 +149,7 @@ def iter_analyze(
     if not tiled:
         tiles = [(0, 0, h, w, 0, 0, h, w)]
     else:
-        tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px))
+        tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px, classifier.crop_fov_um))
     stats = field_statistics(rgb if rgb is not None else sample, params)
     total = len(tiles) + 1
 
@@ -216,8 +217,10 @@ def count_steps(image, tile_size: int | None = None) -> int:
     return -(-h // size) * -(-w // size) + 1
 
 
-def _overlap_px(px_um: float) -> int:
-    return int(np.ceil(MAX_CELL_UM / px_um)) + 8
+def _overlap_px(px_um: float, crop_fov_um: float = 0.0) -> int:
+    """Overlap that shows every cell whole and its crop (half the model's field of view
+    around the centroid) with real pixels, as an untiled run would."""
+    return int(np.ceil(max(MAX_CELL_UM, crop_fov_um / 2) / px_um)) + 8
 
 
 def _tiles(h: int, w: int, size: int, overlap: int):

@@ -26,7 +26,7 @@ import pandas as pd
 
 from .classes import DISPLAY_ORDER, UNIDENTIFIED, WBC_CLASSES
 from .report import counts_table, csv_tables, write_csv_atomic
-from .schema import prob_columns, with_review_defaults
+from .schema import BOX_COLUMNS, prob_columns, with_review_defaults
 
 #: Suffix of review files (``smear.tif`` -> ``smear.review.csv``).
 REVIEW_SUFFIX = ".review.csv"
@@ -40,7 +40,7 @@ TARGETS: tuple[int | None, ...] = (None, 100, 200)
 QUEUE_ALL = "all"
 QUEUE_UNCERTAIN = "uncertain"
 
-_BOX = ["min_row", "min_col", "max_row", "max_col"]
+_BOX = list(BOX_COLUMNS)
 
 
 def image_key(array, grid: int = 8, window: int = 16) -> str:
@@ -337,15 +337,23 @@ class ReviewSession:
         saved = saved[saved["reviewed"]]
         if not len(saved) or not len(self.cells):
             return 0
+        from scipy.spatial import cKDTree
+
         cur = self.cells[_BOX].to_numpy(float)
         old = saved[_BOX].to_numpy(float)
-        dist = np.abs(cur[:, None, :] - old[None, :, :]).max(axis=2)
+        # Nearest saved box per current box in the max-norm, within the tolerance: a KD-tree
+        # keeps a whole slide (tens of thousands of cells) in linear memory.
+        dist, nearest = cKDTree(old).query(cur, k=min(4, len(old)), p=np.inf,
+                                           distance_upper_bound=MATCH_TOLERANCE_PX + 1e-9)
+        dist, nearest = dist.reshape(len(cur), -1), nearest.reshape(len(cur), -1)
         used = np.zeros(len(old), bool)
         n = 0
-        for i in np.argsort(dist.min(axis=1), kind="stable"):  # best matches first
-            j = int(np.argmin(np.where(used, np.inf, dist[i])))
-            if used[j] or dist[i, j] > MATCH_TOLERANCE_PX:
+        for i in np.argsort(dist[:, 0], kind="stable"):  # best matches first
+            free = [k for k in range(dist.shape[1])
+                    if np.isfinite(dist[i, k]) and not used[nearest[i, k]]]
+            if not free:
                 continue
+            j = int(nearest[i, free[0]])
             used[j] = True
             self.cells.at[int(i), "reviewed_class"] = str(saved["reviewed_class"].iloc[j])
             self.cells.at[int(i), "reviewed"] = True

@@ -25,6 +25,8 @@ GEOMETRY_DTYPES: dict[str, str] = {
     "touches_border": "bool",
 }
 GEOMETRY_COLUMNS: list[str] = list(GEOMETRY_DTYPES)
+#: A cell's bounding box, pixels, max exclusive (the order torchvision's box ops use).
+BOX_COLUMNS: tuple[str, str, str, str] = ("min_row", "min_col", "max_row", "max_col")
 
 #: Classification columns that precede the per-class probabilities.
 PREDICTION_COLUMNS: list[str] = ["class", "confidence"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .classes import DEFAULT_MIN_CONFIDENCE
 from .classify import Classifier, check_min_confidence, probabilities_to_table
 from .crop import crop_centre
 from .image_input import to_rgb_uint8
@@ -60,12 +61,13 @@ def prepare_single_cell(image, input_size: int, pixel_size_um: float | None = No
     """
     from .image_input import ImageInputError
 
-    rgb = to_rgb_uint8(np.asarray(image))
-    h, w = rgb.shape[:2]
-    if max(h, w) > MAX_SINGLE_CELL_SIDE:
+    h, w = np.shape(image)[:2] if not hasattr(image, "shape") else image.shape[:2]
+    if max(h, w) > MAX_SINGLE_CELL_SIDE:  # checked before anything is read
         raise ImageInputError(
             f"{h}x{w} px is too large for a single-cell image (at most "
             f"{MAX_SINGLE_CELL_SIDE} px a side): analyse it as a field instead.")
+    rgb = to_rgb_uint8(np.asarray(image))
+    h, w = rgb.shape[:2]
     px = resolve_pixel_size(rgb, given=pixel_size_um, metadata=pixel_size_metadata)
     cells = segment_wbc(rgb, px.um).cells
     found = len(cells) > 0
@@ -84,7 +86,7 @@ def prepare_single_cell(image, input_size: int, pixel_size_um: float | None = No
 
 
 def classify_single_cells(items: Iterable[SingleCell], classifier: Classifier,
-                          min_confidence: float = 0.5):
+                          min_confidence: float = DEFAULT_MIN_CONFIDENCE):
     """Classify prepared single cells in batches; yields ``(SingleCell, AnalysisResult)``.
 
     Crops are classified ``classifier.batch_size`` at a time, so a folder of thousands of
@@ -104,7 +106,8 @@ def classify_single_cells(items: Iterable[SingleCell], classifier: Classifier,
 
 def analyze_single_cell(image, pixel_size_um: float | None = None,
                         classifier: Classifier | None = None, *,
-                        pixel_size_metadata: float | None = None, min_confidence: float = 0.5,
+                        pixel_size_metadata: float | None = None,
+                        min_confidence: float = DEFAULT_MIN_CONFIDENCE,
                         device: str = "auto"):
     """Classify a single-cell image (one centred cell) as one row.
 

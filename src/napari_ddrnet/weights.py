@@ -126,17 +126,34 @@ def load_bundle(weights: str | Path | None = None) -> ModelBundle:
 
 
 def export_weights(state: dict[str, torch.Tensor], meta: dict, path: Path) -> dict:
-    """Write ``path`` (.safetensors) and its JSON metadata with the SHA-256 filled in."""
+    """Write ``path`` (.safetensors) and its JSON metadata with the SHA-256 filled in.
+
+    Both files are written completely to unique temporary names first and only then renamed
+    into place, back to back: a crash while writing leaves any earlier model untouched, and a
+    pair that was somehow mixed is refused by the checksum on loading.
+    """
+    import os
+    import tempfile
+
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp))
-    tmp.chmod(0o644)
-    tmp.replace(path)
-    meta = dict(meta, sha256=sha256_file(path))
-    mtmp = metadata_path(path).with_name(metadata_path(path).name + ".tmp")
-    mtmp.write_text(json.dumps(meta, indent=1))
-    mtmp.replace(metadata_path(path))
+    temps = []
+    try:
+        for suffix in (".safetensors", ".json"):
+            fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix + ".tmp",
+                                        dir=path.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(temps[0]))
+        meta = dict(meta, sha256=sha256_file(temps[0]))
+        temps[1].write_text(json.dumps(meta, indent=1))
+        for tmp in temps:
+            tmp.chmod(0o644)
+        temps[0].replace(path)
+        temps[1].replace(metadata_path(path))
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
     return meta
