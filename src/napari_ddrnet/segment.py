@@ -31,6 +31,9 @@ WORK_UM_PER_PX = 0.25
 #: Columns of :attr:`Segmentation.cells` (defined once, in :mod:`napari_ddrnet.schema`).
 CELL_COLUMNS = GEOMETRY_COLUMNS
 
+#: Pixels sampled (evenly strided) for the field statistics of one field.
+STATS_PIXELS = 100_000
+
 #: Image border, in pixels, ignored by the statistics and replaced by its neighbours.
 BORDER_PX = 2
 
@@ -57,6 +60,8 @@ class SegmentationParams:
     lobe_reach_um: float = 3.0
     #: Largest area of one lobe of a segmented nucleus.
     max_lobe_area_um2: float = 38.0
+    #: Smallest part that reaches out as a lobe; smaller ones (platelets) only join at lobe_gap.
+    min_lobe_area_um2: float = 4.0
     #: Nucleus groups smaller than this are platelets or debris.
     min_nucleus_area_um2: float = 12.0
     #: Nucleus groups larger than this are stain precipitate or clumps, not one cell.
@@ -274,10 +279,10 @@ def segment_wbc(
         raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
 
     factor = pixel_size_um / WORK_UM_PER_PX  # input px -> working px
-    if stats is None:
-        stats, chroma = _statistics(rgb, params)
-    else:
-        chroma = nucleus_chroma(rgb, stats.white, stats.red_cell_od)
+    # Statistics from a subsample (as for tiles of a large image): plenty for a percentile,
+    # a median colour and two Otsu thresholds, and it halves the time of a 640x480 field.
+    stats = stats or field_statistics(rgb, params, max_pixels=STATS_PIXELS)
+    chroma = nucleus_chroma(rgb, stats.white, stats.red_cell_od)
     # Resized or re-encoded fields often carry a coloured line along the border; replicate the
     # pixels next to it instead (harmless on real content, e.g. the edge of a tile).
     b = BORDER_PX
@@ -314,11 +319,13 @@ def _segment_working(chroma: np.ndarray, thr: float, p: SegmentationParams, um: 
     grouped = ndi.binary_dilation(nuc, structure=morphology.disk(gap))
     if p.lobe_reach_um > p.lobe_gap_um:
         comp = measure.label(nuc)
-        lobe = np.zeros(comp.max() + 1, bool)
-        for r in measure.regionprops(comp):
+        area = np.bincount(comp.ravel())
+        lobe = (p.min_lobe_area_um2 * um * um <= area) & (area < p.max_lobe_area_um2 * um * um)
+        lobe[0] = False
+        for r in measure.regionprops(np.where(lobe[comp], comp, 0)):
             # A lone round nucleus (a lymphocyte's) is not a lobe, even when small.
-            round_ = r.solidity > ROUND_SOLIDITY and r.eccentricity < ROUND_ECCENTRICITY
-            lobe[r.label] = r.area < p.max_lobe_area_um2 * um * um and not round_
+            lobe[r.label] = not (r.solidity > ROUND_SOLIDITY
+                                 and r.eccentricity < ROUND_ECCENTRICITY)
         small = lobe[comp] & nuc
         reach = max(1, int(round((p.lobe_reach_um - p.lobe_gap_um / 2) * um)))
         grouped |= ndi.binary_dilation(small, structure=morphology.disk(reach))
