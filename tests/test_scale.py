@@ -19,7 +19,6 @@ from napari_ddrnet.scale import (
     PixelSizeError,
     check_pixel_size,
     estimate_pixel_size,
-    estimate_pixel_size_or_default,
     resolve_pixel_size,
 )
 from napari_ddrnet.synthetic import synthetic_smear
@@ -80,10 +79,10 @@ def test_implausible_metadata_is_ignored_with_a_note(smear):
     assert px.source == "default" and "ignored" in px.note
 
 
-def test_estimate_or_default_keeps_old_callers_working():
+def test_blank_field_cannot_be_measured():
     assert estimate_pixel_size(np.full((64, 64, 3), 200, np.uint8)) is None
-    assert estimate_pixel_size_or_default(np.full((64, 64, 3), 200, np.uint8)) \
-        == DEFAULT_PIXEL_SIZE_UM
+    px = resolve_pixel_size(np.full((64, 64, 3), 200, np.uint8))
+    assert px.source == "default" and px.um == DEFAULT_PIXEL_SIZE_UM
 
 
 # --- size independence ----------------------------------------------------------------------

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import needs_data
 
-from napari_ddrnet.segment import CELL_COLUMNS, segment_wbc
+from napari_ddrnet.schema import GEOMETRY_COLUMNS
+from napari_ddrnet.segment import segment_wbc
 from napari_ddrnet.synthetic import synthetic_smear
 
 BOX = ["min_row", "min_col", "max_row", "max_col"]
@@ -24,7 +25,7 @@ def test_finds_every_synthetic_wbc_at_two_magnifications(px, shape):
     # 0.1 µm/px: a WBC is ~120 px across; 0.45 µm/px: ~27 px (low magnification).
     image, truth = synthetic_smear(shape, px, seed=3)
     seg = segment_wbc(image, px)
-    assert list(seg.cells.columns) == CELL_COLUMNS
+    assert list(seg.cells.columns) == GEOMETRY_COLUMNS
     assert len(seg.cells) == len(truth) == 4
     assert _match(truth, seg.cells, tol_px=2.0 / px).all()  # within 2 µm
     assert set(np.unique(seg.labels)) - {0} == set(seg.cells["cell_id"])
@@ -64,7 +65,7 @@ def test_empty_and_uniform_fields_give_empty_results():
     for image in (np.full((200, 300, 3), 230, np.uint8), np.zeros((200, 300, 3), np.uint8)):
         seg = segment_wbc(image)
         assert len(seg.cells) == 0 and seg.labels.max() == 0
-        assert list(seg.cells.columns) == CELL_COLUMNS
+        assert list(seg.cells.columns) == GEOMETRY_COLUMNS
 
 
 @needs_data("bccd")

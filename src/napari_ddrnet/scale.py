@@ -34,8 +34,6 @@ MAX_PIXEL_SIZE_UM = 1.0
 #: Used only when nothing else is known (typical 100x oil objective + camera); reported as
 #: ``"default"``, never as estimated.
 DEFAULT_PIXEL_SIZE_UM = 0.1
-#: Deprecated alias of :data:`DEFAULT_PIXEL_SIZE_UM`.
-FALLBACK_PIXEL_SIZE_UM = DEFAULT_PIXEL_SIZE_UM
 
 #: Red-cell diameter on the measuring grid, pixels.
 WORK_DIAMETER_PX = 32.0
@@ -122,15 +120,6 @@ def estimate_pixel_size(image) -> float | None:
         measured (single-cell crops, empty fields) or the result is implausible.
     """
     return _estimate(image)[0]
-
-
-def estimate_pixel_size_or_default(image) -> float:
-    """:func:`estimate_pixel_size`, or :data:`DEFAULT_PIXEL_SIZE_UM` when it cannot measure.
-
-    Kept for callers that need a number; prefer :func:`resolve_pixel_size`, which says which.
-    """
-    um = estimate_pixel_size(image)
-    return DEFAULT_PIXEL_SIZE_UM if um is None else um
 
 
 def resolve_pixel_size(image, given: float | None = None,
@@ -351,7 +340,6 @@ __all__ = [
     "PixelSizeError",
     "check_pixel_size",
     "estimate_pixel_size",
-    "estimate_pixel_size_or_default",
     "red_cell_diameter_px",
     "resolve_pixel_size",
 ]

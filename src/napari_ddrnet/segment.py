@@ -22,14 +22,12 @@ import pandas as pd
 from scipy import ndimage as ndi
 from skimage import filters, measure, morphology, segmentation, transform
 
-from .scale import FALLBACK_PIXEL_SIZE_UM, estimate_pixel_size
+from .scale import check_pixel_size, resolve_pixel_size
 from .schema import GEOMETRY_COLUMNS, empty_geometry
 
 #: Working resolution for segmentation, micrometres per pixel.
 WORK_UM_PER_PX = 0.25
 
-#: Columns of :attr:`Segmentation.cells` (defined once, in :mod:`napari_ddrnet.schema`).
-CELL_COLUMNS = GEOMETRY_COLUMNS
 
 #: Pixels sampled (evenly strided) for the field statistics of one field.
 STATS_PIXELS = 100_000
@@ -91,11 +89,13 @@ class Segmentation:
     nuclei : numpy.ndarray
         ``int32`` label image of the nuclei, same ids as ``labels``.
     cells : pandas.DataFrame
-        One row per cell, columns :data:`CELL_COLUMNS` (pixels, max exclusive).
+        One row per cell, columns :data:`napari_ddrnet.schema.GEOMETRY_COLUMNS` (pixels,
+        max exclusive).
     pixel_size_um : float
         Pixel size used, micrometres per pixel.
     pixel_size_source : str
-        ``"given"`` or ``"estimated"``.
+        ``"given"``, ``"estimated"`` or ``"default"`` (see
+        :func:`napari_ddrnet.scale.resolve_pixel_size`).
     """
 
     labels: np.ndarray
@@ -190,13 +190,20 @@ def red_cell_colour(stained_od: np.ndarray, n_pixels: int,
 
 def field_statistics(image, params: SegmentationParams | None = None,
                      max_pixels: int = 2_000_000) -> FieldStats:
-    """White point, red-cell colour and nucleus threshold from a strided subsample of ``image``.
+    """White point, red-cell colour and nucleus threshold from a subsample of ``image``.
 
-    ``image`` may be any array-like that supports slicing (numpy, dask, zarr): only the
-    subsample is read, so this works on images far larger than memory.
+    A numpy image is subsampled with an even stride. A lazy one (dask, zarr) is read only in
+    a few windows (:func:`napari_ddrnet.sampling.sample_windows`): a strided slice of a lazy
+    array would decode every chunk.
     """
-    from .image_input import to_rgb_uint8
+    from .image_input import to_rgb_uint8, value_range
 
+    if not isinstance(image, np.ndarray):
+        from .sampling import sample_windows
+
+        windows = sample_windows(image)
+        vrange = value_range(windows)
+        image = np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1)
     h, w = image.shape[:2]
     stride = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
     sub = to_rgb_uint8(np.asarray(image[::stride, ::stride]))
@@ -236,11 +243,6 @@ def _statistics(rgb: np.ndarray, params: SegmentationParams) -> tuple[FieldStats
     return stats, (np.pad(signal, b, mode="edge") if crop else signal)
 
 
-def empty_cells_table() -> pd.DataFrame:
-    """An empty per-cell table with the right columns and dtypes."""
-    return empty_geometry()
-
-
 def segment_wbc(
     rgb: np.ndarray,
     pixel_size_um: float | None = None,
@@ -254,7 +256,9 @@ def segment_wbc(
     rgb : numpy.ndarray
         ``(H, W, 3) uint8`` image (see :func:`napari_ddrnet.image_input.to_rgb_uint8`).
     pixel_size_um : float, optional
-        Micrometres per pixel. When ``None`` it is estimated from the median red-cell diameter.
+        Micrometres per pixel (checked against the plausible bounds). When ``None`` it is
+        estimated from the red cells, else the default is used
+        (:func:`napari_ddrnet.scale.resolve_pixel_size`, the one place that decides).
     params : SegmentationParams, optional
         Sizes and thresholds; the defaults suit Romanowsky-stained peripheral blood.
     stats : FieldStats, optional
@@ -269,14 +273,11 @@ def segment_wbc(
     """
     params = params or SegmentationParams()
     shape = rgb.shape[:2]
-    source = "given"
     if pixel_size_um is None:
-        pixel_size_um = estimate_pixel_size(rgb)
-        source = "estimated"
-        if pixel_size_um is None:  # too few red cells to measure
-            pixel_size_um, source = FALLBACK_PIXEL_SIZE_UM, "default"
-    if not pixel_size_um > 0:
-        raise ValueError(f"pixel size must be positive, got {pixel_size_um!r}")
+        resolved = resolve_pixel_size(rgb)
+        pixel_size_um, source = resolved.um, resolved.source
+    else:
+        pixel_size_um, source = check_pixel_size(pixel_size_um), "given"
 
     factor = pixel_size_um / WORK_UM_PER_PX  # input px -> working px
     # Statistics from a subsample (as for tiles of a large image): plenty for a percentile,
@@ -367,7 +368,7 @@ def _to_input_resolution(cell_w, nuc_w, shape, work_shape):
 
 def _cell_table(labels: np.ndarray, nuclei: np.ndarray, px_um: float) -> pd.DataFrame:
     if labels.max() == 0:
-        return empty_cells_table()
+        return empty_geometry()
     h, w = labels.shape
     nuc_area = np.bincount(nuclei.ravel(), minlength=labels.max() + 1)
     rows = []
@@ -389,4 +390,4 @@ def _cell_table(labels: np.ndarray, nuclei: np.ndarray, px_um: float) -> pd.Data
                 "touches_border": bool(r0 == 0 or c0 == 0 or r1 == h or c1 == w),
             }
         )
-    return pd.DataFrame(rows, columns=CELL_COLUMNS)
+    return pd.DataFrame(rows, columns=GEOMETRY_COLUMNS)
