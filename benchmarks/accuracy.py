@@ -4,7 +4,7 @@ reports in docs/results (produced by training/gpu_suite.sh).
 
 Usage::
 
-    python -m benchmarks.accuracy [--packs packs] [--results docs/results]
+    python -m benchmarks.accuracy [--results docs/results] [--weights MODEL.safetensors]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from napari_ddrnet.pipeline import analyze  # noqa: E402
 from training.bccd import load_fields  # noqa: E402
 from training.detection_eval import box_iou  # noqa: E402
 from training.evaluate import metrics  # noqa: E402
-from training.packs import load_pack  # noqa: E402
+from training.paths import data_root, has_dataset  # noqa: E402
 
 from .common import machine, print_table, write_json  # noqa: E402
 
@@ -42,13 +42,31 @@ PAPER_TABLE4 = {"kaggle4_resnet18": ("ResNet-18", "399m17s"),
                 "kaggle4_ddrnet": ("DDRNet", "161m19s")}
 
 
-def shipped_on_pbc(packs: Path, clf: Classifier) -> dict | None:
-    p = packs / "pbc_test.npz"
-    if not p.exists():
+def pbc_test_crops(input_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """PBC test crops cut from the dataset images by the plugin's own code (as the single-cell
+    mode does), and their class names. Not the training packs: those hold JPEG-recompressed
+    crops, which read about a point higher than what a user gets."""
+    import csv
+
+    from skimage import io
+
+    from napari_ddrnet.crop import crop_centre
+
+    root = data_root() / "pbc"
+    rows = [r for r in csv.DictReader(open(root / "splits.csv", newline=""))
+            if r["split"] == "test"]
+    crops = np.stack([crop_centre(io.imread(root / r["file"])[..., :3], input_size)
+                      for r in rows])
+    return crops, np.asarray([r["class"] for r in rows])
+
+
+def shipped_on_pbc(clf: Classifier) -> dict | None:
+    """Metrics of ``clf`` on the PBC test images (live), or ``None`` without the dataset."""
+    if not has_dataset("pbc"):
         return None
-    x, y, classes, _ = load_pack(p)
-    assert tuple(classes) == clf.classes
-    return metrics(clf.predict_proba(x), y, list(classes))
+    crops, names = pbc_test_crops(clf.input_size)
+    y = np.asarray([clf.classes.index(n) for n in names])
+    return metrics(clf.predict_proba(crops), y, list(clf.classes))
 
 
 def shipped_on_bccd_fields(clf: Classifier) -> dict:
@@ -84,14 +102,40 @@ def _report(results: Path, run: str, test: str) -> tuple[dict, dict] | None:
     return json.loads(ev.read_text())[test], summary
 
 
+def write_card_metrics(weights: Path | None, shipped: dict) -> None:
+    """Store the live figures in the weights' card (atomically; the checksum covers only the
+    tensors, so the card's figures are generated here, never typed)."""
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS, metadata_path
+
+    keep = ("n", "accuracy", "macro_f1", "mcc", "ece")
+    live = {"command": "python -m benchmarks.accuracy --write-card"
+                       + (f" --weights {weights}" if weights else "")}
+    for mode, res in shipped.items():
+        if res["pbc_test"]:
+            live[f"pbc_test_{'tta' if mode == 'tta' else 'single_pass'}"] = {
+                k: res["pbc_test"][k] for k in keep if k in res["pbc_test"]}
+        bccd = res["bccd_test_fields"]
+        live[f"bccd_test_fields_{'tta' if mode == 'tta' else 'single_pass'}"] = {
+            "n": bccd["n"], "accuracy": bccd["accuracy"]}
+    card = metadata_path(Path(weights) if weights else DEFAULT_WEIGHTS)
+    meta = json.loads(card.read_text())
+    meta["metrics_live"] = live
+    tmp = card.with_name(card.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(card)
+    print(f"wrote metrics_live into {card}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--packs", type=Path, default=ROOT / "packs")
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", type=Path, default=None,
                     help="evaluate these weights instead of the shipped ones (no tables)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--write-card", action="store_true",
+                    help="record these live figures as `metrics_live` in the weights' JSON card "
+                         "(what tests/test_accuracy.py checks against)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     payload: dict = {"machine": machine(), "shipped": {}}
@@ -101,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     for tta in (True, False):
         clf = Classifier(args.weights, device="cpu", tta=tta)
         mode = "8-view TTA (default)" if tta else "single pass"
-        pbc = shipped_on_pbc(args.packs, clf)
+        pbc = shipped_on_pbc(clf)
         bccd = shipped_on_bccd_fields(clf)
         payload["shipped"]["tta" if tta else "single"] = {"pbc_test": pbc,
                                                           "bccd_test_fields": bccd}
@@ -117,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
             confusions = bccd["confusions"]
     print_table(rows, ["test set", "mode", "accuracy_%", "macro_F1_%", "target"])
     print("BCCD confusions (TTA):", confusions)
+    if args.write_card:
+        write_card_metrics(args.weights, payload["shipped"])
     if args.weights:
         return payload
 

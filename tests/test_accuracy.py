@@ -7,33 +7,26 @@ normalisation or the weights (or a card that lies) fails here.
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 from conftest import needs_data
-from skimage import io
 
 from napari_ddrnet.classify import Classifier
-from napari_ddrnet.crop import crop_centre
-from training.paths import data_root
 
 
 @needs_data("pbc")
 def test_shipped_model_on_pbc_test_matches_its_card():
+    from benchmarks.accuracy import pbc_test_crops
+
     clf = Classifier(device="cpu", tta=False)
-    rows = [r for r in csv.DictReader(open(data_root() / "pbc" / "splits.csv", newline=""))
-            if r["split"] == "test"]
-    crops = np.stack([crop_centre(io.imread(data_root() / "pbc" / r["file"])[..., :3],
-                                  clf.input_size) for r in rows])
+    crops, names = pbc_test_crops(clf.input_size)
     pred = np.asarray(clf.classes)[clf.predict_proba(crops).argmax(1)]
-    acc = float((pred == np.asarray([r["class"] for r in rows])).mean())
-    assert len(rows) == 3415
-    # The card's live figure (benchmarks/accuracy.py, same images, same code) must be what we
-    # measure here; training-time figures from the JPEG-compressed packs read higher.
-    live = clf.bundle.meta.get("metrics_live", {}).get("pbc_test_single_pass")
-    if live is not None:
-        assert acc == pytest.approx(live["accuracy"], abs=0.002)
+    acc = float((pred == names).mean())
+    assert len(names) == 3415
+    # The card's live figure (written by training.export from benchmarks/accuracy.py: same
+    # images, same code) must be what we measure here, and never below the floor we ship at.
+    live = clf.bundle.meta["metrics_live"]["pbc_test_single_pass"]
+    assert acc == pytest.approx(live["accuracy"], abs=0.002)
     assert acc >= 0.94
 
 
