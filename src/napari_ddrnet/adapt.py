@@ -508,7 +508,7 @@ def _card(bundle: ModelBundle, base_path: Path | None, rows: pd.DataFrame,
                           "file": base_file.name, "sha256": sha256_file(base_file)}
     card["adaptation"] = {
         "method": "AdaBN + L2-SP fine-tuning (napari_ddrnet.adapt)",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cells_per_class": {c: v["train"] for c, v in report.per_class.items()},
         "holdout_per_class": {c: v["holdout"] for c, v in report.per_class.items()},
         "source_files": [str(f) for f in source_files or []],
