@@ -89,6 +89,7 @@ def export_run(run: Path, out: Path, extra: dict | None = None, config: Path | N
         "training": {k: summary.get(k) for k in ("config", "epochs", "n_train", "train_time_s",
                                                   "device", "best_val_macro_f1")},
         "selected": selected_epoch(summary),
+        **({"recalibration": summary["recalibration"]} if "recalibration" in summary else {}),
         "metrics": {t: {k: r[k] for k in METRIC_KEYS} for t, r in evals.items()},
         "reproduce": [
             "python -m training.prepare --out packs",
