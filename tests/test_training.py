@@ -302,3 +302,17 @@ def test_export_takes_metrics_from_machine_output_only(tmp_path):
     assert m["lisc"]["tta"] == {"n": 10, "accuracy": 0.6, "macro_f1": 0.55,
                                 "accuracy_plain_argmax": 0.5}
     assert m["bccd_test_fields_end_to_end"]["tta"]["accuracy"] == 0.8
+
+
+def test_wise_interpolation_is_linear_and_keeps_integer_buffers():
+    import torch
+
+    from training.wise import interpolate
+
+    a = {"w": torch.zeros(3), "n": torch.tensor(5)}
+    b = {"w": torch.ones(3) * 2, "n": torch.tensor(9)}
+    m = interpolate(a, b, 0.25)
+    assert torch.allclose(m["w"], torch.full((3,), 0.5)) and int(m["n"]) == 9
+    assert torch.equal(interpolate(a, b, 0.0)["w"], a["w"])
+    with pytest.raises(ValueError):
+        interpolate(a, {"w": b["w"]}, 0.5)
