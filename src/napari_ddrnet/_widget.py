@@ -309,7 +309,8 @@ class DifferentialWidget(Container):
         review = self.review or ReviewSession(self.result.cells, self.result.classes,
                                               image_name=self.image_name)
         cells, counts = csv_tables(review.image_name, review.cells, review.counts(),
-                                   self.result.classes, self.result.pixel_size_um)
+                                   self.result.classes, self.result.pixel_size_um,
+                                   self.result.pixel_size_source)
         cells_path = path.with_name(path.stem + "_cells.csv")
         write_csv_atomic(counts, path)
         write_csv_atomic(cells, cells_path)

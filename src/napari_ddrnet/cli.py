@@ -116,7 +116,11 @@ def _count(args: argparse.Namespace) -> int:
     source = _single_cell_results if args.single_cell else _field_results
     for name, result in source(files, classifier, args, failed, write):
         cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
-                                       result.pixel_size_um)
+                                       result.pixel_size_um, result.pixel_size_source)
+        if result.pixel_size_source == "default" and not args.single_cell:
+            # Field crops are cut at the model's field of view in µm: a guessed scale can
+            # mis-size every crop, so say so rather than bury it in the CSV.
+            write(f"napari-ddrnet: warning: {name}: {result.pixel_size.note}")
         cell_tables.append(cells_t)
         count_tables.append(counts_t)
         bar.n = len(cell_tables) + len(failed)
@@ -136,10 +140,11 @@ def _count(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from ._sample_data import SAMPLE_PIXEL_SIZE_UM
     from .pipeline import analyze
     from .synthetic import synthetic_smear
 
-    px = 0.1
+    px = SAMPLE_PIXEL_SIZE_UM
     image, _ = synthetic_smear(pixel_size_um=px, seed=args.seed)
     if args.viewer:
         import napari
@@ -157,7 +162,8 @@ def _demo(args: argparse.Namespace) -> int:
     result = analyze(image, px, device=args.device)
     out = Path(args.out)
     cells_t, counts_t = csv_tables("synthetic-smear", result.cells, result.counts,
-                                   result.classes, result.pixel_size_um)
+                                   result.classes, result.pixel_size_um,
+                                   result.pixel_size_source)
     write_csv_atomic(cells_t, out / "cells.csv")
     write_csv_atomic(counts_t, out / "counts.csv")
     print(f"Synthetic smear: {len(result.cells)} white cells found "

@@ -42,16 +42,20 @@ def counts_table(classes: Iterable[str]) -> pd.DataFrame:
 
 
 def csv_tables(image_name: str, cells: pd.DataFrame, counts: pd.DataFrame, classes,
-               pixel_size_um: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+               pixel_size_um: float, pixel_size_source: str = ""
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CELLS.csv and COUNTS.csv rows of one image (docs/csv-formats.md), ``image`` column first.
 
     ``pixel_size_um`` goes on every cell row, so the geometry can be re-cut from the image later
-    (e.g. to adapt the model from reviewed cells). The review columns (``model_class``,
+    (e.g. to adapt the model from reviewed cells), with ``pixel_size_source`` (``given``,
+    ``metadata``, ``estimated`` or ``default``) so a reader can tell a measured scale from a
+    fallback. The review columns (``model_class``,
     ``reviewed_class``, ``reviewed``) are taken from ``cells`` when it has them, else they say
     "not reviewed".
     """
     cells_out = with_review_defaults(cells).assign(image=image_name,
-                                                   pixel_size_um=float(pixel_size_um))
+                                                   pixel_size_um=float(pixel_size_um),
+                                                   pixel_size_source=pixel_size_source)
     cells_out = cells_out.reindex(columns=cells_csv_columns(classes))
     counts_out = counts.copy()
     counts_out.insert(0, "image", image_name)

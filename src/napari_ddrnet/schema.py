@@ -41,7 +41,7 @@ REVIEW_COLUMNS: list[str] = list(REVIEW_DTYPES)
 CSV_HEAD_COLUMNS: list[str] = ["cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
                                "max_row", "max_col", *PREDICTION_COLUMNS]
 CSV_TAIL_COLUMNS: list[str] = ["area_um2", "nucleus_area_um2", "touches_border",
-                               "pixel_size_um", *REVIEW_COLUMNS]
+                               "pixel_size_um", "pixel_size_source", *REVIEW_COLUMNS]
 
 #: Columns of the ``features`` table every napari layer carries (before/after the probabilities).
 FEATURE_HEAD_COLUMNS: list[str] = ["cell_id", *PREDICTION_COLUMNS]
