@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from napari_ddrnet.classify import Classifier  # noqa: E402
 from napari_ddrnet.pipeline import analyze  # noqa: E402
+from napari_ddrnet.weights import DEFAULT_WEIGHTS  # noqa: E402
 from training.bccd import load_fields  # noqa: E402
 from training.detection_eval import box_iou  # noqa: E402
 from training.evaluate import metrics  # noqa: E402
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     payload: dict = {"machine": machine(), "shipped": {}}
-    print(f"Model {args.weights or 'shipped (src/napari_ddrnet/weights/ddrnet_pbc8.safetensors)'}"
+    print(f"Model {args.weights or f'shipped ({DEFAULT_WEIGHTS.name})'}"
           ", live on this CPU")
     rows = []
     for tta in (True, False):

@@ -138,3 +138,18 @@ def test_card_without_transforms_is_rejected(tmp_path):
     metadata_path(w).write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="crop_fov_um"):
         load_bundle(w)
+
+
+def test_adapted_to_lab_is_a_copy_and_needs_enough_cells():
+    from napari_ddrnet.classify import MIN_LAB_CROPS, Classifier
+
+    clf = Classifier(device="cpu", tta=False)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, (MIN_LAB_CROPS, 64, 64, 3), dtype=np.uint8)
+    before = clf.predict_proba(crops[:4])
+    with pytest.raises(ValueError, match="at least"):
+        clf.adapted_to_lab(crops[:8])
+    adapted = clf.adapted_to_lab(crops)
+    assert adapted.lab_colour is not None and clf.lab_colour is None
+    np.testing.assert_allclose(clf.predict_proba(crops[:4]), before, atol=1e-6)
+    assert not np.allclose(adapted.predict_proba(crops[:4]), before, atol=1e-3)

@@ -17,6 +17,11 @@ from .weights import ModelBundle, load_bundle
 __all__ = ["Classifier", "check_min_confidence", "probabilities_to_table", "resolve_device"]
 
 
+#: Fewest crops :meth:`Classifier.adapted_to_lab` accepts: AdaBN on LISC gains as much from 32
+#: random crops as from all 1,287, and is unstable below (``docs/cross-source.md``).
+MIN_LAB_CROPS = 32
+
+
 class Classifier:
     """DDRNet cell classifier.
 
@@ -47,6 +52,44 @@ class Classifier:
         model = fuse_for_inference(copy.deepcopy(self.bundle.model))
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.amp = self.device.type in ("cuda", "mps")
+        #: LAB colour statistics of the lab this classifier was adapted to (see
+        #: :meth:`adapted_to_lab`); ``None`` for the model as trained.
+        self.lab_colour: tuple[np.ndarray, np.ndarray] | None = None
+
+    def adapted_to_lab(self, crops: np.ndarray) -> Classifier:
+        """A copy adapted to a new laboratory from that lab's own crops (no labels needed).
+
+        The crops' colours are mapped to the training data's (Reinhard colour transfer in LAB,
+        with this set's statistics) and every BatchNorm layer's statistics are re-estimated on
+        them (AdaBN). On LISC, a lab never trained on, this lifts the shipped model from
+        about 45 % to about 70 % (``docs/cross-source.md``); on images like the training data it
+        costs accuracy, so it is opt-in ("new lab" mode), never the default.
+
+        Parameters
+        ----------
+        crops : numpy.ndarray
+            ``(N, S, S, 3) uint8`` crops of the new lab, several classes mixed; at least
+            :data:`MIN_LAB_CROPS` (below that the statistics are too noisy to help).
+
+        Raises
+        ------
+        ValueError
+            With too few crops.
+        """
+        from .domain_adapt import adapt_batchnorm, lab_mean_std, reinhard_normalize
+
+        if len(crops) < MIN_LAB_CROPS:
+            raise ValueError(f"adapting to a new lab needs at least {MIN_LAB_CROPS} cells, "
+                             f"got {len(crops)}")
+        colour = lab_mean_std(crops)
+        x = crops_to_tensor(reinhard_normalize(crops, source_mean_std=colour), "cpu",
+                            self.bundle.mean, self.bundle.std)
+        adapted = copy.copy(self)
+        model = adapt_batchnorm(self.bundle.model, x)
+        adapted.model = fuse_for_inference(model).to(self.device).to(
+            memory_format=torch.channels_last)
+        adapted.lab_colour = colour
+        return adapted
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -67,6 +110,10 @@ class Classifier:
         """Softmax probabilities ``(N, n_classes)`` for ``(N, S, S, 3) uint8`` crops."""
         n = len(crops)
         out = np.empty((n, len(self.classes)), np.float32)
+        if self.lab_colour is not None and n:
+            from .domain_adapt import reinhard_normalize
+
+            crops = reinhard_normalize(crops, source_mean_std=self.lab_colour)
         for i in range(0, n, self.batch_size):
             x = crops_to_tensor(crops[i:i + self.batch_size], self.device, self.bundle.mean,
                                 self.bundle.std).contiguous(memory_format=torch.channels_last)

@@ -5,7 +5,7 @@
 
     napari-ddrnet count IMAGE_OR_DIR... --cells-csv CELLS.csv --counts-csv COUNTS.csv
         [--pixel-size UM] [--device auto|cpu|cuda|mps] [--batch-size N] [--min-confidence P]
-        [--single-cell] [--weights MODEL.safetensors] [--no-tta]
+        [--single-cell] [--new-lab] [--weights MODEL.safetensors] [--no-tta]
 
 A file that cannot be read or analysed is reported on stderr and skipped; the others finish.
 The exit code is 1 when any file failed, 2 for unusable arguments or weights. CSVs are written
@@ -59,12 +59,33 @@ def _field_results(files, classifier, args, failed, write):
     def run(path):
         levels, file_px = read_image(path)
         return analyze(levels[0], args.pixel_size, classifier, pixel_size_metadata=file_px,
-                       min_confidence=args.min_confidence, return_labels=False)
+                       min_confidence=args.min_confidence, return_labels=False,
+                       keep_crops=args.new_lab)
 
     for path in files:
         result = _attempt(str(path), lambda p=path: run(p), failed, write)
         if result is not None:
             yield str(path), result
+
+
+def _adapted_to_lab(results: list, classifier, args, write) -> list:
+    """The results re-classified by a classifier adapted to all their cells (``--new-lab``);
+    unchanged, with a warning, when there are too few cells to adapt on."""
+    import numpy as np
+
+    from .classify import MIN_LAB_CROPS
+    from .pipeline import reclassify
+
+    crops = [r.crops for _, r in results if r.crops is not None and len(r.crops)]
+    crops = np.concatenate(crops) if crops else np.zeros((0, 1, 1, 3), np.uint8)
+    if len(crops) < MIN_LAB_CROPS:
+        write(f"napari-ddrnet: warning: --new-lab not applied: it needs at least "
+              f"{MIN_LAB_CROPS} cells of the lab, these images have {len(crops)}")
+        return results
+    adapted = classifier.adapted_to_lab(crops)
+    write(f"napari-ddrnet: adapted to this lab's colours and statistics from {len(crops)} "
+          "cells (--new-lab)")
+    return [(name, reclassify(r, adapted, args.min_confidence)) for name, r in results]
 
 
 def _single_cell_results(files, classifier, args, failed, write):
@@ -114,7 +135,10 @@ def _count(args: argparse.Namespace) -> int:
 
     cell_tables, count_tables, failed = [], [], []
     source = _single_cell_results if args.single_cell else _field_results
-    for name, result in source(files, classifier, args, failed, write):
+    results = source(files, classifier, args, failed, write)
+    if args.new_lab:  # needs every cell first: analyse all, adapt, then re-classify
+        results = _adapted_to_lab(list(results), classifier, args, write)
+    for name, result in results:
         cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
                                        result.pixel_size_um, result.pixel_size_source)
         if result.pixel_size_source == "default" and not args.single_cell:
@@ -280,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--single-cell", action="store_true",
                    help="each image is one centred cell (CellaVision-style export): one row "
                         "per image, classified whole")
+    c.add_argument("--new-lab", action="store_true",
+                   help="images from a lab/stain/camera the model never saw: adapt the "
+                        "classifier's colour and BatchNorm statistics to all cells of this run "
+                        "(no labels; needs >= 32 cells; hurts on images like the training data)")
     c.add_argument("--weights", type=Path, default=None, metavar="MODEL.safetensors",
                    help="classifier weights (with their .json card beside them); default: the "
                         "shipped model")

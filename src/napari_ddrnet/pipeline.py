@@ -45,6 +45,9 @@ class AnalysisResult:
         or ``default``) and, for a fallback, why.
     classes : tuple of str
         Classes of the model used.
+    crops : numpy.ndarray or None
+        The model's input crops, one per cell (``keep_crops=True``), e.g. to re-classify them
+        with a classifier adapted to the lab (:func:`reclassify`).
     """
 
     cells: pd.DataFrame
@@ -52,6 +55,7 @@ class AnalysisResult:
     labels: np.ndarray | None
     pixel_size: PixelSize
     classes: tuple[str, ...]
+    crops: np.ndarray | None = None
 
     @property
     def pixel_size_um(self) -> float:
@@ -92,7 +96,8 @@ def analyze(
         result says which: :func:`napari_ddrnet.scale.resolve_pixel_size`),
         ``device``, ``batch_size`` (for the default classifier), ``min_confidence`` (cells whose
         top probability is lower are ``unidentified``, default 0.5), ``return_labels`` (build
-        the full-size label image, default True), ``tile_size`` (force tiling), ``params``
+        the full-size label image, default True), ``keep_crops`` (keep the model's input
+        crops in the result, for :func:`reclassify`), ``tile_size`` (force tiling), ``params``
         (:class:`~napari_ddrnet.segment.SegmentationParams`); see :func:`iter_analyze`.
 
     Returns
@@ -119,6 +124,7 @@ def iter_analyze(
     batch_size: int = 64,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     return_labels: bool = True,
+    keep_crops: bool = False,
     tile_size: int | None = None,
     params: SegmentationParams | None = None,
 ) -> Generator[tuple[int, int], None, AnalysisResult]:
@@ -154,7 +160,7 @@ def iter_analyze(
     total = len(tiles) + 1
 
     labels = np.zeros((h, w), np.int32) if return_labels else None
-    geo_parts, prob_parts, pending = [], [], []
+    geo_parts, prob_parts, pending, kept = [], [], [], []
     n_pending = 0
     next_id = 1
     for i, (r0, c0, r1, c1, k0, l0, k1, l1) in enumerate(tiles):
@@ -190,11 +196,17 @@ def iter_analyze(
             next_id += len(cells)
         # Classify in full batches across tiles; crops never pile up for a whole slide.
         if n_pending >= classifier.batch_size:
-            prob_parts.append(classifier.predict_proba(np.concatenate(pending)))
+            batch = np.concatenate(pending)
+            prob_parts.append(classifier.predict_proba(batch))
+            if keep_crops:
+                kept.append(batch)
             pending, n_pending = [], 0
         yield i + 1, total
     if pending:
-        prob_parts.append(classifier.predict_proba(np.concatenate(pending)))
+        batch = np.concatenate(pending)
+        prob_parts.append(classifier.predict_proba(batch))
+        if keep_crops:
+            kept.append(batch)
 
     geo = pd.concat(geo_parts, ignore_index=True) if geo_parts else empty_geometry()
     probs = (np.concatenate(prob_parts) if prob_parts
@@ -204,7 +216,32 @@ def iter_analyze(
     cells = with_geometry_dtypes(cells)
     yield total, total
     return AnalysisResult(cells, counts_table(cells["class"]), labels, px_info,
-                          tuple(classifier.classes))
+                          tuple(classifier.classes),
+                          crops=_kept_crops(kept, classifier) if keep_crops else None)
+
+
+def _kept_crops(kept: list[np.ndarray], classifier: Classifier) -> np.ndarray:
+    size = classifier.input_size
+    return np.concatenate(kept) if kept else np.zeros((0, size, size, 3), np.uint8)
+
+
+def reclassify(result: AnalysisResult, classifier: Classifier,
+               min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> AnalysisResult:
+    """``result`` with its cells classified again by ``classifier`` from the kept crops.
+
+    Used by the "new lab" mode: the images are analysed once keeping their crops, a
+    classifier is adapted to all of them (:meth:`Classifier.adapted_to_lab`), and each result
+    is re-classified; geometry, pixel size and labels are unchanged.
+    """
+    if result.crops is None:
+        raise ValueError("the result kept no crops: analyse with keep_crops=True")
+    pred = probabilities_to_table(classifier.predict_proba(result.crops), classifier.classes,
+                                  min_confidence)
+    geo = result.cells.drop(columns=[c for c in result.cells.columns
+                                     if c in pred.columns or c.startswith("prob_")])
+    cells = pd.concat([geo.reset_index(drop=True), pred], axis=1)
+    return AnalysisResult(cells, counts_table(cells["class"]), result.labels,
+                          result.pixel_size, tuple(classifier.classes), result.crops)
 
 
 def count_steps(image, tile_size: int | None = None) -> int:
@@ -234,4 +271,4 @@ def _tiles(h: int, w: int, size: int, overlap: int):
     return out
 
 
-__all__ = ["AnalysisResult", "analyze", "count_steps", "iter_analyze"]
+__all__ = ["AnalysisResult", "analyze", "count_steps", "iter_analyze", "reclassify"]

@@ -101,7 +101,8 @@ def classify_single_cells(items: Iterable[SingleCell], classifier: Classifier,
             pred = probabilities_to_table(p[None], classifier.classes, min_confidence)
             table = pd.concat([cell.geometry, pred], axis=1)
             yield cell, AnalysisResult(table, counts_table(table["class"]), None,
-                                       cell.pixel_size, tuple(classifier.classes))
+                                       cell.pixel_size, tuple(classifier.classes),
+                                       crops=cell.crop[None])
 
 
 def analyze_single_cell(image, pixel_size_um: float | None = None,
