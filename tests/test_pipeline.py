@@ -178,3 +178,18 @@ def test_value_range_never_leaves_a_tile_to_its_own_range():
     assert value_range([np.full((32, 32, 3), 0.5, np.float32)]) == (0.0, 1.0)
     assert value_range([np.full((32, 32, 3), 9, np.uint8)]) is None
     assert value_range([np.array([[[0, 10, 4095]]], np.uint16)]) == (0.0, 4095.0)
+
+
+def test_labels_written_into_a_zarr_store_match_in_memory(classifier, smear, tmp_path):
+    """A whole slide's labels go into a chunked on-disk array, tile by tile, identical to the
+    in-memory label image of the same tiled run."""
+    zarr = pytest.importorskip("zarr")
+    image, truth = smear
+    mem = analyze(image, 0.1, classifier, tile_size=256)
+    store = zarr.open(str(tmp_path / "labels.zarr"), mode="w", shape=image.shape[:2],
+                      chunks=(128, 128), dtype=np.int32)
+    disk = analyze(image, 0.1, classifier, tile_size=256, labels_out=store)
+    assert disk.labels is store and len(disk.cells) == len(truth)
+    np.testing.assert_array_equal(np.asarray(store[:]), mem.labels)
+    with pytest.raises(ValueError, match="labels_out"):
+        analyze(image, 0.1, classifier, labels_out=np.zeros((5, 5), np.int32))

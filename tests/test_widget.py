@@ -32,6 +32,16 @@ def _wait(widget, qtbot, timeout=120_000):
     qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
 
 
+def _dock(viewer, layer):
+    """The differential widget docked in ``viewer``, set to ``layer`` on the CPU."""
+    widget = DifferentialWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget._image.reset_choices()
+    widget._image.value = layer
+    widget._device.value = "cpu"
+    return widget
+
+
 def _run(widget, qtbot):
     worker = widget.run()
     assert worker is not None
@@ -135,11 +145,7 @@ def test_single_cell_mode_is_proposed_then_gives_one_row(make_napari_viewer, qtb
     cell = np.pad(image, ((150, 150), (150, 150), (0, 0)), mode="reflect")[r:r + 300, c:c + 300]
     viewer = make_napari_viewer()
     layer = viewer.add_image(cell, rgb=True, name="export", scale=(0.1, 0.1))
-    widget = DifferentialWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._image.reset_choices()
-    widget._image.value = layer
-    widget._device.value = "cpu"
+    widget = _dock(viewer, layer)
     _run(widget, qtbot)
     assert "looks like a single-cell export" in widget._status.value
     assert LABELS_NAME in viewer.layers
@@ -198,11 +204,7 @@ def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, monkeypatch):
     image, _ = synthetic_smear((2400, 2400), 0.1, wbc_kinds=("lymphocyte",) * 6, seed=4)
     data = da.from_array(image, chunks=(600, 600, 3))
     layer = viewer.add_image(data, rgb=True, name="big", scale=(0.1, 0.1))
-    widget = DifferentialWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget._image.reset_choices()
-    widget._image.value = layer
-    widget._device.value = "cpu"
+    widget = _dock(viewer, layer)
     started, release = [], threading.Event()
     real = pipeline.segment_wbc
 

@@ -127,11 +127,16 @@ def iter_analyze(
     keep_crops: bool = False,
     tile_size: int | None = None,
     params: SegmentationParams | None = None,
+    labels_out=None,
 ) -> Generator[tuple[int, int], None, AnalysisResult]:
     """:func:`analyze` as a generator: yields ``(done, total)`` steps, returns the result.
 
     Stopping the generator (``close()``, or a napari worker's ``quit()``) cancels the analysis
     between tiles.
+
+    ``labels_out``, when given, is an ``(H, W)`` integer array-like (e.g. a chunked
+    ``zarr.Array`` on disk) that each tile's labels are written into, so the label image of a
+    whole slide never has to fit in memory; the result's ``labels`` is then that array.
     """
     check_min_confidence(min_confidence)
     lazy = not isinstance(image, np.ndarray)
@@ -159,7 +164,13 @@ def iter_analyze(
     stats = field_statistics(rgb if rgb is not None else sample, params)
     total = len(tiles) + 1
 
-    labels = np.zeros((h, w), np.int32) if return_labels else None
+    if labels_out is not None:
+        if tuple(labels_out.shape) != (h, w):
+            raise ValueError(f"labels_out has shape {tuple(labels_out.shape)}, "
+                             f"the image is {(h, w)}")
+        labels = labels_out
+    else:
+        labels = np.zeros((h, w), np.int32) if return_labels else None
     geo_parts, prob_parts, pending, kept = [], [], [], []
     n_pending = 0
     next_id = 1
@@ -185,7 +196,12 @@ def iter_analyze(
                 lut = np.zeros(int(seg.labels.max()) + 1, np.int32)
                 lut[cells["cell_id"].to_numpy()] = new_ids
                 sub = lut[seg.labels]
-                np.copyto(labels[r0:r1, c0:c1], sub, where=sub > 0)
+                if isinstance(labels, np.ndarray):
+                    np.copyto(labels[r0:r1, c0:c1], sub, where=sub > 0)
+                else:  # read-modify-write: neighbouring tiles' cells reach into the overlap
+                    region = np.asarray(labels[r0:r1, c0:c1])
+                    np.copyto(region, sub, where=sub > 0, casting="unsafe")
+                    labels[r0:r1, c0:c1] = region
             cells["cell_id"] = new_ids
             for col, off in (("centroid_row", r0), ("min_row", r0), ("max_row", r0),
                              ("centroid_col", c0), ("min_col", c0), ("max_col", c0)):
