@@ -316,3 +316,14 @@ def test_wise_interpolation_is_linear_and_keeps_integer_buffers():
     assert torch.equal(interpolate(a, b, 0.0)["w"], a["w"])
     with pytest.raises(ValueError):
         interpolate(a, {"w": b["w"]}, 0.5)
+
+
+def test_expected_calibration_error_matches_its_definition():
+    """torchmetrics' ECE, checked by hand on two bins: confidences 0.9 (2 cells, 1 right) and
+    0.6 (2 cells, both right) give 0.5 * |0.5 - 0.9| + 0.5 * |1.0 - 0.6| = 0.4."""
+    from training.evaluate import expected_calibration_error
+
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]], np.float32)
+    y = np.array([0, 1, 1, 1])
+    assert expected_calibration_error(probs, y) == pytest.approx(0.4, abs=1e-6)
+    assert expected_calibration_error(np.eye(3, dtype=np.float32), np.arange(3)) == 0.0
