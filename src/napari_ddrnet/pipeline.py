@@ -179,7 +179,7 @@ def iter_analyze(
             tile = rgb[r0:r1, c0:c1]
         else:
             tile = to_rgb_uint8(np.asarray(image[r0:r1, c0:c1]), vrange)
-        seg = segment_wbc(tile, px, params, stats)
+        seg = segment_wbc(tile, px, params, stats, pixel_size_source=px_info.source)
         cells = seg.cells
         if len(cells):
             # Keep the cells whose centroid lies in this tile's core: each cell exactly once.

@@ -15,14 +15,14 @@ which also keeps it fast."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 from skimage import filters, measure, morphology, segmentation, transform
 
-from .scale import check_pixel_size, resolve_pixel_size
+from .scale import PIXEL_SIZE_SOURCES, check_pixel_size, resolve_pixel_size
 from .schema import GEOMETRY_COLUMNS, empty_geometry
 
 #: Working resolution for segmentation, micrometres per pixel.
@@ -56,14 +56,20 @@ class SegmentationParams:
     lobe_gap_um: float = 1.6
     #: Nucleus parts smaller than ``max_lobe_area_um2`` join a neighbour up to this far away.
     lobe_reach_um: float = 3.0
-    #: Largest area of one lobe of a segmented nucleus.
-    max_lobe_area_um2: float = 38.0
+    #: Largest area of one lobe of a segmented nucleus. 45, not 38: the two large lobes of a
+    #: Raabin-WBC eosinophil read 40-45 µm² when the estimated pixel size is ~1.2x too large.
+    max_lobe_area_um2: float = 45.0
     #: Smallest part that reaches out as a lobe; smaller ones (platelets) only join at lobe_gap.
     min_lobe_area_um2: float = 4.0
     #: Nucleus groups smaller than this are platelets or debris.
     min_nucleus_area_um2: float = 12.0
     #: Nucleus groups larger than this are stain precipitate or clumps, not one cell.
     max_nucleus_area_um2: float = 400.0
+    #: With a pixel size that nobody confirmed (estimated from the red cells or the default),
+    #: the largest nucleus group is this many times ``max_nucleus_area_um2``: where a white
+    #: cell fills much of a single-cell image the estimate can be 2-3x off (or is declined and
+    #: the default is used), and the cell would be rejected as a clump.
+    unverified_area_factor: float = 8.0
     #: Cytoplasm rim grown around the convex hull of the nucleus.
     cytoplasm_um: float = 1.8
     #: Nucleus threshold = this factor x Otsu of the signal over the field's stained pixels.
@@ -114,7 +120,8 @@ class FieldStats:
     white : tuple of float
         Background (white point) RGB, the 95th percentile of each channel.
     threshold : float
-        Nucleus signal threshold (Otsu over the stained pixels, floored at ``min_signal``).
+        Nucleus signal threshold (Otsu over the stained pixels, floored at ``min_signal``;
+        infinite for a uniform field, which has no nucleus).
     red_cell_od : tuple of float
         Unit optical-density colour of the field's red cells (white-balanced), the reference
         the nucleus signal is measured against.
@@ -236,9 +243,11 @@ def _statistics(rgb: np.ndarray, params: SegmentationParams) -> tuple[FieldStats
     values = signal[stained]
     if values.size:
         values = np.minimum(values, np.percentile(values, 99.5))
-    thr = float(filters.threshold_otsu(values)) if values.size and np.ptp(values) > 0 else 0.0
-    stats = FieldStats(tuple(float(v) for v in white),
-                       max(params.otsu_factor * thr, params.min_signal),
+    if values.size and np.ptp(values) > 0:
+        thr = max(params.otsu_factor * float(filters.threshold_otsu(values)), params.min_signal)
+    else:  # nothing stands out from a (nearly) uniform field: no nucleus, whatever its size
+        thr = float("inf")
+    stats = FieldStats(tuple(float(v) for v in white), thr,
                        tuple(float(v) for v in rbc))
     return stats, (np.pad(signal, b, mode="edge") if crop else signal)
 
@@ -248,6 +257,7 @@ def segment_wbc(
     pixel_size_um: float | None = None,
     params: SegmentationParams | None = None,
     stats: FieldStats | None = None,
+    pixel_size_source: str = "given",
 ) -> Segmentation:
     """Segment the white blood cells of one smear field.
 
@@ -264,6 +274,11 @@ def segment_wbc(
     stats : FieldStats, optional
         White point and threshold; default: :func:`field_statistics` of ``rgb``. Tiles of a large
         image pass the whole image's statistics so that every tile is segmented alike.
+    pixel_size_source : str
+        Where a passed ``pixel_size_um`` came from (``"given"``, ``"metadata"``,
+        ``"estimated"``, ``"default"``; see :func:`napari_ddrnet.scale.resolve_pixel_size`).
+        With an estimated or default pixel size the upper nucleus-area limit is relaxed by
+        ``params.unverified_area_factor``.
 
     Returns
     -------
@@ -277,7 +292,13 @@ def segment_wbc(
         resolved = resolve_pixel_size(rgb)
         pixel_size_um, source = resolved.um, resolved.source
     else:
-        pixel_size_um, source = check_pixel_size(pixel_size_um), "given"
+        if pixel_size_source not in PIXEL_SIZE_SOURCES:
+            raise ValueError(f"pixel_size_source must be one of {PIXEL_SIZE_SOURCES}, "
+                             f"got {pixel_size_source!r}")
+        pixel_size_um, source = check_pixel_size(pixel_size_um), pixel_size_source
+    if source in ("estimated", "default"):  # an unconfirmed scale may be 2-3x off
+        params = replace(params, max_nucleus_area_um2=params.max_nucleus_area_um2
+                         * params.unverified_area_factor)
 
     factor = pixel_size_um / WORK_UM_PER_PX  # input px -> working px
     # Statistics from a subsample (as for tiles of a large image): plenty for a percentile,

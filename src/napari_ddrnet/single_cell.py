@@ -69,7 +69,7 @@ def prepare_single_cell(image, input_size: int, pixel_size_um: float | None = No
     rgb = to_rgb_uint8(np.asarray(image))
     h, w = rgb.shape[:2]
     px = resolve_pixel_size(rgb, given=pixel_size_um, metadata=pixel_size_metadata)
-    cells = segment_wbc(rgb, px.um).cells
+    cells = segment_wbc(rgb, px.um, pixel_size_source=px.source).cells
     found = len(cells) > 0
     if found:
         d2 = (cells["centroid_row"] - h / 2) ** 2 + (cells["centroid_col"] - w / 2) ** 2
