@@ -104,6 +104,7 @@ class DifferentialWidget(Container):
         #: The region the latest result covers, and its label store on disk (if any).
         self.result_region: Region | None = None
         self._label_store = None
+        self._pending_store = None
 
     # -- running -----------------------------------------------------------------------------
     def pixel_size_for(self, layer) -> tuple[float | None, float | None]:
@@ -165,7 +166,7 @@ class DifferentialWidget(Container):
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(lambda out: self._show(out[0], layer, data, out[1],
                                                        weights, single, region))
-        worker.aborted.connect(lambda: self._status.set_value("Cancelled."))
+        worker.aborted.connect(self._on_cancelled)
         worker.finished.connect(self._finished)
         self._worker = worker
         self._run_btn.enabled = False
@@ -197,6 +198,7 @@ class DifferentialWidget(Container):
             # a pixel): each tile's labels are written to a zarr pyramid on disk instead.
             store = LabelPyramid(data.shape[:2]) if on_disk else None
             _STORES.append(store)
+            self._pending_store = store  # removed if the run is cancelled (_on_cancelled)
             try:
                 result = yield from _steps(iter_analyze(data, given, self._classifier,
                                                         pixel_size_metadata=meta_px,
@@ -218,6 +220,13 @@ class DifferentialWidget(Container):
         if self._worker is not None:
             self._worker.quit()
 
+    def _on_cancelled(self):
+        # The worker stops resuming the generator: the half-written masks are no use.
+        if self._pending_store is not None:
+            self._pending_store.remove()
+            self._pending_store = None
+        self._status.value = "Cancelled."
+
     def _finished(self):
         self._worker = None
         self._run_btn.enabled = True
@@ -236,6 +245,7 @@ class DifferentialWidget(Container):
 
         region = region or whole_image(layer.data[0].shape if layer.multiscale
                                        else layer.data.shape)
+        self._pending_store = None
         self.result = result
         self.result_region = region
         self.result_layer, self.result_data = layer, data
