@@ -175,3 +175,33 @@ def test_memory_refusal_notifies_and_adds_nothing(make_napari_viewer, monkeypatc
     assert len(viewer.layers) == n_layers
     assert not any(name in viewer.layers for name in OUR_LAYERS)
     assert widget._run_btn.enabled and widget._worker is None
+
+
+def test_pyramidal_ome_tiff_opens_lazily_and_is_analysed(make_napari_viewer, qtbot, field):
+    """The plugin's reader opens a pyramidal OME-TIFF as a lazy multiscale image with its
+    pixel size; the widget analyses the full-resolution level and keeps the masks lazy."""
+    tifffile = pytest.importorskip("tifffile")
+    from napari_ddrnet._reader import read_smear
+
+    image, truth = field
+    path = os.path.join(os.environ["NAPARI_DDRNET_HOME"], "slide.ome.tif")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    opts = {"tile": (256, 256), "photometric": "rgb"}
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(image, subifds=2, metadata={"axes": "YXS", "PhysicalSizeX": PX,
+                                             "PhysicalSizeXUnit": "µm", "PhysicalSizeY": PX,
+                                             "PhysicalSizeYUnit": "µm"}, **opts)
+        tw.write(image[::2, ::2], subfiletype=1, **opts)
+        tw.write(image[::4, ::4], subfiletype=1, **opts)
+    viewer = make_napari_viewer()
+    (data, meta, kind), = read_smear(path)
+    layer = viewer.add_image(data, **meta)
+    assert layer.multiscale and layer.rgb and len(layer.data) == 3
+    assert not isinstance(layer.data[0], np.ndarray) and layer.data[0].shape == image.shape
+    assert layer.metadata["pixel_size_um"] == pytest.approx(PX)
+    widget = _dock(viewer, layer)
+    _run(widget, qtbot)
+    assert widget.result.pixel_size_source == "metadata"
+    assert len(widget.result.cells) == len(truth)
+    masks = viewer.layers[LABELS_NAME]
+    assert masks.multiscale and not isinstance(masks.data[0], np.ndarray)
