@@ -179,6 +179,11 @@ assert res is not None, widget._status.value
 out["cells"] = len(res.cells)
 out["status"] = widget._status.value
 out["rss_peak_during_run_mb"] = peak()
+try:  # napari's opportunistic dask cache (chunks it read for display, and any others)
+    from napari.utils._dask_utils import _DASK_CACHE
+    out["napari_dask_cache_mb"] = mb(_DASK_CACHE.cache.total_bytes)
+except Exception:
+    pass
 masks = viewer.layers[LABELS_NAME]
 out["masks_multiscale"] = bool(masks.multiscale)
 out["masks_type"] = type(masks.data[0]).__module__.split(".")[0]

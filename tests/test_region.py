@@ -120,3 +120,14 @@ def test_memory_estimate_and_refusal():
     msg = check_fits(big, available=8 * 2**30)
     assert msg and "Shapes region" in msg and "labels" in msg
     assert check_fits(lazy, available=8 * 2**30) is None
+
+
+def test_tile_buffers_returned_to_os_is_idempotent():
+    import sys
+
+    from napari_ddrnet.memory import return_tile_buffers_to_os
+
+    first = return_tile_buffers_to_os()
+    assert return_tile_buffers_to_os() == first
+    if sys.platform.startswith("linux"):
+        assert isinstance(first, bool)

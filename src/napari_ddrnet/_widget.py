@@ -133,7 +133,7 @@ class DifferentialWidget(Container):
             show_error(f"'{layer.name}' is not an RGB image. White-cell detection needs the "
                        "colour of the stain: open the RGB smear image.")
             return None
-        from .memory import check_fits, estimate_bytes
+        from .memory import check_fits, estimate_bytes, return_tile_buffers_to_os
         from .pipeline import count_steps
         from .region import whole_image
 
@@ -153,6 +153,8 @@ class DifferentialWidget(Container):
                 self._status.value = refused
                 show_error(refused)
                 return None
+            if on_disk:  # a slide, tile after tile: keep resident memory bounded by a tile
+                return_tile_buffers_to_os()
         given, meta_px = self.pixel_size_for(layer)
         device, conf = self._device.value, float(self._conf.value)
         weights = self._model.value

@@ -7,6 +7,7 @@ machine gives a clear message instead of swapping or being killed half-way throu
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -17,6 +18,36 @@ SEGMENT_BYTES_PER_PX = 40
 ASSUMED_OVERLAP = 512
 #: Refuse runs needing more than this share of the available memory (headroom for napari).
 USABLE_FRACTION = 0.8
+
+
+#: glibc's ``mallopt`` parameter number of ``M_MMAP_THRESHOLD``, and the value set (1 MiB).
+_M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 2**20
+_threshold_set = False
+
+
+def return_tile_buffers_to_os() -> bool:
+    """Make the C allocator give every large buffer back to the system when it is freed.
+
+    glibc raises its mmap threshold each time a large block is freed, after which tile-sized
+    arrays (tens of MB) come from per-thread heaps that keep their pages: over a slide the
+    resident memory creeps up tile after tile (measured: +330 MB of peak RSS over 16 tiles of
+    2048 px). A fixed threshold of 1 MiB maps each tile buffer separately and unmaps it on
+    free, so memory stays bounded by one tile. Process-wide and idempotent; a no-op (``False``)
+    where the C library is not glibc.
+    """
+    global _threshold_set
+    if _threshold_set:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        _threshold_set = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+    return _threshold_set
 
 
 def available_bytes() -> int:
@@ -81,4 +112,4 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**28 else f"{n / 2**20:.0f} MB"
 
 
-__all__ = ["available_bytes", "check_fits", "estimate_bytes"]
+__all__ = ["available_bytes", "check_fits", "estimate_bytes", "return_tile_buffers_to_os"]
