@@ -128,8 +128,9 @@ def test_rerun_replaces_layers(docked, qtbot):
     assert set(viewer.layers[POINTS_NAME].features["class"]) == {"unidentified"}
 
 
-def test_whole_slide_masks_are_left_out():
-    """A full-size int32 label image is only built when it fits (1 GB at the limit)."""
+def test_whole_slide_masks_do_not_go_to_memory():
+    """A full-size int32 label image is only built in memory when it fits (1 GB at the limit);
+    larger ones are written to a zarr pyramid on disk (tests/test_slide_widget.py)."""
     da = pytest.importorskip("dask.array")
     from napari_ddrnet._widget import MAX_LABEL_PIXELS, _labels_fit
 

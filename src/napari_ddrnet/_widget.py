@@ -481,7 +481,8 @@ def pixel_size_text(px) -> str:
     return f"{text}; {px.note}" if px.note else text
 
 
-#: Largest image whose full-size label image the widget builds (int32: 1 GB at this size).
+#: Largest image whose full-size label image the widget builds in memory (int32: 1 GB at this
+#: size); larger and lazy images get a :class:`~napari_ddrnet.label_store.LabelPyramid`.
 MAX_LABEL_PIXELS = 256 * 10**6
 
 
