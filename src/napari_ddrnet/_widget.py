@@ -199,7 +199,8 @@ class DifferentialWidget(Container):
             # A full-size label image of a whole slide would not fit in memory (int32, 4 bytes
             # a pixel): each tile's labels are written to a zarr pyramid on disk instead.
             store = LabelPyramid(data.shape[:2]) if on_disk else None
-            _STORES.append(store)
+            if store is not None:
+                _STORES.append(store)
             self._pending_store = store  # removed if the run is cancelled (_on_cancelled)
             try:
                 result = yield from _steps(iter_analyze(data, given, self._classifier,
@@ -498,8 +499,7 @@ _STORES: list = []
 @atexit.register
 def _remove_stores() -> None:
     for store in _STORES:
-        if store is not None:
-            store.remove()
+        store.remove()
 
 
 def _steps(gen):
