@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
             r["s_per_mp"] = round(r["analyse_s"] / (r1 * c1 / 1e6), 3)
             print(json.dumps(r), flush=True)
             rows.append(r)
+            # Written after every run, so a long whole-slide run cut short keeps the others.
+            write_json(args.out / "slide_viewer.json", {"machine": machine(), "slide": slide,
+                                                        "runs": rows, "target_rss_mb": 2048.0})
     cols = ["analysed", "analysed_mp", "cells", "wbc_placed_in_box", "analyse_s", "s_per_mp",
             "rss_after_open_mb", "rss_peak_mb", "rss_peak_sampled_mb", "masks_level_drawn"]
     print_table(rows, cols)
