@@ -128,8 +128,9 @@ def test_rerun_replaces_layers(docked, qtbot):
     assert set(viewer.layers[POINTS_NAME].features["class"]) == {"unidentified"}
 
 
-def test_whole_slide_masks_are_left_out():
-    """A full-size int32 label image is only built when it fits (1 GB at the limit)."""
+def test_whole_slide_masks_do_not_go_to_memory():
+    """A full-size int32 label image is only built in memory when it fits (1 GB at the limit);
+    larger ones are written to a zarr pyramid on disk (tests/test_slide_widget.py)."""
     da = pytest.importorskip("dask.array")
     from napari_ddrnet._widget import MAX_LABEL_PIXELS, _labels_fit
 
@@ -189,9 +190,9 @@ def test_worker_error_is_notified(docked, qtbot, monkeypatch):
     assert widget._run_btn.enabled
 
 
-def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, monkeypatch):
+def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, monkeypatch, tmp_path):
     """Cancel pressed (GUI thread) while the first tile is being segmented: that tile ends,
-    no further tile starts, and nothing is added."""
+    no further tile starts, nothing is added and the half-written masks on disk are deleted."""
     import threading
     import time
 
@@ -224,3 +225,5 @@ def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, monkeypatch):
     assert widget.result is None
     assert POINTS_NAME not in viewer.layers
     assert widget._status.value == "Cancelled." and widget._run_btn.enabled
+    # A lazy image's masks go to a zarr store in the cache: cancelling removes it.
+    assert not list((tmp_path / "home" / "cache" / "labels").glob("*.zarr"))

@@ -3,6 +3,7 @@ counts."""
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,12 +20,13 @@ from magicgui.widgets import (
     Table,
     create_widget,
 )
-from napari.layers import Image
+from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from .classes import DEFAULT_MIN_CONFIDENCE, DISPLAY_ORDER
 from .devices import DEVICES
+from .region import Region, RegionError
 from .report import csv_tables, write_csv_atomic
 from .review import ReviewSession
 from .scale import MAX_PIXEL_SIZE_UM
@@ -32,6 +34,8 @@ from .scale import MAX_PIXEL_SIZE_UM
 #: Count targets offered: label -> white cells (``None``: all).
 TARGET_CHOICES = {"all white cells": None, "first 100 white cells": 100,
                   "first 200 white cells": 200}
+#: What a run analyses (see :meth:`DifferentialWidget.region_for`).
+WHOLE, VIEW, SHAPES = "whole image", "current view", "Shapes region"
 
 
 class DifferentialWidget(Container):
@@ -60,6 +64,10 @@ class DifferentialWidget(Container):
         self._model = ComboBox(label="Model", choices=_model_choices)
         self._target = ComboBox(label="Count", choices=list(TARGET_CHOICES),
                                 value="all white cells")
+        self._analyse = ComboBox(label="Analyse", choices=[WHOLE, VIEW, SHAPES], value=WHOLE)
+        # Any Shapes layer but our own boxes: the counting area the user drew.
+        self._region_layer = ComboBox(label="Region (Shapes)", choices=self._shapes_choices,
+                                      nullable=True)
         self._run_btn = PushButton(text="Run")
         self._cancel_btn = PushButton(text="Cancel", enabled=False)
         self._status = Label(value="Choose an RGB smear image and press Run.")
@@ -68,9 +76,9 @@ class DifferentialWidget(Container):
         self._table.native.setMinimumHeight(200)
         self._review_btn = PushButton(text="Review cells…", enabled=False)
         self._export_btn = PushButton(text="Export CSV…", enabled=False)
-        self.extend([self._image, self._pixel, self._model, self._device, self._conf,
-                     self._single, self._run_btn, self._cancel_btn, self._status,
-                     self._target, self._table, self._review_btn, self._export_btn])
+        self.extend([self._image, self._analyse, self._region_layer, self._pixel, self._model,
+                     self._device, self._conf, self._single, self._run_btn, self._cancel_btn,
+                     self._status, self._target, self._table, self._review_btn, self._export_btn])
         self._review_btn.changed.connect(self.open_gallery)
         self._target.changed.connect(self._on_target)
         self._run_btn.changed.connect(self.run)
@@ -93,6 +101,10 @@ class DifferentialWidget(Container):
         self.review_listeners: list[Callable[[ReviewSession | None], None]] = []
         self._highlight: int | None = None
         self._gallery = None
+        #: The region the latest result covers, and its label store on disk (if any).
+        self.result_region: Region | None = None
+        self._label_store = None
+        self._pending_store = None
 
     # -- running -----------------------------------------------------------------------------
     def pixel_size_for(self, layer) -> tuple[float | None, float | None]:
@@ -121,22 +133,42 @@ class DifferentialWidget(Container):
             show_error(f"'{layer.name}' is not an RGB image. White-cell detection needs the "
                        "colour of the stain: open the RGB smear image.")
             return None
+        from .memory import check_fits, estimate_bytes, return_tile_buffers_to_os
         from .pipeline import count_steps
+        from .region import whole_image
 
+        single = bool(self._single.value)
+        try:  # a single-cell image is always classified whole
+            region = whole_image(data.shape) if single else self.region_for(layer, data)
+        except RegionError as exc:
+            self._status.value = str(exc)
+            show_error(str(exc))
+            return None
+        sub = region.slice_of(data)  # a view or a lazy slice: nothing is read yet
+        # Label images that do not fit in memory (or of lazy images) go to a zarr pyramid.
+        on_disk = not single and not (isinstance(sub, np.ndarray) and _labels_fit(sub))
+        if not single:
+            refused = check_fits(estimate_bytes(sub, labels_in_memory=not on_disk))
+            if refused:
+                self._status.value = refused
+                show_error(refused)
+                return None
+            if on_disk:  # a slide, tile after tile: keep resident memory bounded by a tile
+                return_tile_buffers_to_os()
         given, meta_px = self.pixel_size_for(layer)
         device, conf = self._device.value, float(self._conf.value)
         weights = self._model.value
         self.image_name = layer.name
         # Errors are handled by _on_error (a notification), not re-raised as tracebacks.
-        single = bool(self._single.value)
-        steps = 2 if single else count_steps(data) + 1
-        worker = create_worker(self._work, data, given, meta_px, device, conf, single, weights,
+        steps = 2 if single else count_steps(sub) + 1
+        worker = create_worker(self._work, sub, given, meta_px, device, conf, single, weights,
+                               region, on_disk,
                                _progress={"total": steps,
-                                          "desc": "WBC differential"},
+                                          "desc": f"WBC differential ({region.description})"},
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(lambda out: self._show(out[0], layer, data, out[1],
-                                                       weights, single))
-        worker.aborted.connect(lambda: self._status.set_value("Cancelled."))
+                                                       weights, single, region))
+        worker.aborted.connect(self._on_cancelled)
         worker.finished.connect(self._finished)
         self._worker = worker
         self._run_btn.enabled = False
@@ -145,9 +177,14 @@ class DifferentialWidget(Container):
         worker.start()
         return worker
 
-    def _work(self, data, given, meta_px, device, conf, single, weights=None):
+    def _work(self, data, given, meta_px, device, conf, single, weights=None,
+              region: Region | None = None, on_disk: bool = False):
+        import hashlib
+
         from .classify import Classifier
+        from .label_store import LabelPyramid
         from .pipeline import iter_analyze
+        from .region import restrict_result
         from .review import image_key
         from .single_cell import analyze_single_cell
 
@@ -160,17 +197,38 @@ class DifferentialWidget(Container):
                                          pixel_size_metadata=meta_px, min_confidence=conf)
         else:
             # A full-size label image of a whole slide would not fit in memory (int32, 4 bytes
-            # a pixel): above MAX_LABEL_PIXELS the masks are left out and the status says so.
-            result = yield from _steps(iter_analyze(data, given, self._classifier,
-                                                    pixel_size_metadata=meta_px,
-                                                    min_confidence=conf,
-                                                    return_labels=_labels_fit(data)))
-        return result, image_key(data)
+            # a pixel): each tile's labels are written to a zarr pyramid on disk instead.
+            store = LabelPyramid(data.shape[:2]) if on_disk else None
+            if store is not None:
+                _STORES.append(store)
+            self._pending_store = store  # removed if the run is cancelled (_on_cancelled)
+            try:
+                result = yield from _steps(iter_analyze(data, given, self._classifier,
+                                                        pixel_size_metadata=meta_px,
+                                                        min_confidence=conf,
+                                                        labels_out=store))
+                if region is not None:
+                    result = restrict_result(result, region)
+            except BaseException:  # failed or cancelled (GeneratorExit): drop the half store
+                if store is not None:
+                    store.remove()
+                raise
+        key = image_key(data)
+        if region is not None and not region.whole:  # reviews of regions never mix
+            key = hashlib.sha256((key + region.key_suffix()).encode()).hexdigest()
+        return result, key
 
     def cancel(self):
         """Stop the running analysis at the next tile."""
         if self._worker is not None:
             self._worker.quit()
+
+    def _on_cancelled(self):
+        # The worker stops resuming the generator: the half-written masks are no use.
+        if self._pending_store is not None:
+            self._pending_store.remove()
+            self._pending_store = None
+        self._status.value = "Cancelled."
 
     def _finished(self):
         self._worker = None
@@ -183,11 +241,16 @@ class DifferentialWidget(Container):
 
     # -- results -----------------------------------------------------------------------------
     def _show(self, result, layer, data=None, key: str = "", weights: str | None = None,
-              single: bool = False):
+              single: bool = False, region: Region | None = None):
         from .layers import OUR_LAYERS, layer_data
+        from .region import whole_image
         from .review import default_review_path
 
+        region = region or whole_image(layer.data[0].shape if layer.multiscale
+                                       else layer.data.shape)
+        self._pending_store = None
         self.result = result
+        self.result_region = region
         self.result_layer, self.result_data = layer, data
         self.weights_used, self.result_single = weights, single
         src = source_path(layer)
@@ -206,17 +269,22 @@ class DifferentialWidget(Container):
         for name in OUR_LAYERS:  # re-run: replace, never pile up copies or keep stale masks
             if name in self._viewer.layers:
                 self._viewer.layers.remove(name)
-        for ldata, meta, kind in layer_data(result, scale, translate, review.cells):
+        if self._label_store is not None:  # the replaced masks' store on disk
+            self._label_store.remove()
+        self._label_store = None if isinstance(result.labels, np.ndarray) else result.labels
+        for ldata, meta, kind in layer_data(result, scale, translate, review.cells,
+                                            labels_offset=region.offset):
             getattr(self._viewer, f"add_{kind}")(ldata, **meta)
         self._viewer.layers.selection.active = layer
         self._refresh_table()
-        status = f"{len(result.cells)} cells; pixel size {pixel_size_text(result.pixel_size)}."
-        if result.labels is None and not single:
-            status += (f" Masks not drawn: the image is larger than "
-                       f"{MAX_LABEL_PIXELS // 10**6} MP (points and boxes cover every cell).")
+        where = "" if single else f" in the {region.description}"
+        status = (f"{len(result.cells)} cells{where}; pixel size "
+                  f"{pixel_size_text(result.pixel_size)}.")
+        if self._label_store is not None:
+            status += " Masks kept on disk and drawn lazily (a multiscale zarr pyramid)."
         if restored:
             status += f" Review restored: {restored} cells from {review.path}."
-        if not single:
+        if not single and region.whole:
             from .single_cell import looks_like_single_cell
 
             if looks_like_single_cell(layer.data.shape if not layer.multiscale
@@ -228,6 +296,65 @@ class DifferentialWidget(Container):
         self._review_btn.enabled = True
         for fn in list(self.review_listeners):
             fn(review)
+
+    # -- regions -----------------------------------------------------------------------------
+    def _shapes_choices(self, _widget=None) -> list[tuple[str, Shapes]]:
+        from .layers import SHAPES_NAME
+
+        return [(lyr.name, lyr) for lyr in self._viewer.layers
+                if isinstance(lyr, Shapes) and lyr.name != SHAPES_NAME]
+
+    def region_for(self, layer, data) -> Region:
+        """The part of ``layer`` (full-resolution ``data``) the chosen "Analyse" option covers:
+        the whole image, the canvas's visible extent, or the bounding box of the chosen Shapes
+        layer's rectangles, polygons and ellipses (only cells whose centroid is inside one of
+        them are kept). Coordinates go through world space, so differently scaled or
+        translated layers line up as napari draws them.
+
+        Raises
+        ------
+        RegionError
+            No Shapes layer or area shape, or a region that misses the image.
+        """
+        from .region import box_region, polygon_region, shape_polygon, view_box, whole_image
+
+        choice = self._analyse.value
+        if choice == WHOLE:
+            return whole_image(data.shape)
+        if choice == VIEW:
+            cam = self._viewer.camera
+            lo, hi = view_box(cam.center, cam.zoom, self._viewer.canvas.size)
+            a, b = self._world_to_pixels(layer, np.array([lo, hi]))
+            region = box_region(a, b, data.shape, "current view")
+            r0, c0, r1, c1 = region.box
+            return Region(region.box, description=f"current view (rows {r0}-{r1}, "
+                                                  f"cols {c0}-{c1})")
+        shapes = self._region_layer.value
+        if shapes is None:
+            raise RegionError("No counting area: add a Shapes layer, draw a rectangle or "
+                              "polygon around the area to count, and choose it as 'Region'.")
+        polys = []
+        for verts, kind in zip(shapes.data, shapes.shape_type, strict=True):
+            outline = shape_polygon(verts, kind)
+            if outline is None:  # lines and paths enclose nothing
+                continue
+            full = np.tile(np.asarray(verts, float)[0], (len(outline), 1))
+            full[:, -2:] = outline
+            world = np.array([shapes.data_to_world(v) for v in full])
+            polys.append(self._world_to_pixels(layer, world))
+        n = len(polys)
+        return polygon_region(polys, data.shape,
+                              f"Shapes region '{shapes.name}' ({n} shape{'s' * (n != 1)})")
+
+    def _world_to_pixels(self, layer, world: np.ndarray) -> np.ndarray:
+        """World points (last two axes: rows, cols) as ``layer``'s full-resolution pixels."""
+        point = np.asarray(self._viewer.dims.point, float)
+        out = []
+        for w in np.atleast_2d(world):
+            pos = point.copy()
+            pos[-2:] = w[-2:]
+            out.append(np.asarray(layer.world_to_data(pos), float)[-2:])
+        return np.array(out)
 
     # -- review ------------------------------------------------------------------------------
     def _review_layers(self) -> dict:
@@ -355,13 +482,24 @@ def pixel_size_text(px) -> str:
     return f"{text}; {px.note}" if px.note else text
 
 
-#: Largest image whose full-size label image the widget builds (int32: 1 GB at this size).
+#: Largest image whose full-size label image the widget builds in memory (int32: 1 GB at this
+#: size); larger and lazy images get a :class:`~napari_ddrnet.label_store.LabelPyramid`.
 MAX_LABEL_PIXELS = 256 * 10**6
 
 
 def _labels_fit(data) -> bool:
     """Whether a full-size int32 label image of ``data`` stays within :data:`MAX_LABEL_PIXELS`."""
     return int(data.shape[0]) * int(data.shape[1]) <= MAX_LABEL_PIXELS
+
+
+#: Label stores made by this process; deleted when it exits (they are a cache, not results).
+_STORES: list = []
+
+
+@atexit.register
+def _remove_stores() -> None:
+    for store in _STORES:
+        store.remove()
 
 
 def _steps(gen):

@@ -97,21 +97,38 @@ def label_features(feats: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def labels_layer_data(labels) -> tuple[object, bool]:
+    """``(data, multiscale)`` for a Labels layer: a numpy label image as is; a label store on
+    disk (anything with ``dask_levels()``, e.g. :class:`~napari_ddrnet.label_store.
+    LabelPyramid`) as its lazy dask levels, so napari reads only the chunks it draws."""
+    levels = getattr(labels, "dask_levels", None)
+    if levels is None:
+        return labels, False
+    levels = levels()
+    return (levels, True) if len(levels) > 1 else (levels[0], False)
+
+
 def layer_data(result: AnalysisResult, scale: tuple[float, float] = (1.0, 1.0),
                translate: tuple[float, float] = (0.0, 0.0),
-               cells: pd.DataFrame | None = None) -> list[tuple]:
+               cells: pd.DataFrame | None = None,
+               labels_offset: tuple[int, int] = (0, 0)) -> list[tuple]:
     """napari ``LayerDataTuple`` list: Labels (masks), Points (centroids), Shapes (boxes).
 
-    ``cells``: the review table to show (see :func:`features_table`).
+    ``cells``: the review table to show (see :func:`features_table`). ``labels_offset``: image
+    pixel of the label image's top-left corner when it covers only a region of the image
+    (points and boxes are always in image pixels).
     """
     feats = features_table(result, cells)
     colors = [class_color(c) for c in feats["class"]]
     common = {"scale": scale, "translate": translate}
     out: list[tuple] = []
     if result.labels is not None:
-        out.append((result.labels, {"name": LABELS_NAME, "opacity": 0.35,
-                                    "features": label_features(feats),
-                                    **common}, "labels"))
+        data, multiscale = labels_layer_data(result.labels)
+        shift = tuple(float(t) + float(o) * float(s)
+                      for t, o, s in zip(translate, labels_offset, scale, strict=True))
+        out.append((data, {"name": LABELS_NAME, "opacity": 0.35, "multiscale": multiscale,
+                           "features": label_features(feats), "scale": scale,
+                           "translate": shift}, "labels"))
     cells = result.cells
     centroids = cells[["centroid_row", "centroid_col"]].to_numpy(float).reshape(-1, 2)
     size = float(np.median(np.maximum(cells["max_row"] - cells["min_row"],
