@@ -304,14 +304,16 @@ def main(argv: list[str] | None = None) -> dict:
                   "n_train": rep.n_train, "n_holdout": rep.n_holdout,
                   "seconds": round(rep.seconds, 1), "cpu_seconds": round(cpu, 1),
                   "before": rep.before_accuracy,
-                  "after": rep.after_accuracy, "load_average": os.getloadavg()[0]}
+                  "after": rep.after_accuracy, "load_average": os.getloadavg()[0],
+                  "phases_s": {k: round(v, 1) for k, v in rep.timings.items()}}
         log()
         log(f"adapt_from_cells on 250 LISC cells (single-cell, {rep.n_train} train / "
             f"{rep.n_holdout} held out, {len(cells) - len(pick)} unreviewed): "
             f"{rep.seconds:.1f} s wall ({cpu:.1f} s CPU) on "
             f"{args.threads} threads, "
             f"load average {os.getloadavg()[0]:.1f}; held-out {100 * rep.before_accuracy:.1f} % "
-            f"-> {100 * rep.after_accuracy:.1f} %")
+            f"-> {100 * rep.after_accuracy:.1f} %; phases (s wall): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in rep.timings.items()))
         payload["time_250"] = timing
     tables, models = [], {}
     for name in args.sets:
