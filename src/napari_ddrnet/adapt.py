@@ -5,8 +5,9 @@ optics); a few dozen cells that a person has confirmed or corrected in that lab 
 fastest cure (Chossegros et al. 2024). The method, in order:
 
 1. **AdaBN** (Li et al. 2016): the BatchNorm running statistics are re-estimated on the lab's
-   own crops (all 8 rotations/flips of the training cells), which undoes most of a stain or
-   camera shift before any weight moves.
+   own crops (all 8 rotations/flips of the training cells; opt-in, also the run's other cells
+   without their labels: ``unreviewed=True``, ``unlabelled_crops``), which undoes most of a
+   stain or camera shift before any weight moves.
 2. **Fine-tuning regularised toward the shipped model**: a few AdamW steps on class-balanced,
    augmented batches (rotations/flips, small stain and brightness jitter), with an **L2-SP**
    penalty (Li et al. 2018) pulling every weight toward its base value, so that classes nobody
@@ -424,7 +425,7 @@ def adapt_from_cells(
     progress: Callable[[int, int], None] | None = None,
     config: AdaptConfig | None = None,
     source_files: list[str] | None = None,
-    unreviewed: bool = True,
+    unreviewed: bool = False,
     unlabelled_crops: np.ndarray | None = None,
 ) -> AdaptReport:
     """Fine-tune the classifier on a lab's reviewed cells and save it as a user model.
@@ -460,9 +461,10 @@ def adapt_from_cells(
     source_files : list of str, optional
         Where the cells came from (e.g. the reviewed CSVs), recorded on the card.
     unreviewed : bool
-        Use the rows of ``cells`` nobody reviewed (and the held-out ones), without their
-        labels, as the lab's unlabelled run: the BatchNorm statistics are re-estimated on
-        them too. Unreadable images among them are skipped.
+        Opt-in: use the rows of ``cells`` nobody reviewed (and the held-out ones), without
+        their labels, as the lab's unlabelled run: the BatchNorm statistics are re-estimated
+        on them too. Unreadable images among them are skipped. Off by default: on LISC it
+        did not measurably help (``docs/adaptation.md``).
     unlabelled_crops : numpy.ndarray, optional
         ``(M, S, S, 3) uint8`` further crops of the same lab, cut as for the model.
 
@@ -500,15 +502,18 @@ def adapt_from_cells(
         cfg = AdaptConfig(**{**cfg.__dict__,
                              "steps": math.ceil(epochs * len(tr) / cfg.batch_size)})
 
-    unl = [crops[ho]]
-    if unreviewed:
-        unl.append(_unreviewed_crops(cells, bundle, images, single_cell))
-    if unlabelled_crops is not None:
-        unl.append(np.asarray(unlabelled_crops, np.uint8))
-    unl = np.concatenate(unl)
+    unl = np.zeros((0, *crops.shape[1:]), np.uint8)
+    if unreviewed or unlabelled_crops is not None:  # opt-in whole-run AdaBN
+        unl = [crops[ho]]
+        if unreviewed:
+            unl.append(_unreviewed_crops(cells, bundle, images, single_cell))
+        if unlabelled_crops is not None:
+            unl.append(np.asarray(unlabelled_crops, np.uint8))
+        unl = np.concatenate(unl)
     timings["unreviewed_crops"] = time.perf_counter() - t0 - sum(timings.values())
 
-    model = fine_tune(bundle, crops[tr], y[tr], cfg, seed, progress, unlabelled=unl)
+    model = fine_tune(bundle, crops[tr], y[tr], cfg, seed, progress,
+                      unlabelled=unl if len(unl) else None)
     timings["fine_tune"] = time.perf_counter() - t0 - sum(timings.values())
 
     before = after = np.zeros(0, int)

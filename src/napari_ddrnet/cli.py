@@ -15,11 +15,11 @@ atomically, so a crash never leaves a partial file.
 
     napari-ddrnet adapt --cells-csv REVIEWED.csv [MORE.csv ...] [--out MODEL.safetensors]
         [--single-cell] [--epochs N] [--weights BASE.safetensors] [--holdout F] [--seed N]
-        [--reviewed-only]
+        [--with-unreviewed]
 
 REVIEWED.csv is a CELLS.csv with a ``reviewed_class`` column; rows where it is empty are not
-trained on (their crops, unlabelled, re-estimate the BatchNorm statistics for the lab unless
-``--reviewed-only``; an unreadable image among them is skipped), and each crop is re-cut
+trained on (with ``--with-unreviewed`` their crops, unlabelled, also re-estimate the BatchNorm
+statistics; an unreadable image among them is skipped), and each crop is re-cut
 from the row's ``image`` with its geometry and ``pixel_size_um``. Missing images of reviewed
 rows, unknown class names, missing columns or too few reviewed cells exit with code 2 and
 write nothing. The adapted model (``.safetensors`` + ``.json``
@@ -263,7 +263,7 @@ def _adapt(args: argparse.Namespace) -> int:
                                   single_cell=args.single_cell, epochs=args.epochs,
                                   holdout=args.holdout, seed=args.seed, progress=progress,
                                   source_files=[str(p) for p in args.cells_csv],
-                                  unreviewed=not args.reviewed_only)
+                                  unreviewed=args.with_unreviewed)
     except (AdaptError, WeightsError) as exc:
         bar.close()
         return error(exc)
@@ -334,9 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of reviewed cells held out to report accuracy before/after "
                         "(default 0.2; 0 trains on all)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--reviewed-only", action="store_true",
-                   help="ignore the unreviewed rows (by default their crops, without labels, "
-                        "re-estimate the BatchNorm statistics for the lab)")
+    a.add_argument("--with-unreviewed", action="store_true",
+                   help="also re-estimate the BatchNorm statistics on the unreviewed rows' "
+                        "crops, without labels (no measurable gain on LISC: "
+                        "docs/adaptation.md)")
     a.add_argument("--quiet", action="store_true")
     d = sub.add_parser("demo", help="analyse the built-in synthetic smear")
     d.add_argument("--viewer", action="store_true", help="open napari with the widget")
