@@ -25,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -60,14 +61,32 @@ BASELINE = AdaptConfig(steps=60, l2sp=0.0, label_smoothing=0.0, stain_jitter=0.0
                        brightness=0.0)
 
 
-def lisc_set(input_size: int) -> dict:
-    """LISC crops (centred square, as single-cell mode), class names and cell groups."""
+def tune_groups(y: np.ndarray, group: np.ndarray, fraction: float = 1 / 3) -> np.ndarray:
+    """The fixed "tune" part of LISC: per class, the first ``fraction`` of its cell groups in
+    SHA-256 order of the group name. Hyper-parameters were chosen on draws from these groups
+    only; reported figures come from the other groups (the "report" part)."""
+    first = pd.DataFrame({"y": y, "g": group}).drop_duplicates("g")
+    tune = []
+    for _, gs in first.groupby("y"):
+        names = sorted(gs["g"], key=lambda g: hashlib.sha256(str(g).encode()).hexdigest())
+        tune += names[:int(len(names) * fraction)]
+    return np.isin(group, tune)
+
+
+def lisc_set(input_size: int, part: str = "report") -> dict:
+    """LISC crops (centred square, as single-cell mode), class names and cell groups of one
+    part (``"report"``, ``"tune"`` or ``"all"``; :func:`tune_groups`). Every crop of the part
+    is also the lab's unlabelled run (``"lab"``)."""
     root = data_root() / "lisc"
     lab = pd.read_csv(root / "labels.csv")
+    if part != "all":
+        tune = tune_groups(lab["class"].to_numpy(str), lab["cell_group"].to_numpy(str))
+        lab = lab[tune if part == "tune" else ~tune].reset_index(drop=True)
     crops = np.stack([crop_centre(np.asarray(Image.open(root / f).convert("RGB")), input_size)
                       for f in lab["file"]])
     return {"crops": crops, "y": lab["class"].to_numpy(str),
-            "group": lab["cell_group"].to_numpy(str), "file": (root / lab["file"]).to_numpy()}
+            "group": lab["cell_group"].to_numpy(str), "file": (root / lab["file"]).to_numpy(),
+            "lab": np.ones(len(lab), bool)}
 
 
 def bccd_set(bundle, max_train_per_class: int = 30) -> dict:
@@ -101,8 +120,10 @@ def bccd_set(bundle, max_train_per_class: int = 30) -> dict:
         images[f.name] = rgb
     table = pd.DataFrame(rows)
     crops = cut_crops(table, bundle.input_size, bundle.crop_fov_um, images)
+    # The lab's unlabelled run: every matched crop of both splits (no labels used).
     return {"crops": crops, "y": table["reviewed_class"].to_numpy(str),
             "group": table["image"].to_numpy(str), "missed": missed,
+            "lab": np.ones(len(table), bool),
             "pool": (table["split"] == "train").to_numpy(),
             "test": (table["split"] == "test").to_numpy()}
 
@@ -118,7 +139,8 @@ def draw(y: np.ndarray, group: np.ndarray, k: int, seed: int, min_test: int = 2,
     train = []
     for c in sorted(set(y)):
         groups = np.unique(group[(y == c) & pool])
-        n = min(k, len(groups) - (min_test if test_mask is None else 0))
+        disjoint = test_mask is not None and not (test_mask & pool).any()
+        n = min(k, len(groups) - (0 if disjoint else min_test))
         for g in rng.choice(groups, max(n, 0), replace=False):
             train.append(rng.choice(np.flatnonzero(group == g)))
     train = np.asarray(train, int)
@@ -135,13 +157,21 @@ def accuracies(probs: np.ndarray, y_idx: np.ndarray, present: list[int]) -> tupl
 
 
 def run_set(name: str, data: dict, bundle, sizes, seeds, tta: bool, baseline: bool,
-            log, on_seed=None) -> tuple[list[dict], dict]:
+            log, on_seed=None, reviewed_only: bool = True) -> tuple[list[dict], dict]:
+    """Every draw of ``k`` cells per class and seed: base model, the method with the lab's
+    other crops unlabelled in AdaBN (``adapt``: ``adapt_from_cells(unreviewed=True)``), the
+    same with the training cells alone (``reviewed``: the default of ``adapt_from_cells``),
+    and optionally the quick-probe ``baseline``."""
     classes = list(bundle.classes)
     y = np.array([classes.index(c) for c in data["y"]])
     present = sorted(set(y.tolist()))
     base_probs = predict_proba(bundle.model, data["crops"], bundle.mean, bundle.std, tta=tta)
     runs, models = [], {}
-    methods = [("adapt", AdaptConfig())] + ([("baseline", BASELINE)] if baseline else [])
+    methods = [("adapt", AdaptConfig(), True)]
+    if reviewed_only:
+        methods.append(("reviewed", AdaptConfig(), False))
+    if baseline:
+        methods.append(("baseline", BASELINE, False))
     # Seeds outermost: an interrupted run still has every size for the seeds it finished.
     for seed in seeds:
         for k in sizes:
@@ -150,28 +180,31 @@ def run_set(name: str, data: dict, bundle, sizes, seeds, tta: bool, baseline: bo
             before = accuracies(base_probs[test], y[test], present)
             row = {"set": name, "k": k, "seed": seed, "n_train": len(train),
                    "n_test": len(test), "before": before}
-            for method, cfg in methods:
+            # The lab's run without labels: every crop of the lab but the training ones.
+            unl = data["crops"][np.setdiff1d(np.flatnonzero(data["lab"]), train)]
+            for method, cfg, with_lab in methods:
                 t0, c0 = time.perf_counter(), time.process_time()
-                model = fine_tune(bundle, data["crops"][train], y[train], cfg, seed=seed)
+                model = fine_tune(bundle, data["crops"][train], y[train], cfg, seed=seed,
+                                  unlabelled=unl if with_lab else None)
                 secs = time.perf_counter() - t0
                 row[f"{method}_cpu_s"] = time.process_time() - c0
                 probs = predict_proba(model, data["crops"][test], bundle.mean, bundle.std,
                                       tta=tta)
                 row[method] = accuracies(probs, y[test], present)
                 row[f"{method}_s"] = secs
-                if method == "adapt" and seed == seeds[0]:
-                    models[k] = model
+                if seed == seeds[0]:
+                    models[(method, k)] = model
             runs.append(row)
             log(f"{name} k={k} seed={seed} n_train={len(train)} n_test={len(test)} "
                 + " ".join(f"{m}={100 * row[m][0]:.1f}/{100 * row[m][1]:.1f}"
-                           for m in ["before"] + [m for m, _ in methods])
+                           for m in ["before"] + [m for m, _, _ in methods])
                 + f" ({row['adapt_s']:.1f} s wall, {row['adapt_cpu_s']:.1f} s CPU)")
         if on_seed is not None:
-            on_seed(summarise(name, runs, sizes, baseline), runs, models)
-    return summarise(name, runs, sizes, baseline), {"runs": runs, "models": models}
+            on_seed(summarise(name, runs, sizes), runs, models)
+    return summarise(name, runs, sizes), {"runs": runs, "models": models}
 
 
-def summarise(name: str, runs: list[dict], sizes, baseline: bool) -> list[dict]:
+def summarise(name: str, runs: list[dict], sizes) -> list[dict]:
     """Mean ± sd over seeds per number of cells per class."""
     table = []
     for k in sizes:
@@ -181,10 +214,11 @@ def summarise(name: str, runs: list[dict], sizes, baseline: bool) -> list[dict]:
         out = {"set": name, "cells/class": k, "seeds": len(rs),
                "train": f"{np.mean([r['n_train'] for r in rs]):.0f}",
                "test": f"{np.mean([r['n_test'] for r in rs]):.0f}"}
-        for m in ["before", "adapt"] + (["baseline"] if baseline else []):
+        for m in [m for m in ("before", "adapt", "reviewed", "baseline") if m in rs[0]]:
             for j, kind in enumerate(("restricted", "plain")):
                 v = 100 * np.array([r[m][j] for r in rs])
-                out[f"{m} {kind} %"] = f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0:.1f}"
+                out[f"{m} {kind} %"] = (f"{v.mean():.1f} ± "
+                                        f"{v.std(ddof=1) if len(v) > 1 else 0:.1f}")
         out["fit s"] = f"{np.median([r['adapt_s'] for r in rs]):.1f}"
         table.append(out)
     return table
@@ -208,6 +242,8 @@ def pbc_test(input_size: int, limit: int | None) -> tuple[np.ndarray, np.ndarray
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds are first-seed .. first-seed + seeds - 1 (split a run)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 25])
     ap.add_argument("--sets", nargs="+", default=["lisc", "bccd"], choices=["lisc", "bccd"])
     ap.add_argument("--baseline", action="store_true",
@@ -219,13 +255,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weights", type=Path, default=None, help="base model (default: shipped)")
     ap.add_argument("--no-timing", action="store_true",
                     help="skip the 250-cell adapt_from_cells timing")
+    ap.add_argument("--lisc-part", default="report", choices=["report", "tune", "all"],
+                    help="LISC cell groups to draw from and test on (tune_groups): report "
+                    "figures come from the report part, hyper-parameters from the tune part")
+    ap.add_argument("--no-reviewed-only", action="store_true",
+                    help="skip the variant that adapts on the training cells alone")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tta = not args.no_tta
     bundle = load_bundle(args.weights)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
     log_path = args.out / "adaptation.log"
 
@@ -238,13 +279,48 @@ def main(argv: list[str] | None = None) -> dict:
 
     log(f"adaptation benchmark, base model {bundle.meta.get('name')} "
         f"({args.weights or 'shipped'}), TTA {'on' if tta else 'off'}, seeds {seeds}, "
+        f"LISC part {args.lisc_part}, "
         f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     payload: dict = {"machine": machine(), "tta": tta, "seeds": seeds, "sizes": args.sizes,
+                     "lisc_part": args.lisc_part,
                      "config": AdaptConfig().__dict__, "sets": {}}
+    # Time for 250 reviewed cells, end to end: crops re-cut from the files, 20 % held out and
+    # scored, and every other LISC crop an unreviewed cell of the same run (AdaBN uses them).
+    if "lisc" in args.sets and not args.no_timing:  # first: an interrupted run keeps it
+        lisc = lisc_set(bundle.input_size, "all")
+        rng = np.random.default_rng(0)
+        pick = np.concatenate([rng.choice(np.flatnonzero(lisc["y"] == c), 50, replace=False)
+                               for c in sorted(set(lisc["y"]))])
+        reviewed = np.where(np.isin(np.arange(len(lisc["y"])), pick), lisc["y"], "")
+        cells = pd.DataFrame({"image": lisc["file"].astype(str), "reviewed_class": reviewed,
+                              "cell_group": lisc["group"]})
+        import tempfile
+
+        c0 = time.process_time()
+        with tempfile.TemporaryDirectory() as tmp:
+            rep = adapt_from_cells(cells, Path(tmp) / "m.safetensors", single_cell=True,
+                                   base_weights=args.weights)
+        cpu = time.process_time() - c0
+        timing = {"cells": len(pick), "unreviewed": len(cells) - len(pick),
+                  "n_train": rep.n_train, "n_holdout": rep.n_holdout,
+                  "seconds": round(rep.seconds, 1), "cpu_seconds": round(cpu, 1),
+                  "before": rep.before_accuracy,
+                  "after": rep.after_accuracy, "load_average": os.getloadavg()[0],
+                  "phases_s": {k: round(v, 1) for k, v in rep.timings.items()}}
+        log()
+        log(f"adapt_from_cells on 250 LISC cells (single-cell, {rep.n_train} train / "
+            f"{rep.n_holdout} held out, {len(cells) - len(pick)} unreviewed): "
+            f"{rep.seconds:.1f} s wall ({cpu:.1f} s CPU) on "
+            f"{args.threads} threads, "
+            f"load average {os.getloadavg()[0]:.1f}; held-out {100 * rep.before_accuracy:.1f} % "
+            f"-> {100 * rep.after_accuracy:.1f} %; phases (s wall): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in rep.timings.items()))
+        payload["time_250"] = timing
     tables, models = [], {}
     for name in args.sets:
         t0 = time.perf_counter()
-        data = lisc_set(bundle.input_size) if name == "lisc" else bccd_set(bundle)
+        data = (lisc_set(bundle.input_size, args.lisc_part) if name == "lisc"
+                else bccd_set(bundle))
         log(f"{name}: {len(data['y'])} crops, {len(set(data['group']))} groups, classes "
             f"{ {c: int(n) for c, n in pd.Series(data['y']).value_counts().items()} }"
             + (f", {data['missed']} fields without a matching detection" if "missed" in data
@@ -254,14 +330,12 @@ def main(argv: list[str] | None = None) -> dict:
             write_json(args.out / "adaptation.json", payload)
 
         table, res = run_set(name, data, bundle, args.sizes, seeds, tta, args.baseline, log,
-                             partial)
+                             partial, reviewed_only=not args.no_reviewed_only)
         tables += table
         models[name] = res["models"]
         payload["sets"][name] = {"table": table, "runs": res["runs"],
                                  **({"missed_fields": data["missed"]} if "missed" in data
                                     else {})}
-        if name == "lisc":
-            lisc = data
     cols = list(tables[0])
     log()
     log("Accuracy on held-out groups, mean ± sd over seeds (restricted = argmax over the "
@@ -275,40 +349,17 @@ def main(argv: list[str] | None = None) -> dict:
     base_acc = _acc(bundle.model, crops, yi, bundle, tta)
     forget = [{"model": "base", "PBC test %": f"{100 * base_acc:.1f}"}]
     for name, by_k in models.items():
-        k = 10 if 10 in by_k else max(by_k)
-        forget.append({"model": f"adapted on {name}, {k}/class, seed {seeds[0]}",
-                       "PBC test %": f"{100 * _acc(by_k[k], crops, yi, bundle, tta):.1f}"})
+        ks = sorted({k for _, k in by_k})
+        k = 10 if 10 in ks else max(ks)
+        for method in [m for m, kk in by_k if kk == k]:
+            acc = _acc(by_k[(method, k)], crops, yi, bundle, tta)
+            forget.append({"model": f"adapted on {name} ({method}), {k}/class, seed {seeds[0]}",
+                           "PBC test %": f"{100 * acc:.1f}"})
     log()
     log(f"Forgetting: PBC test ({len(y)} crops, crop_centre) before and after adaptation")
     _log_table(forget, ["model", "PBC test %"], log)
     payload["forgetting"] = {"n": len(y), "rows": forget}
 
-    # Time for 250 cells, end to end (crops re-cut from the files, 20 % held out and scored).
-    if "lisc" in args.sets and not args.no_timing:
-        rng = np.random.default_rng(0)
-        pick = np.concatenate([rng.choice(np.flatnonzero(lisc["y"] == c), 50, replace=False)
-                               for c in sorted(set(lisc["y"]))])
-        cells = pd.DataFrame({"image": lisc["file"][pick].astype(str),
-                              "reviewed_class": lisc["y"][pick],
-                              "cell_group": lisc["group"][pick]})
-        import tempfile
-
-        c0 = time.process_time()
-        with tempfile.TemporaryDirectory() as tmp:
-            rep = adapt_from_cells(cells, Path(tmp) / "m.safetensors", single_cell=True,
-                                   base_weights=args.weights)
-        cpu = time.process_time() - c0
-        timing = {"cells": len(cells), "n_train": rep.n_train, "n_holdout": rep.n_holdout,
-                  "seconds": round(rep.seconds, 1), "cpu_seconds": round(cpu, 1),
-                  "before": rep.before_accuracy,
-                  "after": rep.after_accuracy, "load_average": os.getloadavg()[0]}
-        log()
-        log(f"adapt_from_cells on 250 LISC cells (single-cell, {rep.n_train} train / "
-            f"{rep.n_holdout} held out): {rep.seconds:.1f} s wall ({cpu:.1f} s CPU) on "
-            f"{args.threads} threads, "
-            f"load average {os.getloadavg()[0]:.1f}; held-out {100 * rep.before_accuracy:.1f} % "
-            f"-> {100 * rep.after_accuracy:.1f} %")
-        payload["time_250"] = timing
     write_json(args.out / "adaptation.json", payload)
     return payload
 

@@ -159,3 +159,48 @@ def test_cli_adapt_errors_exit_2_and_write_nothing(reviewed_csv, tmp_path, capsy
     assert rc == 2
     assert message in capsys.readouterr().err
     assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+@needs_data("lisc")
+def test_unreviewed_rows_adapt_batchnorm_and_the_model_beats_base_on_other_groups(tmp_path):
+    """The opt-in whole-run AdaBN (``unreviewed=True``) on a lab's run: 5 reviewed cells per
+    class plus unreviewed rows of the same run (one with a missing image, skipped). The
+    unreviewed crops are used without labels (AdaBN); on 40 LISC groups never seen, labelled or
+    not, the adapted model must beat the base model clearly. A short run (16 steps) keeps it
+    under a minute of CPU time (CPU, not wall time: the test machines are shared)."""
+    import time
+
+    from napari_ddrnet.adapt import cut_crops, predict_proba
+
+    root = data_root() / "lisc"
+    lab = pd.read_csv(root / "labels.csv")
+    rng = np.random.default_rng(3)
+    groups = rng.permutation(lab["cell_group"].unique())
+    test_groups, run_groups = set(groups[:40]), groups[40:]
+    run = lab[lab["cell_group"].isin(run_groups)].groupby("cell_group").head(1)
+    reviewed = run.groupby("class").head(5).index
+    cells = pd.DataFrame({"image": [str(root / f) for f in run["file"]],
+                          "reviewed_class": np.where(run.index.isin(reviewed), run["class"], ""),
+                          "cell_group": run["cell_group"]})
+    unlabelled = int((cells["reviewed_class"] == "").sum())
+    cells.loc[cells.index[cells["reviewed_class"] == ""][0], "image"] = str(tmp_path / "gone.png")
+    t0 = time.process_time()
+    report = adapt_from_cells(cells, tmp_path / "lab.safetensors", single_cell=True, holdout=0,
+                              epochs=20, seed=0, unreviewed=True)
+    assert time.process_time() - t0 < 60
+    assert report.n_train == 25 and report.n_unlabelled == unlabelled - 1
+    card = json.loads((tmp_path / "lab.safetensors").with_suffix(".json").read_text())
+    assert card["adaptation"]["unlabelled_crops"] == unlabelled - 1
+
+    test = lab[lab["cell_group"].isin(test_groups)]
+    base, adapted = load_bundle(None), load_bundle(tmp_path / "lab.safetensors")
+    crops = cut_crops(pd.DataFrame({"image": [str(root / f) for f in test["file"]]}),
+                      base.input_size, base.crop_fov_um, single_cell=True)
+    present = [base.classes.index(c) for c in LISC_CLASSES]
+    y = np.array([base.classes.index(c) for c in test["class"]])
+
+    def accuracy(bundle):
+        p = predict_proba(bundle.model, crops, bundle.mean, bundle.std, tta=False)
+        return float((np.asarray(present)[p[:, present].argmax(1)] == y).mean())
+
+    assert accuracy(adapted) >= accuracy(base) + 0.2

@@ -5,8 +5,9 @@ optics); a few dozen cells that a person has confirmed or corrected in that lab 
 fastest cure (Chossegros et al. 2024). The method, in order:
 
 1. **AdaBN** (Li et al. 2016): the BatchNorm running statistics are re-estimated on the lab's
-   own crops (all 8 rotations/flips of the training cells), which undoes most of a stain or
-   camera shift before any weight moves.
+   own crops (all 8 rotations/flips of the training cells; opt-in, also the run's other cells
+   without their labels: ``unreviewed=True``, ``unlabelled_crops``), which undoes most of a
+   stain or camera shift before any weight moves.
 2. **Fine-tuning regularised toward the shipped model**: a few AdamW steps on class-balanced,
    augmented batches (rotations/flips, small stain and brightness jitter), with an **L2-SP**
    penalty (Li et al. 2018) pulling every weight toward its base value, so that classes nobody
@@ -48,6 +49,9 @@ SINGLE_CELL_COLUMNS = ("image", "reviewed_class")
 #: Fewer reviewed cells or classes than this cannot adapt anything meaningfully.
 MIN_CELLS = 10
 MIN_CLASSES = 2
+#: At most this many unlabelled crops of the lab are used (AdaBN statistics settle well
+#: before; it bounds the time on a large run).
+MAX_UNLABELLED = 1024
 #: Card keys copied from the base model: the adapted model must crop and scale alike.
 TRANSFORM_KEYS = ("architecture", "config", "classes", "input_size", "crop_fov_um", "mean",
                   "std")
@@ -79,6 +83,9 @@ class AdaptConfig:
         RGB (a lab's own slides still vary in stain).
     adabn : bool
         Re-estimate the BatchNorm statistics on the lab's crops first.
+    lab_adabn : bool
+        Include the lab's unlabelled crops (``fine_tune(unlabelled=...)``: unreviewed and
+        held-out cells of the run) in that estimate, not only the training cells.
     """
 
     steps: int | None = None
@@ -89,6 +96,7 @@ class AdaptConfig:
     stain_jitter: float = 0.05
     brightness: float = 0.03
     adabn: bool = True
+    lab_adabn: bool = True
 
     def default_steps(self, n_train: int) -> int:
         """About 10 passes over the training cells, 60 to 200 steps."""
@@ -113,6 +121,11 @@ class AdaptReport:
         ``None`` where the class has no held-out cell).
     seconds : float
         Wall time of the whole adaptation.
+    n_unlabelled : int
+        Crops of the lab used without labels (AdaBN): unreviewed and held-out cells.
+    timings : dict
+        Wall seconds per phase (``reviewed_crops``, ``unreviewed_crops``, ``fine_tune``,
+        ``holdout_check``, ``save``): where the time of :attr:`seconds` went.
     """
 
     path: Path
@@ -122,6 +135,8 @@ class AdaptReport:
     after_accuracy: float | None
     per_class: dict = field(default_factory=dict)
     seconds: float = 0.0
+    n_unlabelled: int = 0
+    timings: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +325,8 @@ def predict_proba(model: nn.Module, crops: np.ndarray, mean, std, batch: int = 2
 
 def fine_tune(bundle: ModelBundle, crops: np.ndarray, labels: np.ndarray,
               config: AdaptConfig | None = None, seed: int = 0,
-              progress: Callable[[int, int], None] | None = None) -> nn.Module:
+              progress: Callable[[int, int], None] | None = None,
+              unlabelled: np.ndarray | None = None) -> nn.Module:
     """AdaBN, then L2-SP-regularised fine-tuning of a copy of ``bundle.model``.
 
     Parameters
@@ -325,6 +341,10 @@ def fine_tune(bundle: ModelBundle, crops: np.ndarray, labels: np.ndarray,
     seed : int
     progress : callable, optional
         ``progress(done, total)`` after each optimiser step.
+    unlabelled : numpy.ndarray, optional
+        ``(M, S, S, 3) uint8`` other crops of the same lab, without labels: with
+        ``config.lab_adabn`` they join the AdaBN estimate (at most :data:`MAX_UNLABELLED`,
+        a seeded random subset beyond).
 
     Returns
     -------
@@ -338,7 +358,15 @@ def fine_tune(bundle: ModelBundle, crops: np.ndarray, labels: np.ndarray,
     x_all = _to_unit(crops)
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if cfg.adabn:
+        # The training cells in all 8 views; the lab's other cells (no labels) once each: a
+        # run of hundreds of cells gives steadier statistics than a few reviewed ones.
         views = torch.cat(_dihedral(normalize(x_all.clone(), bundle.mean, bundle.std)))
+        if cfg.lab_adabn and unlabelled is not None and len(unlabelled):
+            if len(unlabelled) > MAX_UNLABELLED:  # a random subset estimates them as well
+                pick = np.random.default_rng(seed).permutation(len(unlabelled))
+                unlabelled = unlabelled[np.sort(pick[:MAX_UNLABELLED])]
+            x_unl = normalize(_to_unit(unlabelled), bundle.mean, bundle.std)
+            views = torch.cat([views, x_unl])
         reestimate_batchnorm(model, views[torch.randperm(len(views), generator=gen)])
     base = [p.detach().clone() for p in model.parameters()]
     params = list(model.parameters())
@@ -397,6 +425,8 @@ def adapt_from_cells(
     progress: Callable[[int, int], None] | None = None,
     config: AdaptConfig | None = None,
     source_files: list[str] | None = None,
+    unreviewed: bool = False,
+    unlabelled_crops: np.ndarray | None = None,
 ) -> AdaptReport:
     """Fine-tune the classifier on a lab's reviewed cells and save it as a user model.
 
@@ -430,6 +460,13 @@ def adapt_from_cells(
         Hyper-parameters (``epochs`` overrides its ``steps``).
     source_files : list of str, optional
         Where the cells came from (e.g. the reviewed CSVs), recorded on the card.
+    unreviewed : bool
+        Opt-in: use the rows of ``cells`` nobody reviewed (and the held-out ones), without
+        their labels, as the lab's unlabelled run: the BatchNorm statistics are re-estimated
+        on them too. Unreadable images among them are skipped. Off by default: on LISC it
+        did not measurably help (``docs/adaptation.md``).
+    unlabelled_crops : numpy.ndarray, optional
+        ``(M, S, S, 3) uint8`` further crops of the same lab, cut as for the model.
 
     Returns
     -------
@@ -460,16 +497,30 @@ def adapt_from_cells(
     tr, ho = split_holdout(y, groups, holdout, seed)
     _check_enough(rows["reviewed_class"].iloc[tr], "training")
     crops = cut_crops(rows, bundle.input_size, bundle.crop_fov_um, images, single_cell)
+    timings = {"reviewed_crops": time.perf_counter() - t0}
     if epochs is not None:
         cfg = AdaptConfig(**{**cfg.__dict__,
                              "steps": math.ceil(epochs * len(tr) / cfg.batch_size)})
 
-    model = fine_tune(bundle, crops[tr], y[tr], cfg, seed, progress)
+    unl = np.zeros((0, *crops.shape[1:]), np.uint8)
+    if unreviewed or unlabelled_crops is not None:  # opt-in whole-run AdaBN
+        unl = [crops[ho]]
+        if unreviewed:
+            unl.append(_unreviewed_crops(cells, bundle, images, single_cell))
+        if unlabelled_crops is not None:
+            unl.append(np.asarray(unlabelled_crops, np.uint8))
+        unl = np.concatenate(unl)
+    timings["unreviewed_crops"] = time.perf_counter() - t0 - sum(timings.values())
+
+    model = fine_tune(bundle, crops[tr], y[tr], cfg, seed, progress,
+                      unlabelled=unl if len(unl) else None)
+    timings["fine_tune"] = time.perf_counter() - t0 - sum(timings.values())
 
     before = after = np.zeros(0, int)
     if len(ho):
         before = predict_proba(bundle.model, crops[ho], bundle.mean, bundle.std).argmax(1)
         after = predict_proba(model, crops[ho], bundle.mean, bundle.std).argmax(1)
+    timings["holdout_check"] = time.perf_counter() - t0 - sum(timings.values())
     per_class = {}
     for c in sorted(set(rows["reviewed_class"])):
         k = cls_index[c]
@@ -478,14 +529,48 @@ def adapt_from_cells(
                         "before": _accuracy(before[sel], y[ho][sel]),
                         "after": _accuracy(after[sel], y[ho][sel])}
     report = AdaptReport(Path(out) if out is not None else default_output(), len(tr), len(ho),
-                         _accuracy(before, y[ho]), _accuracy(after, y[ho]), per_class)
+                         _accuracy(before, y[ho]), _accuracy(after, y[ho]), per_class,
+                         n_unlabelled=min(len(unl), MAX_UNLABELLED), timings=timings)
     base_path = Path(base_weights) if base_weights is not None else None
     card = _card(bundle, base_path, rows, report, cfg, seed, single_cell, source_files)
     from .weights import export_weights
 
     export_weights(model.state_dict(), card, report.path)
     report.seconds = time.perf_counter() - t0
+    timings["save"] = report.seconds - sum(timings.values())
     return report
+
+
+def _unreviewed_crops(cells: pd.DataFrame, bundle: ModelBundle,
+                      images: dict[str, np.ndarray] | None, single_cell: bool) -> np.ndarray:
+    """Crops of the rows nobody reviewed (empty ``reviewed_class`` or ``unidentified``) whose
+    image can be read and, for fields, whose geometry is complete; others are skipped (they
+    are optional, unlike the reviewed cells)."""
+    empty = np.zeros((0, bundle.input_size, bundle.input_size, 3), np.uint8)
+    if "image" not in cells:
+        return empty
+    rc = (cells["reviewed_class"].fillna("").astype(str).str.strip().str.lower()
+          if "reviewed_class" in cells else pd.Series("", index=cells.index))
+    rows = cells.loc[rc.isin(["", "nan", UNIDENTIFIED])]
+    if not single_cell:
+        if any(c not in rows for c in FIELD_COLUMNS[:-1]):
+            return empty
+        geom = rows[list(FIELD_COLUMNS[1:-1])].apply(pd.to_numeric, errors="coerce")
+        ok = np.isfinite(geom.to_numpy(float)).all(1) & (geom["pixel_size_um"] > 0).to_numpy()
+        rows = rows.loc[ok]
+    rows = rows.reset_index(drop=True)
+    try:  # one call: four times cheaper per single-cell image than one call per image
+        return cut_crops(rows, bundle.input_size, bundle.crop_fov_um, images, single_cell)
+    except AdaptError:
+        pass
+    parts = []
+    for _, sub in rows.groupby("image", sort=False):  # some image is unreadable: skip it
+        try:
+            parts.append(cut_crops(sub.reset_index(drop=True), bundle.input_size,
+                                   bundle.crop_fov_um, images, single_cell))
+        except AdaptError:
+            continue
+    return np.concatenate(parts) if parts else empty
 
 
 def _check_enough(classes: pd.Series, what: str) -> None:
@@ -514,6 +599,7 @@ def _card(bundle: ModelBundle, base_path: Path | None, rows: pd.DataFrame,
         "source_files": [str(f) for f in source_files or []],
         "images": sorted(set(rows["image"].astype(str))),
         "single_cell": bool(single_cell),
+        "unlabelled_crops": int(report.n_unlabelled),
         "seed": int(seed),
         "config": {**cfg.__dict__},
         "holdout": {"n": report.n_holdout, "before_accuracy": report.before_accuracy,

@@ -15,11 +15,14 @@ atomically, so a crash never leaves a partial file.
 
     napari-ddrnet adapt --cells-csv REVIEWED.csv [MORE.csv ...] [--out MODEL.safetensors]
         [--single-cell] [--epochs N] [--weights BASE.safetensors] [--holdout F] [--seed N]
+        [--with-unreviewed]
 
-REVIEWED.csv is a CELLS.csv with a ``reviewed_class`` column; rows where it is empty are
-ignored, and each crop is re-cut from the row's ``image`` with its geometry and
-``pixel_size_um``. Missing images, unknown class names, missing columns or too few reviewed
-cells exit with code 2 and write nothing. The adapted model (``.safetensors`` + ``.json``
+REVIEWED.csv is a CELLS.csv with a ``reviewed_class`` column; rows where it is empty are not
+trained on (with ``--with-unreviewed`` their crops, unlabelled, also re-estimate the BatchNorm
+statistics; an unreadable image among them is skipped), and each crop is re-cut
+from the row's ``image`` with its geometry and ``pixel_size_um``. Missing images of reviewed
+rows, unknown class names, missing columns or too few reviewed cells exit with code 2 and
+write nothing. The adapted model (``.safetensors`` + ``.json``
 card) is then used with ``count --weights MODEL.safetensors``.
 """
 
@@ -259,7 +262,8 @@ def _adapt(args: argparse.Namespace) -> int:
         report = adapt_from_cells(cells, args.out, base_weights=args.weights,
                                   single_cell=args.single_cell, epochs=args.epochs,
                                   holdout=args.holdout, seed=args.seed, progress=progress,
-                                  source_files=[str(p) for p in args.cells_csv])
+                                  source_files=[str(p) for p in args.cells_csv],
+                                  unreviewed=args.with_unreviewed)
     except (AdaptError, WeightsError) as exc:
         bar.close()
         return error(exc)
@@ -267,7 +271,8 @@ def _adapt(args: argparse.Namespace) -> int:
     if not args.quiet:
         def pct(v):
             return "n/a" if v is None else f"{100 * v:.1f} %"
-        print(f"adapted on {report.n_train} cells in {report.seconds:.1f} s; held-out "
+        print(f"adapted on {report.n_train} cells ({report.n_unlabelled} more unlabelled) in "
+              f"{report.seconds:.1f} s; held-out "
               f"{report.n_holdout} cells: {pct(report.before_accuracy)} before, "
               f"{pct(report.after_accuracy)} after", file=sys.stderr)
         for c, v in report.per_class.items():
@@ -329,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of reviewed cells held out to report accuracy before/after "
                         "(default 0.2; 0 trains on all)")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--with-unreviewed", action="store_true",
+                   help="also re-estimate the BatchNorm statistics on the unreviewed rows' "
+                        "crops, without labels (no measurable gain on LISC: "
+                        "docs/adaptation.md)")
     a.add_argument("--quiet", action="store_true")
     d = sub.add_parser("demo", help="analyse the built-in synthetic smear")
     d.add_argument("--viewer", action="store_true", help="open napari with the widget")
