@@ -212,27 +212,35 @@ def image_task(name: str, settings: CountSettings):
     Expected failures (unreadable file, bad image) come back as a value, not an exception, so
     dask does not retry them and the other images go on.
     """
-    from .image_input import ImageInputError
-    from .image_io import read_image
-    from .pipeline import analyze, plan_slide
+    import dask
 
+    from .image_input import ImageInputError
+
+    # Lazy slides are dask arrays over the file: read their sample windows in this thread,
+    # not by submitting a graph (with the file's handle in it) to the cluster from a task.
     try:
-        levels, file_px = read_image(name)
-        image = levels[0]
-        clf = worker_classifier(settings)
-        if isinstance(image, np.ndarray):
-            result = analyze(image, settings.pixel_size_um, clf, pixel_size_metadata=file_px,
-                             min_confidence=settings.min_confidence, return_labels=False,
-                             tile_size=settings.tile_size)
-            return _tables(name, result, clf.classes)
-        return _Planned(name, plan_slide(image, settings.pixel_size_um,
-                                         crop_fov_um=clf.crop_fov_um,
-                                         pixel_size_metadata=file_px,
-                                         tile_size=settings.tile_size))
+        with dask.config.set(scheduler="synchronous"):
+            return _analyse_or_plan(name, settings)
     except (ImageInputError, ValueError, MemoryError, OSError) as exc:
         return _Failed(name, str(exc))
     except Exception as exc:  # one bad image must not stop the cohort
         return _Failed(name, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _analyse_or_plan(name: str, settings: CountSettings):
+    from .image_io import read_image
+    from .pipeline import analyze, plan_slide
+
+    levels, file_px = read_image(name)
+    image = levels[0]
+    clf = worker_classifier(settings)
+    if isinstance(image, np.ndarray):
+        result = analyze(image, settings.pixel_size_um, clf, pixel_size_metadata=file_px,
+                         min_confidence=settings.min_confidence, return_labels=False,
+                         tile_size=settings.tile_size)
+        return _tables(name, result, clf.classes)
+    return _Planned(name, plan_slide(image, settings.pixel_size_um, crop_fov_um=clf.crop_fov_um,
+                                     pixel_size_metadata=file_px, tile_size=settings.tile_size))
 
 
 def tile_task(name: str, plan, index: int, settings: CountSettings):
@@ -338,7 +346,7 @@ def _header(columns) -> str:
 
 @contextlib.contextmanager
 def cluster(workers: int | None = None, scheduler: str | None = None,
-            threads_per_worker: int = 1, timeout: float = CONNECT_TIMEOUT_S):
+            threads_per_worker: int = 1, timeout: float | None = None):
     """A dask ``Client``: on a new local cluster of ``workers`` processes, or connected to
     the scheduler at ``scheduler``; ``None`` when neither is given (serial run).
 
@@ -350,6 +358,7 @@ def cluster(workers: int | None = None, scheduler: str | None = None,
     if workers is None and scheduler is None:
         yield None
         return
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     import logging
 
     try:
