@@ -19,15 +19,17 @@ from napari_ddrnet.synthetic import synthetic_smear
 
 distributed = pytest.importorskip("distributed")
 
-TILE = 256  # small tiles: the 960x1280 slide becomes 20 tasks
+TILE = 256  # small tiles: the 480x1280 slide becomes 10 tasks
+# One view per crop (no TTA) and few small images keep the file fast on 2 shared cores.
+SETTINGS = CountSettings(device="cpu", tile_size=TILE, tta=False)
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """Three fields (PNG, TIFF) and a two-level pyramidal OME-TIFF slide, in CLI order."""
+    """Two fields (PNG, TIFF) and a two-level pyramidal OME-TIFF slide, in CLI order."""
     d = tmp_path_factory.mktemp("cohort_in")
     paths = []
-    for i in range(3):
+    for i in range(2):
         image, _ = synthetic_smear(pixel_size_um=0.1, seed=10 + i)
         p = d / (f"field{i}.png" if i != 1 else f"field{i}.tif")
         if p.suffix == ".png":
@@ -35,8 +37,8 @@ def inputs(tmp_path_factory):
         else:
             tifffile.imwrite(p, image)
         paths.append(p)
-    fields = [synthetic_smear(pixel_size_um=0.1, seed=20 + k)[0] for k in range(4)]
-    slide = np.concatenate([np.concatenate(fields[:2], 1), np.concatenate(fields[2:], 1)], 0)
+    slide = np.concatenate([synthetic_smear(pixel_size_um=0.1, seed=20 + k)[0]
+                            for k in range(2)], 1)
     p = d / "slide.ome.tif"
     with tifffile.TiffWriter(p) as tw:
         tw.write(slide, tile=(256, 256), photometric="rgb", subifds=1,
@@ -49,7 +51,7 @@ def inputs(tmp_path_factory):
 def _count(inputs, out, *extra) -> int:
     return cli.main(["count", *inputs, "--cells-csv", str(out / "cells.csv"),
                      "--counts-csv", str(out / "counts.csv"), "--device", "cpu",
-                     "--tile-size", str(TILE), "--quiet", *extra])
+                     "--tile-size", str(TILE), "--no-tta", "--quiet", *extra])
 
 
 def _bytes(out):
@@ -76,6 +78,7 @@ def client():
 def test_serial_slide_rows_match_analyze(inputs, serial):
     from io import BytesIO
 
+    from napari_ddrnet.classify import Classifier
     from napari_ddrnet.image_io import read_image
     from napari_ddrnet.pipeline import analyze
 
@@ -83,9 +86,10 @@ def test_serial_slide_rows_match_analyze(inputs, serial):
     slide = cells[cells["image"] == inputs[-1]]
     levels, px = read_image(inputs[-1])
     assert px == pytest.approx(0.1)
-    ref = analyze(levels[0], None, pixel_size_metadata=px, device="cpu", return_labels=False,
+    clf = Classifier(device="cpu", tta=False)
+    ref = analyze(levels[0], None, clf, pixel_size_metadata=px, return_labels=False,
                   tile_size=TILE).cells
-    assert len(slide) == len(ref) >= 12  # a tiled slide: cells from several tiles
+    assert len(slide) == len(ref) >= 6  # a tiled slide: cells from several tiles
     assert slide["cell_id"].tolist() == ref["cell_id"].tolist() == list(range(1, len(ref) + 1))
     np.testing.assert_allclose(slide["centroid_row"], ref["centroid_row"], rtol=1e-5)
     np.testing.assert_allclose(slide["prob_neutrophil"], ref["prob_neutrophil"], rtol=1e-5)
@@ -112,7 +116,7 @@ def test_client_entry_identical_and_killed_worker_loses_no_rows(inputs, serial, 
             killed.append(busy[0])
 
     report = count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv",
-                          client=client, settings=CountSettings(device="cpu", tile_size=TILE),
+                          client=client, settings=SETTINGS,
                           progress=progress)
     assert killed, "no worker was busy to kill"
     assert report.failed == [] and report.analysed == len(inputs)
@@ -120,7 +124,7 @@ def test_client_entry_identical_and_killed_worker_loses_no_rows(inputs, serial, 
     cohort.wait_for_workers(client, 2)  # the nanny restarts it for the next test
 
 
-def test_resume_after_killed_run(inputs, serial, tmp_path, capsys):
+def test_resume_after_killed_run(inputs, serial, tmp_path):
     class Killed(Exception):
         pass
 
@@ -130,25 +134,24 @@ def test_resume_after_killed_run(inputs, serial, tmp_path, capsys):
 
     with pytest.raises(Killed):
         count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv",
-                     settings=CountSettings(device="cpu", tile_size=TILE),
+                     settings=SETTINGS,
                      progress=die_after_two)
     assert not (tmp_path / "cells.csv").exists()
     assert len(list((tmp_path / "cells.csv.parts").glob("*.done"))) == 2
     assert _count(inputs, tmp_path, "--resume") == 0
-    assert "images analysed (2 from earlier parts)" not in capsys.readouterr().err  # --quiet
     assert _bytes(tmp_path) == serial
     cells = pd.read_csv(tmp_path / "cells.csv")
     assert not cells.duplicated(["image", "cell_id"]).any()
     # Resuming a complete run only re-assembles: same bytes, nothing analysed.
     report = count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv",
-                          settings=CountSettings(device="cpu", tile_size=TILE), resume=True)
+                          settings=SETTINGS, resume=True)
     assert (report.resumed, report.analysed) == (len(inputs), 0)
     assert _bytes(tmp_path) == serial
 
 
 def test_resume_refuses_other_settings(inputs, tmp_path, capsys):
     count_cohort(inputs[:1], tmp_path / "cells.csv", tmp_path / "counts.csv",
-                 settings=CountSettings(device="cpu"))
+                 settings=SETTINGS)
     assert _count(inputs[:1], tmp_path, "--resume", "--min-confidence", "0.9") == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "Traceback" not in err
@@ -163,7 +166,7 @@ def test_full_disk_keeps_what_was_written(inputs, serial, tmp_path, monkeypatch,
 
     def full_disk(df, path):
         calls.append(path)
-        if len(calls) == 5:  # the third image's cells part
+        if len(calls) == 3:  # the second image's cells part
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(df, path)
 
@@ -172,7 +175,7 @@ def test_full_disk_keeps_what_was_written(inputs, serial, tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "No space left on device" in err and "--resume" in err and "Traceback" not in err
     assert (out / "cells.csv").read_bytes() == b"earlier run\n"  # not replaced
-    assert len(list((out / "cells.csv.parts").glob("*.done"))) == 2
+    assert len(list((out / "cells.csv.parts").glob("*.done"))) == 1
     monkeypatch.setattr(cohort, "write_csv_atomic", real)
     assert _count(inputs, out, "--resume") == 0
     assert _bytes(out) == serial
