@@ -71,7 +71,7 @@ def client():
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=50) as lc, Client(lc) as c:
+                      dashboard_address=":0", silence_logs=50) as lc, Client(lc) as c:
         yield c
 
 

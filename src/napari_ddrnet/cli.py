@@ -148,16 +148,22 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
     except (WeightsError, ValueError) as exc:
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
         return 2
-    bar = tqdm(total=len(files), desc="tasks", unit="task",
-               disable=args.quiet or (len(files) < 2 and not (args.workers or args.scheduler)))
+    bars = []  # made once connected: no bar is drawn for a scheduler that cannot be reached
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=total, desc="tasks", unit="task", disable=args.quiet or (
+                len(files) < 2 and not (args.workers or args.scheduler))))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
 
     def write(msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
+
+    def close_bar() -> None:
+        for bar in bars:
+            bar.close()
 
     try:
         with cluster(args.workers, args.scheduler) as client:
@@ -165,10 +171,10 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
                                   settings=settings, resume=args.resume,
                                   parts_dir=args.parts_dir, progress=progress, warn=write)
     except CohortError as exc:
-        bar.close()
+        close_bar()
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
         return 2
-    bar.close()
+    close_bar()
     if not args.quiet:
         resumed = f" ({report.resumed} from earlier parts)" if report.resumed else ""
         print(f"{len(files) - len(report.failed)}/{len(files)} images analysed{resumed}, "

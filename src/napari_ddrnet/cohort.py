@@ -368,6 +368,12 @@ def cluster(workers: int | None = None, scheduler: str | None = None,
     if workers is not None and scheduler is not None:
         raise CohortError("give either --workers or --scheduler, not both")
     with contextlib.ExitStack() as stack:
+        # distributed logs tracebacks for retried connections and workers closing at shutdown;
+        # the caller reports what matters in one line (CohortError), so keep its logs quiet.
+        for name in ("distributed", "tornado"):
+            log = logging.getLogger(name)
+            stack.callback(log.setLevel, log.level)
+            log.setLevel(logging.CRITICAL)
         try:
             if scheduler is not None:
                 client = Client(scheduler, timeout=timeout)
@@ -375,8 +381,8 @@ def cluster(workers: int | None = None, scheduler: str | None = None,
                 if workers < 1:
                     raise CohortError("--workers must be at least 1")
                 lc = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                                  processes=True, dashboard_address=None,
-                                  silence_logs=logging.ERROR)
+                                  processes=True, dashboard_address=":0",
+                                  silence_logs=logging.CRITICAL)
                 stack.enter_context(lc)
                 client = Client(lc, timeout=timeout)
         except CohortError:
