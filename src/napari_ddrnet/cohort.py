@@ -212,14 +212,12 @@ def image_task(name: str, settings: CountSettings):
     Expected failures (unreadable file, bad image) come back as a value, not an exception, so
     dask does not retry them and the other images go on.
     """
-    import dask
-
     from .image_input import ImageInputError
 
     # Lazy slides are dask arrays over the file: read their sample windows in this thread,
     # not by submitting a graph (with the file's handle in it) to the cluster from a task.
     try:
-        with dask.config.set(scheduler="synchronous"):
+        with _synchronous_dask():
             return _analyse_or_plan(name, settings)
     except (ImageInputError, ValueError, MemoryError, OSError) as exc:
         return _Failed(name, str(exc))
@@ -245,15 +243,25 @@ def _analyse_or_plan(name: str, settings: CountSettings):
 
 def tile_task(name: str, plan, index: int, settings: CountSettings):
     """Task for one tile of a planned slide: its cells (slide coordinates) and probabilities."""
-    import dask
-
     from .pipeline import analyze_tile
 
     clf = worker_classifier(settings)
     # The slide is a dask array over the file: read the window in this thread, not by
     # submitting a graph to the cluster from inside a task.
-    with dask.config.set(scheduler="synchronous"):
+    with _synchronous_dask():
         return analyze_tile(_open_slide(name), plan, index, clf)
+
+
+@contextlib.contextmanager
+def _synchronous_dask():
+    """Compute dask arrays in the calling thread (inside a task: on purpose, so silently)."""
+    import warnings
+
+    import dask
+
+    with dask.config.set(scheduler="synchronous"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Running on a single-machine scheduler")
+        yield
 
 
 # --- client side -------------------------------------------------------------------------
@@ -535,13 +543,15 @@ def _run_serial(client, todo, settings, finish, fail, progress) -> int:
 
 def _run_distributed(client, todo, settings, finish, fail, progress) -> int:
     """Tasks on the cluster; results are written as they arrive, in any order."""
-    from distributed import as_completed
-    from distributed.client import FutureCancelledError
+    import asyncio
+    import concurrent.futures
 
-    try:
-        from distributed import KilledWorker
-    except ImportError:  # pragma: no cover - older layout
-        from distributed.scheduler import KilledWorker
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    # A future cancelled under us (cluster lost): concurrent.futures.CancelledError (newer
+    # distributed raises its FutureCancelledError subclass), asyncio's in some old paths.
+    cancelled = (asyncio.CancelledError, concurrent.futures.CancelledError)
 
     start, add = _assembler(settings)
     # Settings travel once to the cluster, not pickled into every tile task.
@@ -558,7 +568,7 @@ def _run_distributed(client, todo, settings, finish, fail, progress) -> int:
             except KilledWorker as exc:
                 raise CohortError(f"workers died repeatedly while analysing {name} "
                                   f"({exc}); out of memory?") from exc
-            except (FutureCancelledError, OSError) as exc:
+            except (*cancelled, OSError) as exc:
                 raise CohortError(f"lost the cluster while analysing {name}: {exc}") from exc
             done += 1
             if isinstance(item, _Planned):
