@@ -81,6 +81,12 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used (user + system): work done, whatever the load."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _matched(cells: pd.DataFrame, truth: pd.DataFrame, radius_px: float = 40.0) -> int:
     """Placed white cells with a found cell's centroid within ``radius_px``."""
     from scipy.spatial import cKDTree
@@ -110,6 +116,7 @@ def run_slide(path: Path, truth: pd.DataFrame, workers: int, tile: int, out: Pat
                        for w in client.nthreads()])
         start_s = time.perf_counter() - t0
         load_before = os.getloadavg()[0]
+        cpu0 = client.run(_cpu_s)
         cells_csv = out / f"cells_{workers}w_{tile}.csv"
         t = time.perf_counter()
         with get_task_stream(client) as ts:
@@ -119,6 +126,8 @@ def run_slide(path: Path, truth: pd.DataFrame, workers: int, tile: int, out: Pat
         wall = time.perf_counter() - t
         load_after = os.getloadavg()[0]
         rss = client.run(_rss_mb)
+        cpu = client.run(_cpu_s)
+        cpu_s = sum(cpu[w] - cpu0.get(w, 0.0) for w in cpu)
         busy = sum(ss["stop"] - ss["start"] for task in ts.data for ss in task["startstops"]
                    if ss["action"] == "compute")
         n_tasks = len(ts.data)
@@ -138,7 +147,7 @@ def run_slide(path: Path, truth: pd.DataFrame, workers: int, tile: int, out: Pat
     return {"megapixels": round(h * w / 1e6, 1), "workers": workers, "tile": tile,
             "tasks": n_tasks, "cluster_start_s": round(start_s, 1), "seconds": round(wall, 1),
             "s_per_mp": round(wall / (h * w / 1e6), 3),
-            "busy_s": round(busy, 1),
+            "busy_s": round(busy, 1), "worker_cpu_s": round(cpu_s, 1),
             "overhead_pct": round(100 * idle / (workers * wall), 1),
             "overhead_ms_per_task": round(1000 * idle / max(1, n_tasks), 1),
             "read_per_px": round(read_px / (h * w), 2),
@@ -184,12 +193,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tile", type=int, default=2048, help="tile for the medium and big runs")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--tmp", type=Path, default=None, help="folder for the slides (GBs)")
+    ap.add_argument("--tag", default="cohort", help="results file name (<tag>.json)")
     args = ap.parse_args(argv)
-    payload: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    payload: dict = {"machine": machine(), "loadavg_at_start": os.getloadavg(),
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                      "args": {k: str(v) for k, v in vars(args).items()}}
 
     def save():
-        write_json(args.out / "cohort.json", payload)
+        write_json(args.out / f"{args.tag}.json", payload)
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
@@ -220,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
             payload["medium_speedup"] = round(rows[0]["seconds"] / rows[1]["seconds"], 2)
             payload["medium_identical"] = rows[0]["cells_sha256"] == rows[1]["cells_sha256"]
             print_table(rows, ["megapixels", "workers", "tasks", "seconds", "s_per_mp",
-                               "overhead_pct", "peak_rss_mb_per_worker", "wbc_found",
-                               "wbc_matched", "wbc_placed", "cells_sha256"])
+                               "worker_cpu_s", "overhead_pct", "peak_rss_mb_per_worker",
+                               "wbc_found", "wbc_matched", "wbc_placed", "cells_sha256"])
             print(f"speed-up 1 -> 2 workers: {payload['medium_speedup']}x (target >= 1.6); "
                   f"identical CSVs: {payload['medium_identical']}", flush=True)
             save()
