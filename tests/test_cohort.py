@@ -121,6 +121,9 @@ def test_client_entry_identical_and_killed_worker_loses_no_rows(inputs, serial, 
     assert killed, "no worker was busy to kill"
     assert report.failed == [] and report.analysed == len(inputs)
     assert _bytes(tmp_path) == serial
+    # One classifier per worker process, however many tasks it ran (the restarted one may
+    # have run none).
+    assert set(client.run(lambda: len(cohort._CLASSIFIERS)).values()) <= {0, 1}
     cohort.wait_for_workers(client, 2)  # the nanny restarts it for the next test
 
 
