@@ -197,3 +197,23 @@ def test_usage_errors(inputs, tmp_path, capsys):
     assert _count(inputs[:1], tmp_path, "--workers", "2", "--scheduler", "tcp://x:1") == 2
     assert _count(inputs[:1], tmp_path, "--single-cell", "--workers", "2") == 2
     assert "--single-cell" in capsys.readouterr().err
+
+
+def test_corrupt_tile_fails_only_that_slide(inputs, serial, tmp_path, monkeypatch):
+    from napari_ddrnet import pipeline
+
+    real = pipeline.analyze_tile
+
+    def broken(image, plan, index, classifier):
+        if index == 3:
+            raise OSError("corrupt tile")
+        return real(image, plan, index, classifier)
+
+    monkeypatch.setattr(pipeline, "analyze_tile", broken)
+    warnings = []
+    report = count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv",
+                          settings=SETTINGS, warn=warnings.append)
+    assert report.failed == [(inputs[-1], "tile 3: corrupt tile")]
+    assert any("skipped" in w and "corrupt tile" in w for w in warnings)
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert cells["image"].drop_duplicates().tolist() == inputs[:-1]  # no partial slide

@@ -243,13 +243,19 @@ def _analyse_or_plan(name: str, settings: CountSettings):
 
 def tile_task(name: str, plan, index: int, settings: CountSettings):
     """Task for one tile of a planned slide: its cells (slide coordinates) and probabilities."""
+    from .image_input import ImageInputError
     from .pipeline import analyze_tile
 
     clf = worker_classifier(settings)
     # The slide is a dask array over the file: read the window in this thread, not by
     # submitting a graph to the cluster from inside a task.
-    with _synchronous_dask():
-        return analyze_tile(_open_slide(name), plan, index, clf)
+    try:
+        with _synchronous_dask():
+            return analyze_tile(_open_slide(name), plan, index, clf)
+    except (ImageInputError, ValueError, MemoryError, OSError) as exc:  # e.g. a corrupt tile
+        return _Failed(name, f"tile {index}: {exc}")
+    except Exception as exc:  # one bad slide must not stop the cohort
+        return _Failed(name, f"tile {index}: unexpected {type(exc).__name__}: {exc}")
 
 
 @contextlib.contextmanager
@@ -503,7 +509,14 @@ def _assembler(settings: CountSettings):
         pending[item.name] = (item.plan, [])
         return len(item.plan.tiles)
 
-    def add(name: str, tile) -> _Done | None:
+    def add(name: str, tile) -> _Done | _Failed | None:
+        """The slide's rows once its last tile is in; a failed tile fails the whole slide
+        (no partial slide is ever written); ``None`` while tiles are outstanding."""
+        if name not in pending:  # the slide already failed: ignore its other tiles
+            return None
+        if isinstance(tile, _Failed):
+            del pending[name]
+            return tile
         plan, got = pending[name]
         got.append(tile)
         if len(got) < len(plan.tiles):
@@ -530,6 +543,10 @@ def _run_serial(client, todo, settings, finish, fail, progress) -> int:
                 done += 1
                 if progress:
                     progress(done, total)
+                if isinstance(out, _Failed):
+                    fail(out)
+                    total -= len(item.plan.tiles) - i - 1  # its other tiles are not run
+                    break
                 if out is not None:
                     finish(out)
         elif isinstance(item, _Failed):
@@ -554,7 +571,7 @@ def _run_distributed(client, todo, settings, finish, fail, progress) -> int:
     cancelled = (asyncio.CancelledError, concurrent.futures.CancelledError)
 
     start, add = _assembler(settings)
-    # Settings travel once to the cluster, not pickled into every tile task.
+    # Keys name the image (and tile) on the dashboard; pure=False: a rerun recomputes.
     futures = [client.submit(image_task, n, settings, key=f"image-{part_key(n)}", pure=False)
                for n in todo]
     meta = {f.key: n for f, n in zip(futures, todo)}
@@ -571,7 +588,14 @@ def _run_distributed(client, todo, settings, finish, fail, progress) -> int:
             except (*cancelled, OSError) as exc:
                 raise CohortError(f"lost the cluster while analysing {name}: {exc}") from exc
             done += 1
-            if isinstance(item, _Planned):
+            if str(fut.key).startswith("tile-"):
+                out = add(name, item)
+                if isinstance(out, _Failed):
+                    fail(out)
+                elif out is not None:
+                    finish(out)
+            elif isinstance(item, _Planned):
+                # The plan goes to the cluster once, not pickled into each of its tiles.
                 plan_f = client.scatter(item.plan, hash=False)
                 n = start(item)
                 total += n
@@ -582,12 +606,8 @@ def _run_distributed(client, todo, settings, finish, fail, progress) -> int:
                 queue.update(tiles)
             elif isinstance(item, _Failed):
                 fail(item)
-            elif isinstance(item, _Done):
+            else:
                 finish(item)
-            else:  # a tile
-                out = add(name, item)
-                if out is not None:
-                    finish(out)
             fut.release()
             if progress:
                 progress(done, total)
