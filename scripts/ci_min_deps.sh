@@ -30,7 +30,7 @@ stage "installing napari-ddrnet[training] and pytest at the minimum versions"
 pip_q -c ci/min-versions.txt ".[training]" pytest
 
 stage "installed (direct dependencies at their minimum):"
-"$VPY" -m pip freeze | grep -i -E '^(numpy|scipy|pandas|scikit-image|scikit-learn|pillow|tifffile|imagecodecs|dask|zarr|numcodecs|torch|torchvision|torchmetrics|safetensors|tqdm|magicgui|qtpy|npe2|matplotlib|pytest)=='
+"$VPY" -m pip freeze | grep -i -E '^(numpy|scipy|pandas|scikit-image|scikit-learn|pillow|tifffile|imagecodecs|dask|distributed|zarr|numcodecs|torch|torchvision|torchmetrics|safetensors|tqdm|magicgui|qtpy|npe2|matplotlib|pytest)=='
 
 # Every pin installed exactly, and every pinned package's ">=" bound in pyproject.toml equal to it.
 "$VPY" - <<'EOF'
@@ -134,5 +134,5 @@ EOF
 
 stage "core tests at the minimum versions"
 "$VPY" -m pytest tests/test_segmentation.py tests/test_pipeline.py tests/test_cli_io.py \
-  tests/test_model.py -q -p no:cacheprovider
+  tests/test_model.py tests/test_cohort.py -q -p no:cacheprovider
 stage "ci_min_deps: passed"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["analyze", "AnalysisResult", "__version__"]
+__all__ = ["analyze", "AnalysisResult", "count_cohort", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "count_cohort":  # many images, serially or on a dask Client
+        from . import cohort
+
+        return cohort.count_cohort
     raise AttributeError(name)

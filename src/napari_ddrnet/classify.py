@@ -14,6 +14,10 @@ from .model import fuse_for_inference
 from .preprocess import crops_to_tensor
 from .weights import ModelBundle, load_bundle
 
+#: Smallest batch a forward pass sees: CPU kernels for batches of 1-5 crops round
+#: differently from larger ones (last bit), so shorter chunks are padded to this size.
+MIN_FORWARD_BATCH = 8
+
 __all__ = ["Classifier", "check_min_confidence", "probabilities_to_table", "resolve_device"]
 
 
@@ -115,7 +119,15 @@ class Classifier:
 
             crops = reinhard_normalize(crops, source_mean_std=self.lab_colour)
         for i in range(0, n, self.batch_size):
-            x = crops_to_tensor(crops[i:i + self.batch_size], self.device, self.bundle.mean,
+            chunk = crops[i:i + self.batch_size]
+            m = len(chunk)
+            if m < MIN_FORWARD_BATCH:
+                # CPU kernels for tiny batches round differently: pad with blank crops so a
+                # crop's probabilities do not depend on how crops were batched (a tile's few
+                # cells classified alone give the bits a whole-slide batch gives).
+                pad = np.zeros((MIN_FORWARD_BATCH - m, *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            x = crops_to_tensor(chunk, self.device, self.bundle.mean,
                                 self.bundle.std).contiguous(memory_format=torch.channels_last)
             views = _dihedral(x) if self.tta else [x]
             probs = 0
@@ -124,7 +136,7 @@ class Classifier:
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                     logits = self.model(v.contiguous(memory_format=torch.channels_last))
                 probs = probs + torch.softmax(logits.float(), 1)
-            out[i:i + len(x)] = (probs / len(views)).cpu().numpy()
+            out[i:i + m] = (probs / len(views))[:m].cpu().numpy()
         return out
 
     def classify(self, crops: np.ndarray,

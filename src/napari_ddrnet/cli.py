@@ -6,10 +6,14 @@
     napari-ddrnet count IMAGE_OR_DIR... --cells-csv CELLS.csv --counts-csv COUNTS.csv
         [--pixel-size UM] [--device auto|cpu|cuda|mps] [--batch-size N] [--min-confidence P]
         [--single-cell] [--new-lab] [--weights MODEL.safetensors] [--no-tta]
+        [--workers N | --scheduler ADDRESS] [--resume] [--parts-dir DIR] [--tile-size PX]
 
 A file that cannot be read or analysed is reported on stderr and skipped; the others finish.
-The exit code is 1 when any file failed, 2 for unusable arguments or weights. CSVs are written
-atomically, so a crash never leaves a partial file.
+The exit code is 1 when any file failed, 2 for unusable arguments or weights, an unreachable
+scheduler, workers dying repeatedly or an unwritable output (results already written are
+kept). CSVs are written atomically, so a crash never leaves a partial file. Each image's rows
+go to the parts folder as it finishes (napari_ddrnet.cohort); ``--resume`` skips the images
+complete there.
 
 ``adapt`` contract (see docs/adaptation.md)::
 
@@ -114,10 +118,79 @@ def _single_cell_results(files, classifier, args, failed, write):
 
 
 def _count(args: argparse.Namespace) -> int:
+    from .image_io import list_images
+
+    whole_run = args.single_cell or args.new_lab
+    if whole_run and (args.workers or args.scheduler or args.resume):
+        mode = "--single-cell" if args.single_cell else "--new-lab"
+        print(f"napari-ddrnet: error: {mode} works on the whole run in one process: it cannot "
+              "be combined with --workers, --scheduler or --resume", file=sys.stderr)
+        return 2
+    files = list_images(args.inputs)
+    if not files:
+        print("napari-ddrnet: error: no image files found in the inputs", file=sys.stderr)
+        return 2
+    if not whole_run:
+        return _count_cohort(files, args)
+    return _count_whole_run(files, args)
+
+
+def _count_cohort(files, args: argparse.Namespace) -> int:
+    """Fields and slides, serially or on dask.distributed, restartable (napari_ddrnet.cohort)."""
+    from tqdm import tqdm
+
+    from .cohort import CohortError, CountSettings, cluster, count_cohort, worker_classifier
+    from .weights import WeightsError
+
+    settings = CountSettings(pixel_size_um=args.pixel_size, min_confidence=args.min_confidence,
+                             weights=None if args.weights is None else str(args.weights),
+                             device=args.device, batch_size=args.batch_size,
+                             tta=not args.no_tta, tile_size=args.tile_size)
+    try:
+        worker_classifier(settings)  # bad weights fail here, before any cluster starts
+    except (WeightsError, ValueError) as exc:
+        print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
+        return 2
+    bars = []  # made once connected: no bar is drawn for a scheduler that cannot be reached
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="tasks", unit="task", disable=args.quiet or (
+                len(files) < 2 and not (args.workers or args.scheduler))))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
+
+    def write(msg: str) -> None:
+        tqdm.write(msg, file=sys.stderr)
+
+    def close_bar() -> None:
+        for bar in bars:
+            bar.close()
+
+    try:
+        with cluster(args.workers, args.scheduler) as client:
+            report = count_cohort(files, args.cells_csv, args.counts_csv, client=client,
+                                  settings=settings, resume=args.resume,
+                                  parts_dir=args.parts_dir, progress=progress, warn=write)
+    except CohortError as exc:
+        close_bar()
+        print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
+        return 2
+    close_bar()
+    if not args.quiet:
+        resumed = f" ({report.resumed} from earlier parts)" if report.resumed else ""
+        print(f"{len(files) - len(report.failed)}/{len(files)} images analysed{resumed}, "
+              f"{report.cells} cells; wrote {args.cells_csv} and {args.counts_csv}",
+              file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _count_whole_run(files, args: argparse.Namespace) -> int:
+    """--single-cell (crops batched across images) and --new-lab (adapts on all cells)."""
     from tqdm import tqdm
 
     from .classify import Classifier
-    from .image_io import list_images
     from .weights import WeightsError
 
     try:
@@ -125,10 +198,6 @@ def _count(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size, tta=not args.no_tta)
     except (WeightsError, ValueError) as exc:
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
-        return 2
-    files = list_images(args.inputs)
-    if not files:
-        print("napari-ddrnet: error: no image files found in the inputs", file=sys.stderr)
         return 2
     bar = tqdm(total=len(files), desc="images", unit="image",
                disable=len(files) < 2 or args.quiet)
@@ -316,6 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", type=Path, default=None, metavar="MODEL.safetensors",
                    help="classifier weights (with their .json card beside them); default: the "
                         "shipped model")
+    c.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run on a local dask cluster of N worker processes (one thread each)")
+    c.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing dask cluster, e.g. tcp://head:8786 (the workers "
+                        "must see the images at the same paths)")
+    c.add_argument("--resume", action="store_true",
+                   help="skip images already complete in the parts folder (a killed run "
+                        "restarts where it stopped)")
+    c.add_argument("--parts-dir", type=Path, default=None, metavar="DIR",
+                   help="per-image results, written as each image finishes (default: "
+                        "CELLS.csv.parts beside the cells CSV)")
+    c.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                   help="tile side for large slides (default 2048; each tile is one task)")
     c.add_argument("--quiet", action="store_true")
     a = sub.add_parser("adapt", help="fine-tune the classifier on reviewed cells of your lab")
     a.add_argument("--cells-csv", required=True, type=Path, nargs="+",
@@ -360,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
             check_min_confidence(args.min_confidence)
             if args.batch_size < 1:
                 raise ValueError("--batch-size must be at least 1")
+            if args.workers is not None and args.workers < 1:
+                raise ValueError("--workers must be at least 1")
+            if args.workers is not None and args.scheduler is not None:
+                raise ValueError("give either --workers or --scheduler, not both")
+            if args.tile_size is not None and args.tile_size < 64:
+                raise ValueError("--tile-size must be at least 64")
         except ValueError as exc:
             print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
             return 2

@@ -174,19 +174,13 @@ def iter_analyze(
     geo_parts, prob_parts, pending, kept = [], [], [], []
     n_pending = 0
     next_id = 1
-    for i, (r0, c0, r1, c1, k0, l0, k1, l1) in enumerate(tiles):
+    for i, (r0, c0, r1, c1, *_core) in enumerate(tiles):
         if rgb is not None:
             tile = rgb[r0:r1, c0:c1]
         else:
             tile = to_rgb_uint8(np.asarray(image[r0:r1, c0:c1]), vrange)
         seg = segment_wbc(tile, px, params, stats, pixel_size_source=px_info.source)
-        cells = seg.cells
-        if len(cells):
-            # Keep the cells whose centroid lies in this tile's core: each cell exactly once.
-            gr = cells["centroid_row"] + r0
-            gc = cells["centroid_col"] + c0
-            keep = ((gr >= k0) & (gr < k1) & (gc >= l0) & (gc < l1)).to_numpy()
-            cells = cells[keep].copy()
+        cells = _core_cells(seg.cells, tiles[i])
         if len(cells):
             pending.append(crop_cells(tile, cells, px, classifier.input_size, stats.white,
                                       classifier.crop_fov_um))
@@ -203,12 +197,7 @@ def iter_analyze(
                     np.copyto(region, sub, where=sub > 0, casting="unsafe")
                     labels[r0:r1, c0:c1] = region
             cells["cell_id"] = new_ids
-            for col, off in (("centroid_row", r0), ("min_row", r0), ("max_row", r0),
-                             ("centroid_col", c0), ("min_col", c0), ("max_col", c0)):
-                cells[col] = cells[col] + off
-            cells["touches_border"] = ((cells["min_row"] == 0) | (cells["min_col"] == 0)
-                                       | (cells["max_row"] == h) | (cells["max_col"] == w))
-            geo_parts.append(cells)
+            geo_parts.append(_to_global(cells, r0, c0, h, w))
             next_id += len(cells)
         # Classify in full batches across tiles; crops never pile up for a whole slide.
         if n_pending >= classifier.batch_size:
@@ -234,6 +223,156 @@ def iter_analyze(
     return AnalysisResult(cells, counts_table(cells["class"]), labels, px_info,
                           tuple(classifier.classes),
                           crops=_kept_crops(kept, classifier) if keep_crops else None)
+
+
+def _core_cells(cells: pd.DataFrame, tile) -> pd.DataFrame:
+    """The cells of a tile whose centroid lies in its core: each cell of a slide exactly once."""
+    if not len(cells):
+        return cells
+    r0, c0, _, _, k0, l0, k1, l1 = tile
+    gr = cells["centroid_row"] + r0
+    gc = cells["centroid_col"] + c0
+    keep = ((gr >= k0) & (gr < k1) & (gc >= l0) & (gc < l1)).to_numpy()
+    return cells[keep].copy()
+
+
+def _to_global(cells: pd.DataFrame, r0: int, c0: int, h: int, w: int) -> pd.DataFrame:
+    """Tile geometry shifted to image coordinates, ``touches_border`` against the image."""
+    for col, off in (("centroid_row", r0), ("min_row", r0), ("max_row", r0),
+                     ("centroid_col", c0), ("min_col", c0), ("max_col", c0)):
+        cells[col] = cells[col] + off
+    cells["touches_border"] = ((cells["min_row"] == 0) | (cells["min_col"] == 0)
+                               | (cells["max_row"] == h) | (cells["max_col"] == w))
+    return cells
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """Everything the tiles of one lazy slide share, so they can be analysed apart.
+
+    Made by :func:`plan_slide` from a few sample windows; small and picklable (it is sent with
+    every tile task of :mod:`napari_ddrnet.cohort`).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the slide.
+    pixel_size : PixelSize
+        Pixel size used for every tile.
+    vrange : tuple or None
+        Value range every tile is scaled by to ``uint8`` (``None``: already ``uint8``-ready).
+    stats : FieldStats
+        White point, red-cell colour and nucleus threshold from the sample windows.
+    tiles : tuple of tuple
+        ``(r0, c0, r1, c1, core_r0, core_c0, core_r1, core_c1)`` per tile, in the serial order.
+    params : SegmentationParams or None
+        Segmentation parameters.
+    """
+
+    shape: tuple[int, int]
+    pixel_size: PixelSize
+    vrange: tuple | None
+    stats: object
+    tiles: tuple
+    params: SegmentationParams | None = None
+
+
+@dataclass
+class TileCells:
+    """What :func:`analyze_tile` returns for one tile.
+
+    Attributes
+    ----------
+    index : int
+        The tile's position in :attr:`SlidePlan.tiles`.
+    cells : pandas.DataFrame
+        Geometry of the tile's core cells in slide coordinates; ``cell_id`` numbered from 1
+        within the tile (renumbered by :func:`assemble_tiles`).
+    probs : numpy.ndarray
+        ``(n, n_classes)`` class probabilities of those cells, same order.
+    """
+
+    index: int
+    cells: pd.DataFrame
+    probs: np.ndarray
+
+
+def plan_slide(image, pixel_size_um: float | None = None, *, crop_fov_um: float = 0.0,
+               pixel_size_metadata: float | None = None, tile_size: int | None = None,
+               params: SegmentationParams | None = None) -> SlidePlan:
+    """The tiling and shared statistics :func:`iter_analyze` would use for a lazy ``image``.
+
+    Parameters
+    ----------
+    image : array-like
+        Lazy ``(H, W, C)`` array (dask, zarr), as :func:`napari_ddrnet.image_io.read_image`
+        returns for large TIFFs.
+    pixel_size_um, pixel_size_metadata, tile_size, params
+        As for :func:`analyze`.
+    crop_fov_um : float
+        The classifier's crop field of view (``Classifier.crop_fov_um``); sets the overlap.
+
+    Returns
+    -------
+    SlidePlan
+    """
+    if isinstance(image, np.ndarray):
+        raise ValueError("plan_slide is for lazy arrays; analyse numpy images with analyze()")
+    check_rgb_shape(tuple(image.shape))
+    windows = sample_windows(image)
+    vrange = value_range(windows)
+    sample = np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1)
+    px_info = resolve_pixel_size(image, given=pixel_size_um, metadata=pixel_size_metadata)
+    h, w = image.shape[:2]
+    tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px_info.um, crop_fov_um))
+    return SlidePlan((h, w), px_info, vrange, field_statistics(sample, params), tuple(tiles),
+                     params)
+
+
+def analyze_tile(image, plan: SlidePlan, index: int, classifier: Classifier) -> TileCells:
+    """Segment, crop and classify tile ``index`` of ``plan``; the cells its core owns.
+
+    ``image`` is the slide (any array-like; only the tile's window is read). Together with
+    :func:`assemble_tiles` this gives the cells, ids and row order of :func:`analyze`'s tiled
+    run, with each tile analysable in a different process.
+    """
+    h, w = plan.shape
+    r0, c0, r1, c1 = plan.tiles[index][:4]
+    px = plan.pixel_size.um
+    tile = to_rgb_uint8(np.asarray(image[r0:r1, c0:c1]), plan.vrange)
+    seg = segment_wbc(tile, px, plan.params, plan.stats, pixel_size_source=plan.pixel_size.source)
+    cells = _core_cells(seg.cells, plan.tiles[index])
+    if not len(cells):
+        return TileCells(index, empty_geometry(),
+                         np.zeros((0, len(classifier.classes)), np.float32))
+    crops = crop_cells(tile, cells, px, classifier.input_size, plan.stats.white,
+                       classifier.crop_fov_um)
+    probs = classifier.predict_proba(crops)
+    cells["cell_id"] = np.arange(1, len(cells) + 1)
+    return TileCells(index, _to_global(cells, r0, c0, h, w), probs)
+
+
+def assemble_tiles(plan: SlidePlan, parts, classes, min_confidence: float =
+                   DEFAULT_MIN_CONFIDENCE) -> AnalysisResult:
+    """One slide's :class:`AnalysisResult` from the :class:`TileCells` of all its tiles.
+
+    ``parts`` may come in any order; they are put in tile order and the cells numbered
+    1..N in that order, as :func:`iter_analyze` numbers them. ``labels`` is ``None``.
+    """
+    check_min_confidence(min_confidence)
+    parts = sorted(parts, key=lambda p: p.index)
+    if [p.index for p in parts] != list(range(len(plan.tiles))):
+        raise ValueError(f"assemble_tiles needs every tile of the plan once: got "
+                         f"{len(parts)} parts for {len(plan.tiles)} tiles")
+    geo_parts = [p.cells for p in parts if len(p.cells)]
+    geo = pd.concat(geo_parts, ignore_index=True) if geo_parts else empty_geometry()
+    geo["cell_id"] = np.arange(1, len(geo) + 1)
+    probs = (np.concatenate([p.probs for p in parts]) if parts
+             else np.zeros((0, len(classes)), np.float32))
+    pred = probabilities_to_table(probs, classes, min_confidence)
+    cells = with_geometry_dtypes(pd.concat([geo.reset_index(drop=True), pred], axis=1))
+    return AnalysisResult(cells, counts_table(cells["class"]), None, plan.pixel_size,
+                          tuple(classes))
 
 
 def _kept_crops(kept: list[np.ndarray], classifier: Classifier) -> np.ndarray:
@@ -287,4 +426,5 @@ def _tiles(h: int, w: int, size: int, overlap: int):
     return out
 
 
-__all__ = ["AnalysisResult", "analyze", "count_steps", "iter_analyze", "reclassify"]
+__all__ = ["AnalysisResult", "SlidePlan", "TileCells", "analyze", "analyze_tile", "assemble_tiles",
+           "count_steps", "iter_analyze", "plan_slide", "reclassify"]

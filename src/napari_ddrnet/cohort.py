@@ -1,0 +1,631 @@
+"""Cohorts: many images, and the tiles of large slides, on dask.distributed (Qt-free).
+
+:func:`count_cohort` analyses a list of images serially in this process (``client=None``) or on
+a dask cluster, writes each image's rows to part files as soon as it is done, then assembles
+the cells and counts CSVs in input order. The rows, their order and the cell ids are the same
+with or without a cluster, and the CSVs byte-identical (the same tasks run either way).
+
+Layout of the parts folder (default ``<CELLS.csv>.parts/``, see docs/csv-formats.md)::
+
+    cohort.json           settings that change results; --resume refuses other settings
+    <key>.cells.csv       one image's CELLS.csv rows (with header), written atomically
+    <key>.counts.csv      its COUNTS.csv rows
+    <key>.done            written last: the image is complete
+
+``<key>`` is a hash of the image name as given. A killed run restarted with ``resume=True``
+skips every image with a ``.done`` marker, so no row is duplicated or lost.
+
+Work units: a field (an in-memory image) is one task, analysed whole by
+:func:`napari_ddrnet.pipeline.analyze`. A lazy slide (a large or pyramidal TIFF) is planned by
+one task (:func:`napari_ddrnet.pipeline.plan_slide`), then each of its tiles is a task that
+reads only its window from the file (:func:`~napari_ddrnet.pipeline.analyze_tile`); the client
+puts the tiles back together (:func:`~napari_ddrnet.pipeline.assemble_tiles`). Workers must see
+the image files at the same paths. The classifier is loaded once per worker process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .classes import DEFAULT_MIN_CONFIDENCE
+from .report import COUNT_COLUMNS, csv_tables, write_csv_atomic
+from .schema import cells_csv_columns
+
+PARTS_VERSION = 1
+#: Files of the parts folder a fresh run may delete (nothing else there is touched).
+_PART_NAME = re.compile(r"[0-9a-f]{16}\.(cells\.csv|counts\.csv|done)")
+#: How long to wait for a scheduler given by address before giving up, seconds.
+CONNECT_TIMEOUT_S = 10.0
+
+
+class CohortError(RuntimeError):
+    """A cohort run cannot go on (no cluster, workers dying, output not writable, resume
+    mismatch). Parts already written are kept; the message says how to continue."""
+
+
+@dataclass(frozen=True)
+class CountSettings:
+    """How each image is analysed (the CLI ``count`` options).
+
+    Attributes
+    ----------
+    pixel_size_um : float or None
+        Micrometres per pixel; ``None``: file metadata, else estimated.
+    min_confidence : float
+        Cells below this top probability are ``unidentified``.
+    weights : str or None
+        Classifier weights file; ``None``: the shipped model.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``mps`` (on each worker).
+    batch_size : int
+        Crops per forward pass.
+    tta : bool
+        Average the 8 rotations/flips of each crop.
+    tile_size : int or None
+        Tile core side for slides (default :data:`napari_ddrnet.pipeline.TILE_SIZE`); also
+        forces in-memory images to be tiled, as for :func:`~napari_ddrnet.pipeline.analyze`.
+    """
+
+    pixel_size_um: float | None = None
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    weights: str | None = None
+    device: str = "auto"
+    batch_size: int = 64
+    tta: bool = True
+    tile_size: int | None = None
+
+    def fingerprint(self) -> dict:
+        """The settings that change the rows (device and batch size do not)."""
+        d = asdict(self)
+        d.pop("device")
+        d.pop("batch_size")
+        return d
+
+
+@dataclass
+class CohortReport:
+    """What :func:`count_cohort` did.
+
+    Attributes
+    ----------
+    images : int
+        Images in the input list.
+    analysed : int
+        Images analysed in this run.
+    resumed : int
+        Images skipped because their parts were complete (``resume=True``).
+    failed : list of tuple
+        ``(image, reason)`` for images that could not be read or analysed (no rows).
+    cells : int
+        Rows of the cells CSV.
+    tasks : int
+        Tasks run (one per field, one plan plus one per tile for a slide).
+    parts_dir : Path
+        Folder of the per-image parts.
+    """
+
+    images: int
+    analysed: int = 0
+    resumed: int = 0
+    failed: list = field(default_factory=list)
+    cells: int = 0
+    tasks: int = 0
+    parts_dir: Path | None = None
+
+
+# --- worker side -------------------------------------------------------------------------
+
+_CLASSIFIERS: dict = {}
+_SLIDES: dict = {}
+
+
+def worker_classifier(settings: CountSettings):
+    """The classifier for ``settings``, loaded once per process and reused by every task.
+
+    In a dask worker torch gets one thread per task thread: the cluster, not torch, spreads
+    the work over the cores (two workers with two torch threads each would oversubscribe).
+    """
+    key = (settings.weights, settings.device, settings.batch_size, settings.tta)
+    clf = _CLASSIFIERS.get(key)
+    if clf is None:
+        from .classify import Classifier
+
+        if _in_dask_worker():
+            import torch
+
+            torch.set_num_threads(1)
+        clf = Classifier(weights=settings.weights, device=settings.device,
+                         batch_size=settings.batch_size, tta=settings.tta)
+        _CLASSIFIERS[key] = clf
+    return clf
+
+
+def _in_dask_worker() -> bool:
+    try:
+        from distributed import get_worker
+
+        get_worker()
+        return True
+    except (ImportError, ValueError):
+        return False
+
+
+def _open_slide(path: str):
+    """Level 0 of a lazy slide, opened once per process (tiles of one slide share it)."""
+    from .image_io import read_image
+
+    stamp = os.stat(path).st_mtime_ns
+    hit = _SLIDES.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    levels, _ = read_image(path)
+    if len(_SLIDES) >= 4:  # a few open slides at most: their handles hold file buffers
+        _SLIDES.pop(next(iter(_SLIDES)))
+    _SLIDES[path] = (stamp, levels[0])
+    return levels[0]
+
+
+@dataclass
+class _Done:
+    """An image's CSV rows (from a task or assembled from tiles)."""
+
+    name: str
+    cells: pd.DataFrame
+    counts: pd.DataFrame
+    pixel_size_source: str
+    note: str
+
+
+@dataclass
+class _Failed:
+    name: str
+    reason: str
+
+
+@dataclass
+class _Planned:
+    name: str
+    plan: object
+
+
+def _tables(name: str, result, classes) -> _Done:
+    cells_t, counts_t = csv_tables(name, result.cells, result.counts, classes,
+                                   result.pixel_size_um, result.pixel_size_source)
+    return _Done(name, cells_t, counts_t, result.pixel_size_source, result.pixel_size.note)
+
+
+def image_task(name: str, settings: CountSettings):
+    """Task for one input: a field analysed whole, or the plan of a lazy slide's tiles.
+
+    Expected failures (unreadable file, bad image) come back as a value, not an exception, so
+    dask does not retry them and the other images go on.
+    """
+    from .image_input import ImageInputError
+
+    # Lazy slides are dask arrays over the file: read their sample windows in this thread,
+    # not by submitting a graph (with the file's handle in it) to the cluster from a task.
+    try:
+        with _synchronous_dask():
+            return _analyse_or_plan(name, settings)
+    except (ImageInputError, ValueError, MemoryError, OSError) as exc:
+        return _Failed(name, str(exc))
+    except Exception as exc:  # one bad image must not stop the cohort
+        return _Failed(name, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _analyse_or_plan(name: str, settings: CountSettings):
+    from .image_io import read_image
+    from .pipeline import analyze, plan_slide
+
+    levels, file_px = read_image(name)
+    image = levels[0]
+    clf = worker_classifier(settings)
+    if isinstance(image, np.ndarray):
+        result = analyze(image, settings.pixel_size_um, clf, pixel_size_metadata=file_px,
+                         min_confidence=settings.min_confidence, return_labels=False,
+                         tile_size=settings.tile_size)
+        return _tables(name, result, clf.classes)
+    return _Planned(name, plan_slide(image, settings.pixel_size_um, crop_fov_um=clf.crop_fov_um,
+                                     pixel_size_metadata=file_px, tile_size=settings.tile_size))
+
+
+def tile_task(name: str, plan, index: int, settings: CountSettings):
+    """Task for one tile of a planned slide: its cells (slide coordinates) and probabilities."""
+    from .image_input import ImageInputError
+    from .pipeline import analyze_tile
+
+    clf = worker_classifier(settings)
+    # The slide is a dask array over the file: read the window in this thread, not by
+    # submitting a graph to the cluster from inside a task.
+    try:
+        with _synchronous_dask():
+            return analyze_tile(_open_slide(name), plan, index, clf)
+    except (ImageInputError, ValueError, MemoryError, OSError) as exc:  # e.g. a corrupt tile
+        return _Failed(name, f"tile {index}: {exc}")
+    except Exception as exc:  # one bad slide must not stop the cohort
+        return _Failed(name, f"tile {index}: unexpected {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _synchronous_dask():
+    """Compute dask arrays in the calling thread (inside a task: on purpose, so silently)."""
+    import warnings
+
+    import dask
+
+    with dask.config.set(scheduler="synchronous"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Running on a single-machine scheduler")
+        yield
+
+
+# --- client side -------------------------------------------------------------------------
+
+def part_key(name: str) -> str:
+    """File stem of an image's parts: a hash of its name as given."""
+    return hashlib.sha1(name.encode("utf-8")).hexdigest()[:16]
+
+
+class _Parts:
+    """The parts folder: per-image CSV parts, written atomically, and the final assembly."""
+
+    def __init__(self, folder: Path, settings: CountSettings, resume: bool):
+        self.folder = folder
+        manifest = {"version": PARTS_VERSION, "settings": settings.fingerprint()}
+        mpath = folder / "cohort.json"
+        if resume and mpath.is_file():
+            try:
+                old = json.loads(mpath.read_text())
+            except (OSError, ValueError) as exc:
+                raise CohortError(f"cannot read {mpath}: {exc}") from exc
+            if old != manifest:
+                raise CohortError(
+                    f"--resume: the parts in {folder} were made with other settings "
+                    f"({old.get('settings')}); run without --resume to start again")
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a fresh run: parts of an earlier run must not leak into this one
+            for p in folder.iterdir():
+                if _PART_NAME.fullmatch(p.name) or p.name == "cohort.json":
+                    p.unlink()
+        _write_text_atomic(mpath, [json.dumps(manifest, indent=1)])
+
+    def _path(self, name: str, kind: str) -> Path:
+        return self.folder / f"{part_key(name)}.{kind}"
+
+    def is_done(self, name: str) -> bool:
+        done = self._path(name, "done")
+        if not done.is_file():
+            return False
+        try:
+            ok = json.loads(done.read_text()).get("image") == name
+        except (OSError, ValueError):
+            return False
+        return ok and self._path(name, "cells.csv").is_file() and \
+            self._path(name, "counts.csv").is_file()
+
+    def write(self, done: _Done) -> None:
+        # The marker goes last: an image killed between the files is simply redone.
+        write_csv_atomic(done.cells, self._path(done.name, "cells.csv"))
+        write_csv_atomic(done.counts, self._path(done.name, "counts.csv"))
+        _write_text_atomic(self._path(done.name, "done"),
+                           [json.dumps({"image": done.name, "cells": len(done.cells)})])
+
+    def assemble(self, names: Sequence[str], kind: str, header: str, out: Path) -> int:
+        """Concatenate the parts of ``names`` (in that order) into ``out``; rows written."""
+        rows = 0
+
+        def chunks() -> Iterator[str]:
+            nonlocal rows
+            yield header
+            for name in names:
+                text = self._path(name, kind).read_text()
+                body = text.split("\n", 1)[1] if "\n" in text else ""
+                rows += body.count("\n")  # every row ends in a newline (no newlines in fields)
+                yield body
+
+        _write_text_atomic(out, chunks())
+        return rows
+
+
+def _write_text_atomic(path: Path, chunks) -> None:
+    """Write the strings of ``chunks`` to ``path`` through a temporary file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            for c in chunks:
+                fh.write(c)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _header(columns) -> str:
+    return pd.DataFrame(columns=list(columns)).to_csv(index=False)
+
+
+@contextlib.contextmanager
+def cluster(workers: int | None = None, scheduler: str | None = None,
+            threads_per_worker: int = 1, timeout: float | None = None):
+    """A dask ``Client``: on a new local cluster of ``workers`` processes, or connected to
+    the scheduler at ``scheduler``; ``None`` when neither is given (serial run).
+
+    Raises
+    ------
+    CohortError
+        When the scheduler cannot be reached or the local cluster cannot start.
+    """
+    if workers is None and scheduler is None:
+        yield None
+        return
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+    import logging
+
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise CohortError(f"dask.distributed is not installed: {exc}") from exc
+    if workers is not None and scheduler is not None:
+        raise CohortError("give either --workers or --scheduler, not both")
+    with contextlib.ExitStack() as stack:
+        # distributed logs tracebacks for retried connections and workers closing at shutdown;
+        # the caller reports what matters in one line (CohortError), so keep its logs quiet.
+        for name in ("distributed", "tornado"):
+            log = logging.getLogger(name)
+            stack.callback(log.setLevel, log.level)
+            log.setLevel(logging.CRITICAL)
+        try:
+            if scheduler is not None:
+                client = Client(scheduler, timeout=timeout)
+            else:
+                if workers < 1:
+                    raise CohortError("--workers must be at least 1")
+                lc = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                                  processes=True, dashboard_address=":0",
+                                  silence_logs=logging.CRITICAL)
+                stack.enter_context(lc)
+                client = Client(lc, timeout=timeout)
+        except CohortError:
+            raise
+        except (OSError, TimeoutError, ValueError) as exc:
+            where = scheduler or f"a local cluster of {workers} workers"
+            raise CohortError(f"cannot connect to {where}: {exc}") from exc
+        stack.enter_context(client)
+        yield client
+
+
+def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLike,
+                 counts_csv: str | os.PathLike, *, client=None,
+                 settings: CountSettings | None = None, resume: bool = False,
+                 parts_dir: str | os.PathLike | None = None,
+                 progress: Callable[[int, int], None] | None = None,
+                 warn: Callable[[str], None] | None = None) -> CohortReport:
+    """Analyse many images and write the cells and counts CSVs, restartably.
+
+    Parameters
+    ----------
+    files : sequence of path
+        Images in output order (as :func:`napari_ddrnet.image_io.list_images` gives them).
+    cells_csv, counts_csv : path
+        Final CSVs (docs/csv-formats.md), written atomically once every image is done.
+    client : distributed.Client, optional
+        Cluster to run on; ``None`` runs the same tasks in this process, one after another.
+    settings : CountSettings, optional
+        Analysis options (default: shipped model, pixel size from the files).
+    resume : bool
+        Skip images whose parts are complete in ``parts_dir`` (a killed run restarts where it
+        stopped); otherwise earlier parts are deleted first.
+    parts_dir : path, optional
+        Folder of the per-image parts; default ``<cells_csv>.parts`` beside the cells CSV.
+    progress : callable, optional
+        ``progress(done, total)`` over tasks; ``total`` grows as slides are planned.
+    warn : callable, optional
+        Called with a message per skipped image or default pixel size.
+
+    Returns
+    -------
+    CohortReport
+
+    Raises
+    ------
+    CohortError
+        Output not writable (disk full…), workers dying repeatedly on a task, the cluster lost,
+        or ``resume`` with other settings. Completed images' parts are kept.
+    """
+    settings = settings or CountSettings()
+    warn = warn or (lambda msg: None)
+    names = [str(f) for f in files]
+    if len(set(names)) != len(names):
+        raise CohortError("an image is listed twice in the inputs")
+    cells_csv, counts_csv = Path(cells_csv), Path(counts_csv)
+    folder = Path(parts_dir) if parts_dir else cells_csv.with_name(cells_csv.name + ".parts")
+    try:
+        parts = _Parts(folder, settings, resume)
+    except OSError as exc:
+        raise CohortError(f"cannot write the parts folder {folder}: {exc}") from exc
+    report = CohortReport(images=len(names), parts_dir=folder)
+    todo = [n for n in names if not (resume and parts.is_done(n))]
+    report.resumed = len(names) - len(todo)
+    failed: dict[str, str] = {}
+
+    def finish(done: _Done) -> None:
+        try:
+            parts.write(done)
+        except OSError as exc:
+            raise CohortError(f"cannot write the results of {done.name} to {folder}: {exc}; "
+                              f"images already written are kept there, and --resume "
+                              f"continues from them") from exc
+        report.analysed += 1
+        if done.pixel_size_source == "default":
+            warn(f"napari-ddrnet: warning: {done.name}: {done.note}")
+
+    def fail(item: _Failed) -> None:
+        failed[item.name] = item.reason
+        warn(f"napari-ddrnet: skipped {item.name}: {item.reason}")
+
+    runner = _run_serial if client is None else _run_distributed
+    report.tasks = runner(client, todo, settings, finish, fail, progress)
+    report.failed = [(n, failed[n]) for n in names if n in failed]
+    ok = [n for n in names if n not in failed]
+    from .classes import PBC_CLASSES
+
+    classes = _classes(settings) if ok else PBC_CLASSES
+    try:
+        report.cells = parts.assemble(ok, "cells.csv", _header(cells_csv_columns(classes)),
+                                      cells_csv)
+        parts.assemble(ok, "counts.csv", _header(["image"] + COUNT_COLUMNS), counts_csv)
+    except OSError as exc:
+        raise CohortError(f"cannot write {cells_csv} / {counts_csv}: {exc}; every image's "
+                          f"results are kept in {folder}: --resume writes the CSVs again") from exc
+    return report
+
+
+def _classes(settings: CountSettings) -> tuple[str, ...]:
+    """Model classes (CSV header, tile assembly), from the classifier cached in this process."""
+    return tuple(worker_classifier(settings).classes)
+
+
+def _assembler(settings: CountSettings):
+    """Per planned slide: collect its tiles, assemble when all are in."""
+    from .pipeline import assemble_tiles
+
+    pending: dict[str, tuple] = {}
+
+    def start(item: _Planned) -> int:
+        pending[item.name] = (item.plan, [])
+        return len(item.plan.tiles)
+
+    def add(name: str, tile) -> _Done | _Failed | None:
+        """The slide's rows once its last tile is in; a failed tile fails the whole slide
+        (no partial slide is ever written); ``None`` while tiles are outstanding."""
+        if name not in pending:  # the slide already failed: ignore its other tiles
+            return None
+        if isinstance(tile, _Failed):
+            del pending[name]
+            return tile
+        plan, got = pending[name]
+        got.append(tile)
+        if len(got) < len(plan.tiles):
+            return None
+        del pending[name]
+        clf_classes = _classes(settings)
+        result = assemble_tiles(plan, got, clf_classes, settings.min_confidence)
+        return _tables(name, result, clf_classes)
+
+    return start, add
+
+
+def _run_serial(client, todo, settings, finish, fail, progress) -> int:
+    """Every task in this process, in input order (the tiles of a slide in tile order)."""
+    start, add = _assembler(settings)
+    total, done = len(todo), 0
+    for name in todo:
+        item = image_task(name, settings)
+        done += 1
+        if isinstance(item, _Planned):
+            total += start(item)
+            for i in range(len(item.plan.tiles)):
+                out = add(name, tile_task(name, item.plan, i, settings))
+                done += 1
+                if progress:
+                    progress(done, total)
+                if isinstance(out, _Failed):
+                    fail(out)
+                    total -= len(item.plan.tiles) - i - 1  # its other tiles are not run
+                    break
+                if out is not None:
+                    finish(out)
+        elif isinstance(item, _Failed):
+            fail(item)
+        else:
+            finish(item)
+        if progress:
+            progress(done, total)
+    return total
+
+
+def _run_distributed(client, todo, settings, finish, fail, progress) -> int:
+    """Tasks on the cluster; results are written as they arrive, in any order."""
+    import asyncio
+    import concurrent.futures
+
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    # A future cancelled under us (cluster lost): concurrent.futures.CancelledError (newer
+    # distributed raises its FutureCancelledError subclass), asyncio's in some old paths.
+    cancelled = (asyncio.CancelledError, concurrent.futures.CancelledError)
+
+    start, add = _assembler(settings)
+    # Keys name the image (and tile) on the dashboard; pure=False: a rerun recomputes.
+    futures = [client.submit(image_task, n, settings, key=f"image-{part_key(n)}", pure=False)
+               for n in todo]
+    meta = {f.key: n for f, n in zip(futures, todo)}
+    total, done = len(futures), 0
+    queue = as_completed(futures, with_results=False)
+    try:
+        for fut in queue:
+            name = meta.pop(fut.key)
+            try:
+                item = fut.result()
+            except KilledWorker as exc:
+                raise CohortError(f"workers died repeatedly while analysing {name} "
+                                  f"({exc}); out of memory?") from exc
+            except (*cancelled, OSError) as exc:
+                raise CohortError(f"lost the cluster while analysing {name}: {exc}") from exc
+            done += 1
+            if str(fut.key).startswith("tile-"):
+                out = add(name, item)
+                if isinstance(out, _Failed):
+                    fail(out)
+                elif out is not None:
+                    finish(out)
+            elif isinstance(item, _Planned):
+                # The plan goes to the cluster once, not pickled into each of its tiles.
+                plan_f = client.scatter(item.plan, hash=False)
+                n = start(item)
+                total += n
+                tiles = [client.submit(tile_task, name, plan_f, i, settings, pure=False,
+                                       key=f"tile-{part_key(name)}-{i}") for i in range(n)]
+                for t in tiles:
+                    meta[t.key] = name
+                queue.update(tiles)
+            elif isinstance(item, _Failed):
+                fail(item)
+            else:
+                finish(item)
+            fut.release()
+            if progress:
+                progress(done, total)
+    except BaseException:
+        for f in list(queue.futures):
+            f.cancel()
+        raise
+    return total
+
+
+def wait_for_workers(client, n: int, timeout: float = 60.0) -> None:
+    """Block until ``client``'s cluster has ``n`` workers (e.g. after one was killed)."""
+    t0 = time.monotonic()
+    while len(client.nthreads()) < n:
+        if time.monotonic() - t0 > timeout:
+            raise CohortError(f"fewer than {n} workers after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+__all__ = ["CohortError", "CohortReport", "CountSettings", "cluster", "count_cohort",
+           "image_task", "part_key", "tile_task", "wait_for_workers", "worker_classifier"]

@@ -1,0 +1,219 @@
+"""Cohorts on dask.distributed: identical CSVs to the serial run, --resume, a killed worker,
+an unreachable scheduler and a failing disk (napari_ddrnet.cohort, the CLI's count)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_ddrnet import cli, cohort
+from napari_ddrnet.cohort import CountSettings, count_cohort
+from napari_ddrnet.synthetic import synthetic_smear
+
+distributed = pytest.importorskip("distributed")
+
+TILE = 256  # small tiles: the 480x1280 slide becomes 10 tasks
+# One view per crop (no TTA) and few small images keep the file fast on 2 shared cores.
+SETTINGS = CountSettings(device="cpu", tile_size=TILE, tta=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Two fields (PNG, TIFF) and a two-level pyramidal OME-TIFF slide, in CLI order."""
+    d = tmp_path_factory.mktemp("cohort_in")
+    paths = []
+    for i in range(2):
+        image, _ = synthetic_smear(pixel_size_um=0.1, seed=10 + i)
+        p = d / (f"field{i}.png" if i != 1 else f"field{i}.tif")
+        if p.suffix == ".png":
+            Image.fromarray(image).save(p)
+        else:
+            tifffile.imwrite(p, image)
+        paths.append(p)
+    slide = np.concatenate([synthetic_smear(pixel_size_um=0.1, seed=20 + k)[0]
+                            for k in range(2)], 1)
+    p = d / "slide.ome.tif"
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(slide, tile=(256, 256), photometric="rgb", subifds=1,
+                 metadata={"axes": "YXS", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1})
+        tw.write(slide[::2, ::2], tile=(256, 256), photometric="rgb", subfiletype=1)
+    paths.append(p)
+    return [str(p) for p in paths]
+
+
+def _count(inputs, out, *extra) -> int:
+    return cli.main(["count", *inputs, "--cells-csv", str(out / "cells.csv"),
+                     "--counts-csv", str(out / "counts.csv"), "--device", "cpu",
+                     "--tile-size", str(TILE), "--no-tta", "--quiet", *extra])
+
+
+def _bytes(out):
+    return (out / "cells.csv").read_bytes(), (out / "counts.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def serial(inputs, tmp_path_factory):
+    """The serial run's CSV bytes (no cluster)."""
+    out = tmp_path_factory.mktemp("serial")
+    assert _count(inputs, out) == 0
+    return _bytes(out)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", silence_logs=50) as lc, Client(lc) as c:
+        yield c
+
+
+def test_serial_slide_rows_match_analyze(inputs, serial):
+    from io import BytesIO
+
+    from napari_ddrnet.classify import Classifier
+    from napari_ddrnet.image_io import read_image
+    from napari_ddrnet.pipeline import analyze
+
+    cells = pd.read_csv(BytesIO(serial[0]))
+    slide = cells[cells["image"] == inputs[-1]]
+    levels, px = read_image(inputs[-1])
+    assert px == pytest.approx(0.1)
+    clf = Classifier(device="cpu", tta=False)
+    ref = analyze(levels[0], None, clf, pixel_size_metadata=px, return_labels=False,
+                  tile_size=TILE).cells
+    assert len(slide) == len(ref) >= 6  # a tiled slide: cells from several tiles
+    assert slide["cell_id"].tolist() == ref["cell_id"].tolist() == list(range(1, len(ref) + 1))
+    np.testing.assert_allclose(slide["centroid_row"], ref["centroid_row"], rtol=1e-5)
+    np.testing.assert_allclose(slide["prob_neutrophil"], ref["prob_neutrophil"], rtol=1e-5)
+    assert cells["image"].drop_duplicates().tolist() == inputs  # input order
+
+
+def test_cli_workers_identical_to_serial(inputs, serial, tmp_path):
+    assert _count(inputs, tmp_path, "--workers", "2") == 0
+    assert _bytes(tmp_path) == serial
+
+
+def test_client_entry_identical_and_killed_worker_loses_no_rows(inputs, serial, client,
+                                                                tmp_path):
+    pids = client.run(os.getpid)
+    killed = []
+
+    def progress(done, total):
+        # Kill a worker that is busy right now: its tasks must be redone elsewhere.
+        if killed:
+            return
+        busy = [w for w, keys in client.processing().items() if keys and w in pids]
+        if busy:
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            killed.append(busy[0])
+
+    report = count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv",
+                          client=client, settings=SETTINGS,
+                          progress=progress)
+    assert killed, "no worker was busy to kill"
+    assert report.failed == [] and report.analysed == len(inputs)
+    assert _bytes(tmp_path) == serial
+    # One classifier per worker process, however many tasks it ran (the restarted one may
+    # have run none).
+    assert set(client.run(lambda: len(cohort._CLASSIFIERS)).values()) <= {0, 1}
+    cohort.wait_for_workers(client, 2)  # the nanny restarts it for the next test
+
+
+def test_resume_after_killed_run(inputs, serial, tmp_path):
+    class Killed(Exception):
+        pass
+
+    def die_after_two(done, total):
+        if done == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv",
+                     settings=SETTINGS,
+                     progress=die_after_two)
+    assert not (tmp_path / "cells.csv").exists()
+    assert len(list((tmp_path / "cells.csv.parts").glob("*.done"))) == 2
+    assert _count(inputs, tmp_path, "--resume") == 0
+    assert _bytes(tmp_path) == serial
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert not cells.duplicated(["image", "cell_id"]).any()
+    # Resuming a complete run only re-assembles: same bytes, nothing analysed.
+    report = count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv",
+                          settings=SETTINGS, resume=True)
+    assert (report.resumed, report.analysed) == (len(inputs), 0)
+    assert _bytes(tmp_path) == serial
+
+
+def test_resume_refuses_other_settings(inputs, tmp_path, capsys):
+    count_cohort(inputs[:1], tmp_path / "cells.csv", tmp_path / "counts.csv",
+                 settings=SETTINGS)
+    assert _count(inputs[:1], tmp_path, "--resume", "--min-confidence", "0.9") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "Traceback" not in err
+
+
+def test_full_disk_keeps_what_was_written(inputs, serial, tmp_path, monkeypatch, capsys):
+    out = tmp_path
+    (out / "cells.csv").write_bytes(b"earlier run\n")
+    (out / "counts.csv").write_bytes(b"earlier run\n")
+    real = cohort.write_csv_atomic
+    calls = []
+
+    def full_disk(df, path):
+        calls.append(path)
+        if len(calls) == 3:  # the second image's cells part
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(df, path)
+
+    monkeypatch.setattr(cohort, "write_csv_atomic", full_disk)
+    assert _count(inputs, out) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "--resume" in err and "Traceback" not in err
+    assert (out / "cells.csv").read_bytes() == b"earlier run\n"  # not replaced
+    assert len(list((out / "cells.csv.parts").glob("*.done"))) == 1
+    monkeypatch.setattr(cohort, "write_csv_atomic", real)
+    assert _count(inputs, out, "--resume") == 0
+    assert _bytes(out) == serial
+
+
+def test_unreachable_scheduler_exits_2(inputs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cohort, "CONNECT_TIMEOUT_S", 1.0)
+    assert _count(inputs[:1], tmp_path, "--scheduler", "tcp://127.0.0.1:9") == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to tcp://127.0.0.1:9" in err and "Traceback" not in err
+    assert not (tmp_path / "cells.csv").exists()
+
+
+def test_usage_errors(inputs, tmp_path, capsys):
+    assert _count(inputs[:1], tmp_path, "--workers", "0") == 2
+    assert _count(inputs[:1], tmp_path, "--workers", "2", "--scheduler", "tcp://x:1") == 2
+    assert _count(inputs[:1], tmp_path, "--single-cell", "--workers", "2") == 2
+    assert "--single-cell" in capsys.readouterr().err
+
+
+def test_corrupt_tile_fails_only_that_slide(inputs, serial, tmp_path, monkeypatch):
+    from napari_ddrnet import pipeline
+
+    real = pipeline.analyze_tile
+
+    def broken(image, plan, index, classifier):
+        if index == 3:
+            raise OSError("corrupt tile")
+        return real(image, plan, index, classifier)
+
+    monkeypatch.setattr(pipeline, "analyze_tile", broken)
+    warnings = []
+    report = count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv",
+                          settings=SETTINGS, warn=warnings.append)
+    assert report.failed == [(inputs[-1], "tile 3: corrupt tile")]
+    assert any("skipped" in w and "corrupt tile" in w for w in warnings)
+    cells = pd.read_csv(tmp_path / "cells.csv")
+    assert cells["image"].drop_duplicates().tolist() == inputs[:-1]  # no partial slide
