@@ -145,7 +145,12 @@ def worker_classifier(settings: CountSettings):
         if _in_dask_worker():
             import torch
 
+            from .memory import return_tile_buffers_to_os
+
             torch.set_num_threads(1)
+            # Freed tile buffers go back to the OS, so a worker's memory does not creep up
+            # with the number of tiles it has analysed (as in the widget's slide runs).
+            return_tile_buffers_to_os()
         clf = Classifier(weights=settings.weights, device=settings.device,
                          batch_size=settings.batch_size, tta=settings.tta)
         _CLASSIFIERS[key] = clf
