@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--single-cell", action="store_true",
                    help="each image is one centred cell (as for count --single-cell)")
     a.add_argument("--epochs", type=int, default=None, metavar="N",
-                   help="passes over the training cells (default: about 10, 60-200 steps)")
+                   help="passes over the training cells (default: 300-400 steps)")
     a.add_argument("--weights", type=Path, default=None, metavar="BASE.safetensors",
                    help="model to adapt (default: the shipped model)")
     a.add_argument("--holdout", type=float, default=0.2, metavar="F",
