@@ -135,8 +135,8 @@ class TxlField:
 #: over one cell) and WBCs without a box; built by looking at the misses of the development
 #: part. The data is never relabelled: figures are reported with and without these fields.
 REVIEWED_BOXES = Path(__file__).with_name("txl_reviewed_boxes.csv")
-#: The same review of the held-out misses, done after the method was frozen; not read by the
-#: benchmark (its held-out rows stay on all fields), see docs/segmentation.md.
+#: The same review of the held-out misses, done after the method was frozen; the benchmark's
+#: ``no_bad_box`` rows leave these fields out too (its ``all`` rows keep every field).
 REVIEWED_BOXES_HELD = Path(__file__).with_name("txl_reviewed_boxes_held.csv")
 
 
