@@ -22,6 +22,28 @@ def machine() -> dict:
     return info
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory, MB.
+
+    ``VmHWM`` from ``/proc`` on Linux, not ``getrusage``'s ``ru_maxrss``: the kernel carries
+    ``ru_maxrss`` across ``exec``, so a process started by a larger one (a dask worker spawned by
+    the benchmark that has just written a gigapixel slide, a child run) would report its
+    parent's peak as its own. Elsewhere ``ru_maxrss`` (then an upper bound).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
 def timeit(fn, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds."""
     for _ in range(warmup):

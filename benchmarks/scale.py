@@ -25,8 +25,9 @@ import numpy as np
 from .common import machine, print_table, write_json
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import torch
+from benchmarks.common import peak_rss_mb  # the child's own peak (run from the repo root)
 torch.set_num_threads(int(sys.argv[2]))
 from napari_ddrnet.classify import Classifier
 from napari_ddrnet.image_io import read_image
@@ -37,7 +38,7 @@ levels, px = read_image(sys.argv[1])
 res = analyze(levels[0], 0.1, clf, return_labels=False, tile_size=1024)
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "cells": len(res.cells),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
 
 
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
             path = Path(tmp) / f"mosaic_{n}.tif"
             n_wbc = build_mosaic(n, path)
             out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.threads)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).resolve().parents[1])
             r = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append({"fields": n, "megapixels": round(n * 0.3072, 1),
                          "wbc_true": n_wbc, "wbc_found": r["cells"],

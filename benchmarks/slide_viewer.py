@@ -9,8 +9,9 @@ fields, level by level (full resolution, then every 2nd, 4th, ... pixel), so bui
 few MB. Each measured run is a fresh process that opens napari, reads the slide through the
 plugin's reader (a lazy multiscale image), docks the widget, and analyses a square Shapes
 region at the slide's centre (``--region`` pixels a side) or, with ``--whole``, the whole
-slide. Printed and written to ``benchmarks/results/slide_viewer.{json,log}``: peak RSS
-(``ru_maxrss``, and the largest of psutil samples every 0.25 s), times, cells found vs placed.
+slide. Printed and written to ``benchmarks/results/slide_viewer.{json,log}``: peak RSS (the
+child's own ``VmHWM``, and the largest of psutil samples every 0.25 s), times, cells found vs
+placed.
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def wbc_placed_in(box: tuple[int, int, int, int]) -> int:
 
 
 CHILD = r"""
-import json, resource, sys, threading, time
+import json, sys, threading, time
 import numpy as np
+from benchmarks.common import peak_rss_mb  # the child's own peak (run from the repo root)
 import psutil
 import torch
 torch.set_num_threads(int(sys.argv[3]))
@@ -132,7 +134,7 @@ def pump(seconds):
         app.processEvents()
         time.sleep(0.02)
 mb = lambda b: round(b / 2**20, 1)
-peak = lambda: mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+peak = lambda: round(peak_rss_mb(), 1)
 out = {}
 viewer = napari.Viewer(show=True)
 app = QApplication.instance()
@@ -208,7 +210,8 @@ viewer.close()
 def run_child(path: Path, region: int, threads: int, timeout: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(region), str(threads)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
     if proc.returncode != 0:
         raise RuntimeError(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

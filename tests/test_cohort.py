@@ -68,10 +68,11 @@ def serial(inputs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0", silence_logs=50) as lc, Client(lc) as c:
+    from napari_ddrnet.cohort import local_cluster
+
+    with local_cluster(2, dashboard_address=":0", silence_logs=50) as lc, Client(lc) as c:
         yield c
 
 
@@ -217,3 +218,40 @@ def test_corrupt_tile_fails_only_that_slide(inputs, serial, tmp_path, monkeypatc
     assert any("skipped" in w and "corrupt tile" in w for w in warnings)
     cells = pd.read_csv(tmp_path / "cells.csv")
     assert cells["image"].drop_duplicates().tolist() == inputs[:-1]  # no partial slide
+
+
+def _profile_samples(dask_worker) -> int:
+    """Stack samples the worker's statistical profiler has taken (0 when it is off)."""
+    return dask_worker.profile_recent["count"] + sum(
+        p["count"] for _, p in dask_worker.profile_history)
+
+
+def test_local_cluster_workers_do_not_profile(client):
+    # The profiler keeps an hour of samples: a worker's memory would grow with the run.
+    import time as _time
+
+    client.gather(client.map(_time.sleep, [0.3, 0.3], pure=False))
+    assert list(client.run(_profile_samples).values()) == [0, 0]
+    client.restart()  # workers the nannies start again (after a crash) keep the setting
+    cohort.wait_for_workers(client, 2)
+    client.gather(client.map(_time.sleep, [0.3, 0.3], pure=False))
+    assert list(client.run(_profile_samples).values()) == [0, 0]
+
+
+def test_a_profiling_cluster_gets_a_warning(inputs, tmp_path):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=50) as lc, Client(lc) as c:  # dask's defaults: profiler on
+        warnings = []
+        report = count_cohort(inputs[:1], tmp_path / "cells.csv", tmp_path / "counts.csv",
+                              client=c, settings=SETTINGS, warn=warnings.append)
+    assert report.analysed == 1
+    assert any("profiler" in w and "PROFILE__ENABLED=False" in w for w in warnings)
+
+
+def test_our_cluster_gets_no_profiler_warning(inputs, client, tmp_path):
+    warnings = []
+    count_cohort(inputs[:1], tmp_path / "cells.csv", tmp_path / "counts.csv", client=client,
+                 settings=SETTINGS, warn=warnings.append)
+    assert not any("profiler" in w for w in warnings)

@@ -104,6 +104,26 @@ def test_size_independent_up_to_a_whole_slide_window(tile):
     assert estimate_pixel_size(slide) == pytest.approx(one, rel=0.03)
 
 
+def test_rough_pass_measures_from_the_largest_trial_down(tile, monkeypatch):
+    """The rough pass stops at the largest crossing: on a normal field it measures the two
+    trials around the red-cell size (and those above) but never the small, upsampled ones."""
+    from napari_ddrnet import scale
+
+    measured = []
+    real = scale._window_diameter
+
+    def spy(window, guess_px):
+        measured.append(guess_px)
+        return real(window, guess_px)
+
+    monkeypatch.setattr(scale, "_window_diameter", spy)
+    d = scale._rough_diameter(tile)
+    assert d == pytest.approx(scale.RBC_DIAMETER_UM / 0.1, rel=0.25)  # 75 px red cells
+    # From the largest trial (240 px on this 1000 px field) down to the one below 75 px, each
+    # once; the 7.5, 15 and 30 px trials are never read.
+    assert sorted(measured) == [60.0, 120.0, 240.0]
+
+
 @pytest.mark.parametrize("um", [0.25, 0.5])
 def test_coarse_pixel_sizes(um):
     image, _ = synthetic_smear((1000, 1000), um, seed=3)

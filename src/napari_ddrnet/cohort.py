@@ -48,6 +48,11 @@ PARTS_VERSION = 1
 _PART_NAME = re.compile(r"[0-9a-f]{16}\.(cells\.csv|counts\.csv|done)")
 #: How long to wait for a scheduler given by address before giving up, seconds.
 CONNECT_TIMEOUT_S = 10.0
+#: Dask settings for the workers of the local clusters we start. The statistical profiler (a
+#: stack sample every 10 ms, an hour of it kept for the dashboard) makes a worker's memory grow
+#: with the run's length, so a bigger slide needed more memory per worker: with it, +0.4 MB per
+#: 1 s tile; without it, flat (benchmarks/results/worker_memory.log).
+WORKER_DASK_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
 class CohortError(RuntimeError):
@@ -363,11 +368,34 @@ def _header(columns) -> str:
     return pd.DataFrame(columns=list(columns)).to_csv(index=False)
 
 
+def local_cluster(workers: int, threads_per_worker: int = 1, **kwargs):
+    """A ``distributed.LocalCluster`` of ``workers`` processes set up for cohort runs.
+
+    Its workers get :data:`WORKER_DASK_CONFIG`, so their memory stays bounded by the tile.
+    ``kwargs`` go to ``LocalCluster`` (e.g. ``dashboard_address``, ``silence_logs``).
+    """
+    import copy
+
+    import dask
+    from distributed import LocalCluster
+
+    # Each nanny keeps the config it hands to the worker processes it (re)starts. It copies
+    # only the top level, so give it its own deep copy: a worker restarted after a crash would
+    # otherwise see the global config again, profiler on.
+    with dask.config.set(WORKER_DASK_CONFIG):
+        config = {"distributed": copy.deepcopy(dask.config.get("distributed"))}
+    return LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                        processes=True, config=config, **kwargs)
+
+
 @contextlib.contextmanager
 def cluster(workers: int | None = None, scheduler: str | None = None,
             threads_per_worker: int = 1, timeout: float | None = None):
     """A dask ``Client``: on a new local cluster of ``workers`` processes, or connected to
     the scheduler at ``scheduler``; ``None`` when neither is given (serial run).
+
+    An existing cluster keeps its own worker settings: set ``distributed.worker.profile.enabled:
+    false`` there (:data:`WORKER_DASK_CONFIG`) for memory that does not grow with the run.
 
     Raises
     ------
@@ -381,7 +409,7 @@ def cluster(workers: int | None = None, scheduler: str | None = None,
     import logging
 
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise CohortError(f"dask.distributed is not installed: {exc}") from exc
     if workers is not None and scheduler is not None:
@@ -399,9 +427,8 @@ def cluster(workers: int | None = None, scheduler: str | None = None,
             else:
                 if workers < 1:
                     raise CohortError("--workers must be at least 1")
-                lc = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                                  processes=True, dashboard_address=":0",
-                                  silence_logs=logging.CRITICAL)
+                lc = local_cluster(workers, threads_per_worker, dashboard_address=":0",
+                                   silence_logs=logging.CRITICAL)
                 stack.enter_context(lc)
                 client = Client(lc, timeout=timeout)
         except CohortError:
@@ -482,6 +509,10 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
         failed[item.name] = item.reason
         warn(f"napari-ddrnet: skipped {item.name}: {item.reason}")
 
+    if client is not None and _workers_profile(client):
+        warn("napari-ddrnet: warning: the cluster's workers run dask's statistical profiler, "
+             "so their memory grows with the run; start them with "
+             "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False")
     runner = _run_serial if client is None else _run_distributed
     report.tasks = runner(client, todo, settings, finish, fail, progress)
     report.failed = [(n, failed[n]) for n in names if n in failed]
@@ -497,6 +528,20 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
         raise CohortError(f"cannot write {cells_csv} / {counts_csv}: {exc}; every image's "
                           f"results are kept in {folder}: --resume writes the CSVs again") from exc
     return report
+
+
+def _profiler_enabled() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled", True))
+
+
+def _workers_profile(client) -> bool:
+    """Whether any worker of ``client``'s cluster runs the statistical profiler."""
+    try:
+        return any(client.run(_profiler_enabled).values())
+    except Exception:  # a worker that cannot answer: the run itself will say what is wrong
+        return False
 
 
 def _classes(settings: CountSettings) -> tuple[str, ...]:
@@ -632,5 +677,6 @@ def wait_for_workers(client, n: int, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-__all__ = ["CohortError", "CohortReport", "CountSettings", "cluster", "count_cohort",
-           "image_task", "part_key", "tile_task", "wait_for_workers", "worker_classifier"]
+__all__ = ["CohortError", "CohortReport", "CountSettings", "WORKER_DASK_CONFIG", "cluster",
+           "count_cohort", "image_task", "local_cluster", "part_key", "tile_task",
+           "wait_for_workers", "worker_classifier"]

@@ -222,28 +222,34 @@ def _rough_diameter(image) -> float | None:
     few cells, where nucleus lobes can pass for cells.
     """
     h, w = image.shape[:2]
-    trials, logs = [], []
-    for trial in _TRIAL_DIAMETERS_PX:
-        if trial > min(h, w) / 2.5:  # fewer than 2.5 cells across: too few to measure
-            break
-        # Large trials get fewer cell diameters: reading 4800 px windows would dominate.
-        side = max(8, round(min(WINDOW_DIAMETERS * trial, max(_ROUGH_MAX_SIDE, 5 * trial))))
-        r0, c0, r1, c1 = window_grid(image.shape, n=1, side=side)[0]
-        d = _window_diameter(np.asarray(image[r0:r1, c0:c1]), trial)
-        trials.append(trial)
-        logs.append(None if d is None else math.log(d / trial))
-    logs.append(None)  # past the largest trial: nothing measured
+    # Fewer than 2.5 cells across a trial's window: too few to measure.
+    trials = [t for t in _TRIAL_DIAMETERS_PX if t <= min(h, w) / 2.5]
+    logs: dict[int, float | None] = {len(trials): None}  # past the largest trial: nothing
+
+    def log_ratio(i: int) -> float | None:
+        """log(measured / trial) for trial ``i``, measured only when first asked for: the
+        search starts at the largest trial and usually stops two trials down, so the small
+        trials (upsampled windows, the slowest) are rarely read."""
+        if i not in logs:
+            trial = trials[i]
+            # Large trials get fewer cell diameters: reading 4800 px windows would dominate.
+            side = max(8, round(min(WINDOW_DIAMETERS * trial, max(_ROUGH_MAX_SIDE, 5 * trial))))
+            r0, c0, r1, c1 = window_grid(image.shape, n=1, side=side)[0]
+            d = _window_diameter(np.asarray(image[r0:r1, c0:c1]), trial)
+            logs[i] = None if d is None else math.log(d / trial)
+        return logs[i]
+
     for i in reversed(range(len(trials))):
-        f0, f1 = logs[i], logs[i + 1]
-        below = logs[i - 1] if i > 0 else None
+        f0 = log_ratio(i)
         if f0 is None:
             continue
+        f1 = log_ratio(i + 1)
         if f0 > 0 and f1 is not None and f1 < 0:
             return trials[i] * 2.0 ** (f0 / (f0 - f1))
         # Next to a trial that measured nothing (window too small or too coarse for the
         # image), the measurement itself is the best rough size when it is within 2x.
         near = abs(f0) < math.log(1.15)
-        edge = (f0 > 0 and f1 is None) or (f0 < 0 and below is None)
+        edge = (f0 > 0 and f1 is None) or (f0 < 0 and (i == 0 or log_ratio(i - 1) is None))
         if near or (edge and abs(f0) < math.log(2.0)):
             return trials[i] * math.exp(f0)
     return None
