@@ -327,3 +327,33 @@ def test_expected_calibration_error_matches_its_definition():
     y = np.array([0, 1, 1, 1])
     assert expected_calibration_error(probs, y) == pytest.approx(0.4, abs=1e-6)
     assert expected_calibration_error(np.eye(3, dtype=np.float32), np.arange(3)) == 0.0
+
+
+def test_paper_optimizer_and_constant_schedule():
+    import torch
+
+    from training.train import make_optimizer
+
+    model = torch.nn.Linear(4, 2)
+    adam = make_optimizer(model, {"optimizer": "adam", "lr": 0.01})
+    assert type(adam) is torch.optim.Adam and adam.defaults["weight_decay"] == 0.0
+    ours = make_optimizer(model, {})
+    assert type(ours) is torch.optim.AdamW and ours.defaults["weight_decay"] == 0.05
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(model, {"optimizer": "sgd"})
+
+
+@needs_data("kaggle_blood_cells")
+def test_kaggle_fields_are_packed_whole_at_224(tmp_path):
+    from io import BytesIO
+
+    from PIL import Image
+
+    from training.prepare import FIELD_SIDE, _kaggle_field_item
+
+    path = sorted((data_root() / "kaggle_blood_cells" / "TEST" / "NEUTROPHIL").glob("*.jpeg"))[0]
+    field = io.imread(path)[..., :3]
+    packed = np.asarray(Image.open(BytesIO(_kaggle_field_item(str(path)))))
+    assert packed.shape == (FIELD_SIDE, FIELD_SIDE, 3)
+    # The whole 4:3 field squeezed to a square (no crop): the mean colour is kept.
+    assert np.abs(packed.mean((0, 1)) - field.mean((0, 1))).max() < 3.0

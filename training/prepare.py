@@ -2,11 +2,12 @@
 
 Usage::
 
-    python -m training.prepare --out packs [--only pbc bccd kaggle] [--workers 2]
+    python -m training.prepare --out packs [--only pbc bccd kaggle kaggle_fields] [--workers 2]
 
 PBC images are single centred cells (CellaVision): their centre square is the crop. BCCD and
 Kaggle images are whole fields: the plugin's segmentation finds the cells and the plugin's crop
-function cuts them, exactly as at inference time.
+function cuts them, exactly as at inference time. ``kaggle_fields`` (not in the default set)
+packs the Kaggle fields whole at 224 px for the paper-faithful comparison.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-from skimage import io
+from skimage import io, transform
 
 from napari_ddrnet.classes import PBC_CLASSES
 from napari_ddrnet.crop import crop_cells, crop_centre
@@ -107,6 +108,34 @@ def prepare_kaggle(out: Path, workers: int) -> None:
             print(f"kaggle {split}: {len(items)} images, cell found in {found}", flush=True)
 
 
+#: Side of the whole-field images of the paper-faithful setting ("resized to 224 x 224 x 3").
+FIELD_SIDE = 224
+
+
+def _kaggle_field_item(path: str) -> bytes:
+    """A whole Kaggle field resized to FIELD_SIDE square, as the paper feeds it (the 4:3 field
+    is squeezed, not cropped: "cropping has not been performed")."""
+    image = io.imread(path)[..., :3]
+    small = transform.resize(image, (FIELD_SIDE, FIELD_SIDE), order=1, anti_aliasing=True,
+                             preserve_range=True)
+    return encode_jpeg(np.clip(np.rint(small), 0, 255).astype(np.uint8), quality=95)
+
+
+def prepare_kaggle_fields(out: Path, workers: int) -> None:
+    """``kaggle_field224_{train,test}``: whole fields at 224 px (the paper's input), no
+    segmentation, for the paper-faithful run beside our 64-px cell crops."""
+    root = data_root() / "kaggle_blood_cells"
+    with Pool(workers) as pool:
+        for split in ("TRAIN", "TEST"):
+            items = sorted((str(p), KAGGLE_CLASSES.index(p.parent.name.lower()))
+                           for p in (root / split).glob("*/*.jpeg"))
+            res = pool.map(_kaggle_field_item, [p for p, _ in items], chunksize=32)
+            save_pack(out / f"kaggle_field224_{split.lower()}.npz", res,
+                      [lab for _, lab in items], list(KAGGLE_CLASSES),
+                      [str(Path(p).relative_to(root)) for p, _ in items])
+            print(f"kaggle fields {split}: {len(items)} images at {FIELD_SIDE} px", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("packs"))
@@ -115,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     t0 = time.time()
     for name in args.only:
-        {"pbc": prepare_pbc, "bccd": prepare_bccd, "kaggle": prepare_kaggle}[name](
-            args.out, args.workers)
+        {"pbc": prepare_pbc, "bccd": prepare_bccd, "kaggle": prepare_kaggle,
+         "kaggle_fields": prepare_kaggle_fields}[name](args.out, args.workers)
     if (args.out / "bccd_train.npz").exists():
         # A BCCD validation fold (every 5th training field) for models selected on BCCD too.
         n_a, n_b = split_pack(args.out / "bccd_train.npz", args.out / "bccd_trainfold.npz",

@@ -45,6 +45,20 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay (ours), or the paper's plain Adam (``"optimizer":
+    "adam"``, no weight decay unless the config sets one)."""
+    lr = float(cfg.get("lr", 2e-3))
+    name = cfg.get("optimizer", "adamw")
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr,
+                                weight_decay=float(cfg.get("weight_decay", 0.0)))
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr,
+                                 weight_decay=float(cfg.get("weight_decay", 0.05)))
+    raise ValueError(f"unknown optimizer {name!r}: adamw or adam")
+
+
 def load_split(packs: Path, entries: list, seed: int = 0
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Concatenate packs; an entry is ``"name"`` or ``["name", repeat]``.
@@ -158,12 +172,14 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
     epochs = int(cfg.get("epochs", 30))
     bs = int(cfg.get("batch_size", 128))
     steps_per_epoch = max(1, math.ceil(len(y_tr) / (bs * world)))
-    opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.get("lr", 2e-3)),
-                            weight_decay=float(cfg.get("weight_decay", 0.05)))
+    opt = make_optimizer(model, cfg)
     total = epochs * steps_per_epoch
     warm = min(steps_per_epoch, total // 10 + 1)
+    constant = cfg.get("schedule", "cosine") == "constant"
 
     def lr_factor(step: int) -> float:  # linear warm-up, then cosine decay to zero
+        if constant:  # the paper's schedule: one learning rate throughout
+            return 1.0
         return min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
