@@ -8,7 +8,7 @@ back. Uses training data only, so the result may be selected and shipped like an
 Usage::
 
     python -m training.recalibrate --run runs/wbc8_v2 --packs-train pbc_train bccd_trainfold \
-        --out runs/wbc8_v2_recal [--val pbc_val bccd_valfold]
+        --out runs/wbc8_v2_recal [--val pbc_val bccd_valfold] [--batch-size 2048]
 """
 
 from __future__ import annotations
@@ -41,10 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--packs-train", nargs="+", required=True, type=_entry,
                     help='packs as in a config: NAME or NAME:REPEAT (e.g. bccd_trainfold:10)')
     ap.add_argument("--val", nargs="*", default=[])
+    ap.add_argument("--batch-size", type=int, default=2048,
+                    help="crops per forward pass (statistics averaged over them; e.g. 256 "
+                         "for 224-px fields)")
     args = ap.parse_args(argv)
     model, meta = load_run_model(args.run, torch.device("cpu"))
     x, _, _ = load_split(args.packs, args.packs_train)
-    adapted = adapt_batchnorm(model, crops_to_tensor(x), batch_size=2048)
+    adapted = adapt_batchnorm(model, crops_to_tensor(x), batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(adapted.state_dict(), args.out / "best.pt")
     shutil.copy(args.run / "meta.json", args.out / "meta.json")
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         rec[f"val_macro_f1_{v}"] = f1s[-1]
     if f1s:
         rec["val_macro_f1"] = float(np.mean(f1s))
-    summary = json.loads((args.run / "summary.json").read_text())
+    src = args.run / "summary.json"  # absent for a snapshot of a run still training
+    summary = json.loads(src.read_text()) if src.exists() else {}
     summary["recalibration"] = rec
     summary["best_val_macro_f1"] = rec.get("val_macro_f1", summary.get("best_val_macro_f1"))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
