@@ -357,3 +357,32 @@ def test_kaggle_fields_are_packed_whole_at_224(tmp_path):
     assert packed.shape == (FIELD_SIDE, FIELD_SIDE, 3)
     # The whole 4:3 field squeezed to a square (no crop): the mean colour is kept.
     assert np.abs(packed.mean((0, 1)) - field.mean((0, 1))).max() < 3.0
+
+
+def test_recalibrate_a_snapshot_resets_batchnorm_statistics(tmp_path):
+    """A snapshot of a run still training (no summary.json) is recalibrated in small chunks:
+    the BatchNorm running statistics become those of the given crops, the weights stay."""
+    import torch
+
+    from training import recalibrate
+    from training.models import build_model
+
+    rng = np.random.default_rng(0)
+    crops = [encode_jpeg(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)) for _ in range(24)]
+    save_pack(tmp_path / "tiny.npz", crops, [0, 1] * 12, ["a", "b"], [str(i) for i in range(24)])
+    run = tmp_path / "snap"
+    run.mkdir()
+    model = build_model("ddrnet", 2, {"norm": "batch"})
+    torch.save(model.state_dict(), run / "best.pt")
+    (run / "meta.json").write_text(json.dumps({"arch": "ddrnet", "classes": ["a", "b"],
+                                               "ddrnet": {"norm": "batch"}}))
+    recalibrate.main(["--run", str(run), "--packs", str(tmp_path), "--packs-train", "tiny",
+                      "--batch-size", "8", "--out", str(tmp_path / "recal")])
+    before = torch.load(run / "best.pt", weights_only=True)
+    after = torch.load(tmp_path / "recal" / "best.pt", weights_only=True)
+    means = [k for k in before if k.endswith("running_mean")]
+    assert means and all(not torch.equal(before[k], after[k]) for k in means)
+    weights = [k for k in before if k.endswith("weight")]
+    assert all(torch.equal(before[k], after[k]) for k in weights)
+    assert json.loads((tmp_path / "recal" / "summary.json").read_text())[
+        "recalibration"]["n_crops"] == 24
