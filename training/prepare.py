@@ -94,18 +94,23 @@ def _kaggle_item(path: str) -> tuple[bytes, bool]:
     return encode_jpeg(crop), True
 
 
-def prepare_kaggle(out: Path, workers: int) -> None:
+def _kaggle_split(split: str) -> tuple[list[str], list[int], list[str]]:
+    """Paths, class indices and pack names (relative paths) of a Kaggle split, sorted."""
     root = data_root() / "kaggle_blood_cells"
+    paths = sorted(str(p) for p in (root / split).glob("*/*.jpeg"))
+    labels = [KAGGLE_CLASSES.index(Path(p).parent.name.lower()) for p in paths]
+    return paths, labels, [str(Path(p).relative_to(root)) for p in paths]
+
+
+def prepare_kaggle(out: Path, workers: int) -> None:
     with Pool(workers) as pool:
         for split in ("TRAIN", "TEST"):
-            items = sorted((str(p), KAGGLE_CLASSES.index(p.parent.name.lower()))
-                           for p in (root / split).glob("*/*.jpeg"))
-            res = pool.map(_kaggle_item, [p for p, _ in items], chunksize=32)
-            save_pack(out / f"kaggle_{split.lower()}.npz", [r[0] for r in res],
-                      [lab for _, lab in items], list(KAGGLE_CLASSES),
-                      [str(Path(p).relative_to(root)) for p, _ in items])
+            paths, labels, names = _kaggle_split(split)
+            res = pool.map(_kaggle_item, paths, chunksize=32)
+            save_pack(out / f"kaggle_{split.lower()}.npz", [r[0] for r in res], labels,
+                      list(KAGGLE_CLASSES), names)
             found = sum(r[1] for r in res)
-            print(f"kaggle {split}: {len(items)} images, cell found in {found}", flush=True)
+            print(f"kaggle {split}: {len(paths)} images, cell found in {found}", flush=True)
 
 
 #: Side of the whole-field images of the paper-faithful setting ("resized to 224 x 224 x 3").
@@ -124,16 +129,13 @@ def _kaggle_field_item(path: str) -> bytes:
 def prepare_kaggle_fields(out: Path, workers: int) -> None:
     """``kaggle_field224_{train,test}``: whole fields at 224 px (the paper's input), no
     segmentation, for the paper-faithful run beside our 64-px cell crops."""
-    root = data_root() / "kaggle_blood_cells"
     with Pool(workers) as pool:
         for split in ("TRAIN", "TEST"):
-            items = sorted((str(p), KAGGLE_CLASSES.index(p.parent.name.lower()))
-                           for p in (root / split).glob("*/*.jpeg"))
-            res = pool.map(_kaggle_field_item, [p for p, _ in items], chunksize=32)
-            save_pack(out / f"kaggle_field224_{split.lower()}.npz", res,
-                      [lab for _, lab in items], list(KAGGLE_CLASSES),
-                      [str(Path(p).relative_to(root)) for p, _ in items])
-            print(f"kaggle fields {split}: {len(items)} images at {FIELD_SIDE} px", flush=True)
+            paths, labels, names = _kaggle_split(split)
+            res = pool.map(_kaggle_field_item, paths, chunksize=32)
+            save_pack(out / f"kaggle_field224_{split.lower()}.npz", res, labels,
+                      list(KAGGLE_CLASSES), names)
+            print(f"kaggle fields {split}: {len(paths)} images at {FIELD_SIDE} px", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
