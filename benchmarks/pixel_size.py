@@ -2,7 +2,7 @@
 
 Usage::
 
-    git show bffcd36:src/napari_ddrnet/scale.py > /tmp/old_scale.py
+    git show 6771f76:src/napari_ddrnet/scale.py > /tmp/old_scale.py
     python -m benchmarks.pixel_size [--step 2] [--old /tmp/old_scale.py]
 
 Reference per image: the median side of its annotated RBC boxes (those not cut by the image
@@ -46,8 +46,10 @@ def load_estimator(old: Path | None):
     """``image -> µm/px or None`` of this implementation or of an older ``scale.py``."""
     if old is None:
         return scale.estimate_pixel_size
-    spec = importlib.util.spec_from_file_location("old_scale", old)
+    # Named inside the package, so the old file's relative imports (``from .sampling``) resolve.
+    spec = importlib.util.spec_from_file_location("napari_ddrnet._old_scale", old)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
 
     def estimate(image):
