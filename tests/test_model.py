@@ -153,3 +153,20 @@ def test_adapted_to_lab_is_a_copy_and_needs_enough_cells():
     assert adapted.lab_colour is not None and clf.lab_colour is None
     np.testing.assert_allclose(clf.predict_proba(crops[:4]), before, atol=1e-6)
     assert not np.allclose(adapted.predict_proba(crops[:4]), before, atol=1e-3)
+
+
+@pytest.mark.parametrize("tta", [True, False])
+def test_probabilities_do_not_depend_on_batching(tta):
+    """A crop gets the same bits alone, in a short chunk or in a full batch (tiles of a slide
+    and whole fields must agree); short TTA chunks stack their views into one batch."""
+    from napari_ddrnet.classify import Classifier
+
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 255, (20, 64, 64, 3), dtype=np.uint8)
+    full = Classifier(device="cpu", tta=tta).predict_proba(crops)
+    assert np.allclose(full.sum(1), 1, atol=1e-5)
+    clf = Classifier(device="cpu", tta=tta)
+    for k in (1, 3, 7, 8, 9):
+        np.testing.assert_array_equal(clf.predict_proba(crops[:k]), full[:k])
+    chunked = Classifier(device="cpu", tta=tta, batch_size=6).predict_proba(crops)
+    np.testing.assert_array_equal(chunked, full)

@@ -121,22 +121,29 @@ class Classifier:
         for i in range(0, n, self.batch_size):
             chunk = crops[i:i + self.batch_size]
             m = len(chunk)
-            if m < MIN_FORWARD_BATCH:
-                # CPU kernels for tiny batches round differently: pad with blank crops so a
-                # crop's probabilities do not depend on how crops were batched (a tile's few
-                # cells classified alone give the bits a whole-slide batch gives).
-                pad = np.zeros((MIN_FORWARD_BATCH - m, *chunk.shape[1:]), chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
             x = crops_to_tensor(chunk, self.device, self.bundle.mean,
                                 self.bundle.std).contiguous(memory_format=torch.channels_last)
             views = _dihedral(x) if self.tta else [x]
+            n_views, per_batch = len(views), 1
+            if m < MIN_FORWARD_BATCH:
+                # CPU kernels for tiny batches round differently, so a short chunk must reach
+                # MIN_FORWARD_BATCH for a crop's probabilities not to depend on how crops were
+                # batched (a tile's few cells classified alone give the bits a whole-slide
+                # batch gives). With TTA its 8 views stacked make one batch of 8 m (8 crop
+                # passes for a lone cell, not 64 with each view padded); else blanks pad it.
+                pad = torch.zeros((max(0, MIN_FORWARD_BATCH - m * n_views), *x.shape[1:]),
+                                  dtype=x.dtype, device=x.device)
+                views, per_batch = [torch.cat([*views, pad])], n_views
             probs = 0
-            # One view at a time: peak memory stays that of one batch, TTA or not.
+            # One batch at a time: peak memory stays that of one batch, TTA or not.
             for v in views:
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                     logits = self.model(v.contiguous(memory_format=torch.channels_last))
-                probs = probs + torch.softmax(logits.float(), 1)
-            out[i:i + m] = (probs / len(views))[:m].cpu().numpy()
+                p = torch.softmax(logits.float(), 1)
+                # Views stacked in one batch are summed in view order, as separate ones are.
+                for part in p.split(m)[:per_batch]:
+                    probs = probs + part
+            out[i:i + m] = (probs / n_views).cpu().numpy()
         return out
 
     def classify(self, crops: np.ndarray,
