@@ -38,3 +38,29 @@ def test_shipped_model_on_bccd_test_fields_end_to_end():
     res = shipped_on_bccd_fields(Classifier(device="cpu", tta=True))
     assert res["n"] == 69
     assert res["accuracy"] >= 0.75, res["confusions"]
+
+
+def test_paper_tables_from_committed_reports(tmp_path):
+    """Table 6/4 rows come from the committed training reports; a ``_recal`` report beside a
+    run adds its accuracy (the 224 px runs of training/gpu_paper224.sh are named apart)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from benchmarks.accuracy import FIELD224_RUNS, FIELD224_TABLE4, paper_tables
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    t6, t4 = paper_tables(results, "kaggle_test")
+    assert [r["blocks"] for r in t6][-1] == "DDRNet (all blocks)" and len(t6) == 7
+    ev = json.loads((results / "kaggle4_ddrnet" / "eval.json").read_text())["kaggle_test"]
+    assert t6[-1]["ours_test_%"] == round(100 * ev["accuracy"], 2)
+    assert {r["model"] for r in t4} == {"ResNet-18", "ResNet-50", "ResNet-101", "DDRNet"}
+    # A 224 px layout: DDRNet as ddrnet_bn with a recalibrated report, the GroupNorm variant.
+    for src, dst in (("kaggle4_ddrnet", "ddrnet_bn"), ("abl_conv", "ddrnet_bn_recal"),
+                     ("kaggle4_ddrnet_gn", "ddrnet_gn")):
+        shutil.copytree(results / src, tmp_path / dst)
+    t6, t4 = paper_tables(tmp_path, "kaggle_test", FIELD224_RUNS, FIELD224_TABLE4)
+    conv = json.loads((results / "abl_conv" / "eval.json").read_text())["kaggle_test"]
+    assert len(t6) == 1 and t6[0]["ours_test_recal_%"] == round(100 * conv["accuracy"], 2)
+    assert [r["model"] for r in t4] == ["DDRNet", "DDRNet, GroupNorm"]
+    assert "ours_test_recal_%" not in t4[1]

@@ -386,3 +386,22 @@ def test_recalibrate_a_snapshot_resets_batchnorm_statistics(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in weights)
     assert json.loads((tmp_path / "recal" / "summary.json").read_text())[
         "recalibration"]["n_crops"] == 24
+
+
+@needs_data("kaggle_blood_cells")
+def test_reencoded_pack_is_smaller_and_keeps_items(tmp_path):
+    """WebP copies of 224 px fields (what a GPU call carries): same labels, names and shapes,
+    a fraction of the bytes, pixels within a few grey levels."""
+    from training.packs import main as packs_main
+    from training.prepare import _kaggle_field_item
+
+    paths = sorted((data_root() / "kaggle_blood_cells" / "TEST" / "EOSINOPHIL").glob("*.jpeg"))
+    items = [_kaggle_field_item(str(p)) for p in paths[:6]]
+    save_pack(tmp_path / "f.npz", items, [0, 1, 2, 3, 0, 1], ["a", "b", "c", "d"],
+              [p.name for p in paths[:6]])
+    packs_main(["reencode", str(tmp_path / "f.npz"), str(tmp_path / "w.npz")])
+    x0, y0, c0, n0 = load_pack(tmp_path / "f.npz")
+    x1, y1, c1, n1 = load_pack(tmp_path / "w.npz")
+    assert (y1.tolist(), c1, n1) == (y0.tolist(), c0, n0) and x1.shape == x0.shape
+    assert (tmp_path / "w.npz").stat().st_size < 0.5 * (tmp_path / "f.npz").stat().st_size
+    assert np.abs(x1.astype(int) - x0).mean() < 4

@@ -45,6 +45,24 @@ def load_pack(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]
     return images, labels, classes, names
 
 
+def reencode_pack(path: Path, out: Path, fmt: str = "WEBP", quality: int = 80) -> tuple[int, int]:
+    """Copy a pack with every image re-encoded (e.g. WebP q80: a 224 px Kaggle field shrinks
+    from 14 to 3.5 KB at a mean absolute error of 2 grey levels), so that a large pack fits
+    what a call to a lent GPU machine carries. Returns the bytes before and after."""
+    with np.load(path, allow_pickle=False) as z:
+        data, offsets = z["data"], z["offsets"]
+        labels, classes, names = z["labels"], [str(c) for c in z["classes"]], \
+            [str(n) for n in z["names"]]
+    images = []
+    for i in range(len(labels)):
+        img = Image.open(io.BytesIO(data[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB")
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, quality=quality)
+        images.append(buf.getvalue())
+    save_pack(out, images, [int(x) for x in labels], classes, names)
+    return int(offsets[-1]), sum(len(b) for b in images)
+
+
 def split_pack(path: Path, out_a: Path, out_b: Path, every: int = 5) -> tuple[int, int]:
     """Split a pack by item: every ``every``-th name (sorted) goes to ``out_b``, the rest to
     ``out_a``. Deterministic, so a validation fold never changes between runs."""
@@ -63,3 +81,23 @@ def split_pack(path: Path, out_a: Path, out_b: Path, every: int = 5) -> tuple[in
     save_pack(out_a, *parts[False][:2], classes, parts[False][2])
     save_pack(out_b, *parts[True][:2], classes, parts[True][2])
     return len(parts[False][0]), len(parts[True][0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m training.packs reencode IN.npz OUT.npz [--format WEBP] [--quality 80]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Crop-pack utilities.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    re = sub.add_parser("reencode", help="copy a pack with its images re-encoded")
+    re.add_argument("src", type=Path)
+    re.add_argument("dst", type=Path)
+    re.add_argument("--format", default="WEBP", help="a Pillow format name (WEBP, JPEG)")
+    re.add_argument("--quality", type=int, default=80)
+    args = ap.parse_args(argv)
+    before, after = reencode_pack(args.src, args.dst, args.format.upper(), args.quality)
+    print(f"{args.src} -> {args.dst}: {before / 2**20:.1f} -> {after / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The paper-faithful setting at full size, in one call to a lent GPU: whole Kaggle fields at
+# 224 px, Adam lr 0.01 constant, batch 147, 30 epochs (training/configs/kaggle4_ddrnet_field224.json),
+# for DDRNet with BatchNorm and with GroupNorm (the paper's), ResNet-18/50/101 (paper Table 4;
+# from scratch: no pretrained weights can be fetched) and the block ablation (paper Table 6).
+# The jobs share the GPU side by side; each is scored on TEST once, at its last epoch (no
+# selection), and the BatchNorm ones also after re-estimating their statistics on 20 % of the
+# clean TRAIN fields (training.recalibrate), as on the CPU.
+#   usage: bash training/gpu_paper224.sh RUNS [PACKS=packs_device] [LIMIT_S=420] [EPOCHS=30]
+#   e.g. on the device: bash training/gpu_paper224.sh $OUT/runs packs_device 420 30
+# PACKS holds kaggle_field224_{train,test}.npz; the CPU-built packs (179 MB) exceed what a call
+# carries, so carry WebP copies (43 MB):
+#   for s in train test; do python -m training.packs reencode packs/kaggle_field224_$s.npz \
+#       packs_device/kaggle_field224_$s.npz; done
+# Then: tar xzf paper224.tgz -C docs/results/paper224 && python -m benchmarks.accuracy
+# (train_time_s there is of jobs sharing one GPU, not comparable to the paper's times).
+# A CPU smoke run: EXTRA="--limit 64 --device cpu --threads 1" bash training/gpu_paper224.sh \
+#   /tmp/p224 packs 300 1
+set -uo pipefail
+RUNS=${1:?usage: gpu_paper224.sh RUNS [PACKS] [LIMIT_S] [EPOCHS]}
+PACKS=${2:-packs_device}
+LIMIT=${3:-420}
+EPOCHS=${4:-30}
+CFG=training/configs/kaggle4_ddrnet_field224.json
+TEST=kaggle_field224_test
+export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
+EVAL_DEVICE=auto
+[[ " ${EXTRA:-} " == *" --device cpu "* ]] && EVAL_DEVICE=cpu
+mkdir -p "$RUNS"
+
+job() {  # name recal(0/1) [--set KEY=JSON ...]
+  local name=$1 recal=$2; shift 2
+  local run=$RUNS/$name
+  timeout "$LIMIT" $PY -m training.train --config $CFG --packs "$PACKS" --out "$run" \
+    --epochs "$EPOCHS" "${EXTRA_ARGS[@]}" "$@" > "$run.out" 2>&1
+  echo "train $name rc=$?" >> "$RUNS/status.txt"
+  $PY -m training.evaluate --run "$run" --packs "$PACKS" --test $TEST --device $EVAL_DEVICE \
+    >> "$run.out" 2>&1
+  echo "eval $name rc=$?" >> "$RUNS/status.txt"
+  if [ "$recal" = 1 ]; then
+    $PY -m training.recalibrate --run "$run" --packs "$PACKS" --packs-train \
+      kaggle_field224_train:0.2 --batch-size 256 --out "${run}_recal" > "${run}_recal.out" 2>&1 &&
+    $PY -m training.evaluate --run "${run}_recal" --packs "$PACKS" --test $TEST \
+      --device $EVAL_DEVICE >> "${run}_recal.out" 2>&1
+    echo "recal $name rc=$?" >> "$RUNS/status.txt"
+  fi
+}
+
+B='"norm": "batch"'
+job ddrnet_bn 1 &
+job ddrnet_gn 0 --set 'ddrnet={"norm": "group"}' &
+job resnet18 1 --set 'arch="resnet18"' &
+job resnet50 1 --set 'arch="resnet50"' &
+job resnet101 1 --set 'arch="resnet101"' &
+# Ablation (paper Table 6): blocks switched off, everything else as ddrnet_bn.
+job abl_conv 1 --set "ddrnet={$B, \"use_drdb\": false, \"use_glfeb\": false, \"use_csab\": false}" &
+job abl_drdb 1 --set "ddrnet={$B, \"use_glfeb\": false, \"use_csab\": false}" &
+job abl_glfeb 1 --set "ddrnet={$B, \"use_drdb\": false, \"use_csab\": false}" &
+job abl_glfeb_csab 1 --set "ddrnet={$B, \"use_drdb\": false}" &
+job abl_drdb_csab 1 --set "ddrnet={$B, \"use_glfeb\": false}" &
+job abl_drdb_glfeb 1 --set "ddrnet={$B, \"use_csab\": false}" &
+wait
+echo "all done" >> "$RUNS/status.txt"
+# On the device, bring the reports back in one file (the weights are not needed for the tables).
+if [ -n "${OUT:-}" ]; then
+  tar czf "$OUT/paper224.tgz" -C "$RUNS" --exclude='*.pt' --exclude='*.png' .
+fi
