@@ -7,12 +7,13 @@
 # selection), and the BatchNorm ones also after re-estimating their statistics on 20 % of the
 # clean TRAIN fields (training.recalibrate), as on the CPU.
 #   usage: bash training/gpu_paper224.sh RUNS [PACKS=packs_device] [LIMIT_S=420] [EPOCHS=30]
-#   e.g. on the device: bash training/gpu_paper224.sh $OUT/runs packs_device 420 30
-# PACKS holds kaggle_field224_{train,test}.npz; the CPU-built packs (179 MB) exceed what a call
-# carries, so carry WebP copies (43 MB):
+#   e.g. on the device: bash training/gpu_paper224.sh /tmp/p224 packs_device 420 30
+# PACKS holds kaggle_field224_{train,test}.npz; the CPU-built packs (171 MiB) exceed what a call
+# carries, so carry WebP copies (42.5 MiB; with the 9 MB tree, under the 64 MiB limit):
 #   for s in train test; do python -m training.packs reencode packs/kaggle_field224_$s.npz \
 #       packs_device/kaggle_field224_$s.npz; done
-# Then: tar xzf paper224.tgz -C docs/results/paper224 && python -m benchmarks.accuracy
+# Then: mkdir -p docs/results/paper224 && tar xzf paper224.tgz -C docs/results/paper224, and
+# python -m benchmarks.accuracy prints Table 6/4
 # (train_time_s there is of jobs sharing one GPU, not comparable to the paper's times).
 # A CPU smoke run: EXTRA="--limit 64 --device cpu --threads 1" bash training/gpu_paper224.sh \
 #   /tmp/p224 packs 300 1
