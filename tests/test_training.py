@@ -405,3 +405,20 @@ def test_reencoded_pack_is_smaller_and_keeps_items(tmp_path):
     assert (y1.tolist(), c1, n1) == (y0.tolist(), c0, n0) and x1.shape == x0.shape
     assert (tmp_path / "w.npz").stat().st_size < 0.5 * (tmp_path / "f.npz").stat().st_size
     assert np.abs(x1.astype(int) - x0).mean() < 4
+
+
+def test_run_shorter_than_its_selection_start_still_saves_a_model(tmp_path):
+    """``--epochs 1`` on a config that selects from epoch 3 on selects its last epoch rather
+    than ending with no best.pt."""
+    from training.train import train
+
+    rng = np.random.default_rng(0)
+    for name in ("tr", "va"):
+        crops = [encode_jpeg(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+                 for _ in range(16)]
+        save_pack(tmp_path / f"{name}.npz", crops, [0, 1] * 8, ["a", "b"],
+                  [str(i) for i in range(16)])
+    cfg = {"arch": "ddrnet", "train": ["tr"], "val": ["va"], "epochs": 1, "batch_size": 8,
+           "select_after_epoch": 3, "augment": {}}
+    train(cfg, tmp_path / "run", tmp_path, "cpu", quiet=True)
+    assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "meta.json").exists()

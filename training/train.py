@@ -239,7 +239,8 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
             rec["val_macro_f1"] = float(np.mean(f1s))
             # Epochs before ``select_after_epoch`` are logged but never selected: a fine-tune's
             # early, high-learning-rate checkpoints scored well on val and badly on test.
-            if epoch + 1 >= int(cfg.get("select_after_epoch", 1)):
+            # (Clamped to the run's length: a shortened run still selects its last epoch.)
+            if epoch + 1 >= min(int(cfg.get("select_after_epoch", 1)), epochs):
                 improved = rec["val_macro_f1"] > best_f1
                 best_f1 = max(best_f1, rec["val_macro_f1"])
             else:
