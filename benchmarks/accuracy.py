@@ -101,6 +101,9 @@ def _report(results: Path, run: str, test: str) -> tuple[dict, dict] | None:
     if not ev.exists():
         return None
     summary = json.loads(sm.read_text()) if sm.exists() else {}
+    log = results / run / "train.log"
+    if "history" not in summary and log.exists():  # a run stopped early: no summary
+        summary["history"] = [json.loads(line) for line in log.read_text().splitlines()]
     return json.loads(ev.read_text())[test], summary
 
 
@@ -160,6 +163,7 @@ def paper_tables(results: Path, test: str, rename: dict[str, str] | None = None,
             continue
         ev, sm = r
         t6.append({"blocks": name, "paper_train_%": p_train, "paper_test_%": p_test,
+                   "epochs": len(sm["history"]),
                    "ours_train_%": round(100 * sm["history"][-1]["train_acc"], 2),
                    "ours_test_%": round(100 * ev["accuracy"], 2), **extra,
                    "ours_macro_F1_%": round(100 * ev["macro_f1"], 2)})

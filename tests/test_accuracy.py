@@ -64,3 +64,22 @@ def test_paper_tables_from_committed_reports(tmp_path):
     assert len(t6) == 1 and t6[0]["ours_test_recal_%"] == round(100 * conv["accuracy"], 2)
     assert [r["model"] for r in t4] == ["DDRNet", "DDRNet, GroupNorm"]
     assert "ours_test_recal_%" not in t4[1]
+
+
+def test_paper_tables_read_a_run_stopped_early(tmp_path):
+    """A run cut by its time limit has no summary.json: its epochs and last training accuracy
+    come from train.log, so the table shows how far it got."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from benchmarks.accuracy import paper_tables
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    shutil.copytree(results / "abl_conv", tmp_path / "abl_conv")
+    (tmp_path / "abl_conv" / "summary.json").unlink()
+    lines = (tmp_path / "abl_conv" / "train.log").read_text().splitlines()[:7]
+    (tmp_path / "abl_conv" / "train.log").write_text("\n".join(lines) + "\n")
+    t6, _ = paper_tables(tmp_path, "kaggle_test")
+    assert t6[0]["epochs"] == 7
+    assert t6[0]["ours_train_%"] == round(100 * json.loads(lines[-1])["train_acc"], 2)

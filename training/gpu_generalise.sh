@@ -21,12 +21,8 @@ SCALE=${4:-1}
 TESTS="pbc_test bccd_test"
 MIX="pbc_train:0.75 bccd_trainfold:10"
 VAL="pbc_val bccd_valfold"
-export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
-EVAL_DEVICE=auto
-[[ " ${EXTRA:-} " == *" --device cpu "* ]] && EVAL_DEVICE=cpu
-mkdir -p "$RUNS"
+# shellcheck source=training/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 
 epochs() { $PY -c "print(max(1, round($1 * $SCALE)))"; }
 
@@ -54,6 +50,5 @@ job long_gn wbc8_long 60 0 --set 'ddrnet={"norm": "group"}' &
 job ft20_bn wbc8_v2 20 1 &
 wait
 echo "all done" >> "$RUNS/status.txt"
-if [ -n "${OUT:-}" ]; then  # weights (1.2 MB each) and reports back in one file
-  tar czf "$OUT/generalise.tgz" -C "$RUNS" --exclude='last.pt' --exclude='*.png' .
-fi
+# Weights (1.2 MB each) and reports back in one file.
+pack_reports generalise --exclude=last.pt --exclude='*.png'

@@ -24,12 +24,8 @@ LIMIT=${3:-420}
 EPOCHS=${4:-30}
 CFG=training/configs/kaggle4_ddrnet_field224.json
 TEST=kaggle_field224_test
-export PYTHONPATH=src:.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
-EVAL_DEVICE=auto
-[[ " ${EXTRA:-} " == *" --device cpu "* ]] && EVAL_DEVICE=cpu
-mkdir -p "$RUNS"
+# shellcheck source=training/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 
 job() {  # name recal(0/1) [--set KEY=JSON ...]
   local name=$1 recal=$2; shift 2
@@ -64,7 +60,4 @@ job abl_drdb_csab 1 --set "ddrnet={$B, \"use_glfeb\": false}" &
 job abl_drdb_glfeb 1 --set "ddrnet={$B, \"use_csab\": false}" &
 wait
 echo "all done" >> "$RUNS/status.txt"
-# On the device, bring the reports back in one file (the weights are not needed for the tables).
-if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/paper224.tgz" -C "$RUNS" --exclude='*.pt' --exclude='*.png' .
-fi
+pack_reports paper224 --exclude='*.pt' --exclude='*.png'
