@@ -28,3 +28,8 @@ while pgrep -f "training.train .*--out $RUN( |$)" > /dev/null; do
   fi
   sleep 30
 done
+# The run's last epoch, when the loop above ended before it got to it.
+n=$(wc -l < "$RUN/train.log" 2>/dev/null || echo 0)
+if [ "$n" -gt 0 ] && [ $((n % EVERY)) -eq 0 ] && [[ "$done_e" != *" $n "* ]]; then
+  snap "$n"
+fi
