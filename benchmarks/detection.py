@@ -107,9 +107,10 @@ def pooled_rows(rows: list[dict]) -> list[dict]:
     on, so the pooled figure flatters and the held-out rows stay the honest ones.
     """
     pooled: dict[tuple, dict] = {}
+    parts = "+".join(sorted({r["part"] for r in rows}))
     for r in rows:
         key = (r["pixel_size"], r["fields_set"], r["source"])
-        acc = pooled.setdefault(key, {"part": "+".join(sorted({x["part"] for x in rows})),
+        acc = pooled.setdefault(key, {"part": parts,
                                       "pixel_size": key[0], "fields_set": key[1],
                                       "source": key[2], "fields": 0, "tp": 0, "fp": 0, "fn": 0})
         for k in ("fields", "tp", "fp", "fn"):

@@ -19,35 +19,15 @@ PACKS=${2:-packs}
 LIMIT=${3:-480}
 SCALE=${4:-1}
 TESTS="pbc_test bccd_test"
-MIX="pbc_train:0.75 bccd_trainfold:10"
-VAL="pbc_val bccd_valfold"
+RECAL="--packs-train pbc_train:0.75 bccd_trainfold:10 --val pbc_val bccd_valfold"
 # shellcheck source=training/gpu_common.sh
 source "$(dirname "$0")/gpu_common.sh"
 
 epochs() { $PY -c "print(max(1, round($1 * $SCALE)))"; }
 
-job() {  # name config epochs recal(0/1) [train args...]
-  local name=$1 cfg=$2 ep=$3 recal=$4; shift 4
-  local run=$RUNS/$name
-  timeout "$LIMIT" $PY -m training.train --config "training/configs/$cfg.json" --packs "$PACKS" \
-    --out "$run" --epochs "$(epochs "$ep")" "${EXTRA_ARGS[@]}" "$@" > "$run.out" 2>&1
-  echo "train $name rc=$?" >> "$RUNS/status.txt"
-  $PY -m training.evaluate --run "$run" --packs "$PACKS" --test $TESTS --device $EVAL_DEVICE \
-    >> "$run.out" 2>&1
-  echo "eval $name rc=$?" >> "$RUNS/status.txt"
-  if [ "$recal" = 1 ]; then
-    # shellcheck disable=SC2086
-    $PY -m training.recalibrate --run "$run" --packs "$PACKS" --packs-train $MIX --val $VAL \
-      --out "${run}_recal" > "${run}_recal.out" 2>&1 &&
-    $PY -m training.evaluate --run "${run}_recal" --packs "$PACKS" --test $TESTS \
-      --device $EVAL_DEVICE >> "${run}_recal.out" 2>&1
-    echo "recal $name rc=$?" >> "$RUNS/status.txt"
-  fi
-}
-
-job long_bn wbc8_long 60 1 &
-job long_gn wbc8_long 60 0 --set 'ddrnet={"norm": "group"}' &
-job ft20_bn wbc8_v2 20 1 &
+job long_bn training/configs/wbc8_long.json "$(epochs 60)" "$RECAL" &
+job long_gn training/configs/wbc8_long.json "$(epochs 60)" "" --set 'ddrnet={"norm": "group"}' &
+job ft20_bn training/configs/wbc8_v2.json "$(epochs 20)" "$RECAL" &
 wait
 echo "all done" >> "$RUNS/status.txt"
 # Weights (1.2 MB each) and reports back in one file.

@@ -8,8 +8,9 @@
 # clean TRAIN fields (training.recalibrate), as on the CPU.
 #   usage: bash training/gpu_paper224.sh RUNS [PACKS=packs_device] [LIMIT_S=420] [EPOCHS=30]
 #   e.g. on the device: bash training/gpu_paper224.sh /tmp/p224 packs_device 420 30
-# PACKS holds kaggle_field224_{train,test}.npz; the CPU-built packs (171 MiB) exceed what a call
-# carries, so carry WebP copies (42.5 MiB; with the 9 MB tree, under the 64 MiB limit):
+# PACKS holds kaggle_field224_{train,test}.npz; the CPU-built packs (169 MiB of images) exceed what a call
+# carries, so carry WebP copies (42.5 MiB; with the 9.3 MB tree, under the 64 MiB limit;
+# docs/results/packs_device.log):
 #   for s in train test; do python -m training.packs reencode packs/kaggle_field224_$s.npz \
 #       packs_device/kaggle_field224_$s.npz; done
 # Then: mkdir -p docs/results/paper224 && tar xzf paper224.tgz -C docs/results/paper224, and
@@ -23,41 +24,24 @@ PACKS=${2:-packs_device}
 LIMIT=${3:-420}
 EPOCHS=${4:-30}
 CFG=training/configs/kaggle4_ddrnet_field224.json
-TEST=kaggle_field224_test
+TESTS=kaggle_field224_test
+RECAL="--packs-train kaggle_field224_train:0.2 --batch-size 256"
 # shellcheck source=training/gpu_common.sh
 source "$(dirname "$0")/gpu_common.sh"
 
-job() {  # name recal(0/1) [--set KEY=JSON ...]
-  local name=$1 recal=$2; shift 2
-  local run=$RUNS/$name
-  timeout "$LIMIT" $PY -m training.train --config $CFG --packs "$PACKS" --out "$run" \
-    --epochs "$EPOCHS" "${EXTRA_ARGS[@]}" "$@" > "$run.out" 2>&1
-  echo "train $name rc=$?" >> "$RUNS/status.txt"
-  $PY -m training.evaluate --run "$run" --packs "$PACKS" --test $TEST --device $EVAL_DEVICE \
-    >> "$run.out" 2>&1
-  echo "eval $name rc=$?" >> "$RUNS/status.txt"
-  if [ "$recal" = 1 ]; then
-    $PY -m training.recalibrate --run "$run" --packs "$PACKS" --packs-train \
-      kaggle_field224_train:0.2 --batch-size 256 --out "${run}_recal" > "${run}_recal.out" 2>&1 &&
-    $PY -m training.evaluate --run "${run}_recal" --packs "$PACKS" --test $TEST \
-      --device $EVAL_DEVICE >> "${run}_recal.out" 2>&1
-    echo "recal $name rc=$?" >> "$RUNS/status.txt"
-  fi
-}
-
 B='"norm": "batch"'
-job ddrnet_bn 1 &
-job ddrnet_gn 0 --set 'ddrnet={"norm": "group"}' &
-job resnet18 1 --set 'arch="resnet18"' &
-job resnet50 1 --set 'arch="resnet50"' &
-job resnet101 1 --set 'arch="resnet101"' &
+job ddrnet_bn $CFG "$EPOCHS" "$RECAL" &
+job ddrnet_gn $CFG "$EPOCHS" "" --set 'ddrnet={"norm": "group"}' &
+job resnet18 $CFG "$EPOCHS" "$RECAL" --set 'arch="resnet18"' &
+job resnet50 $CFG "$EPOCHS" "$RECAL" --set 'arch="resnet50"' &
+job resnet101 $CFG "$EPOCHS" "$RECAL" --set 'arch="resnet101"' &
 # Ablation (paper Table 6): blocks switched off, everything else as ddrnet_bn.
-job abl_conv 1 --set "ddrnet={$B, \"use_drdb\": false, \"use_glfeb\": false, \"use_csab\": false}" &
-job abl_drdb 1 --set "ddrnet={$B, \"use_glfeb\": false, \"use_csab\": false}" &
-job abl_glfeb 1 --set "ddrnet={$B, \"use_drdb\": false, \"use_csab\": false}" &
-job abl_glfeb_csab 1 --set "ddrnet={$B, \"use_drdb\": false}" &
-job abl_drdb_csab 1 --set "ddrnet={$B, \"use_glfeb\": false}" &
-job abl_drdb_glfeb 1 --set "ddrnet={$B, \"use_csab\": false}" &
+job abl_conv $CFG "$EPOCHS" "$RECAL" --set "ddrnet={$B, \"use_drdb\": false, \"use_glfeb\": false, \"use_csab\": false}" &
+job abl_drdb $CFG "$EPOCHS" "$RECAL" --set "ddrnet={$B, \"use_glfeb\": false, \"use_csab\": false}" &
+job abl_glfeb $CFG "$EPOCHS" "$RECAL" --set "ddrnet={$B, \"use_drdb\": false, \"use_csab\": false}" &
+job abl_glfeb_csab $CFG "$EPOCHS" "$RECAL" --set "ddrnet={$B, \"use_drdb\": false}" &
+job abl_drdb_csab $CFG "$EPOCHS" "$RECAL" --set "ddrnet={$B, \"use_glfeb\": false}" &
+job abl_drdb_glfeb $CFG "$EPOCHS" "$RECAL" --set "ddrnet={$B, \"use_csab\": false}" &
 wait
 echo "all done" >> "$RUNS/status.txt"
 pack_reports paper224 --exclude='*.pt' --exclude='*.png'
