@@ -7,7 +7,8 @@ Sources (crops cut by the plugin's own code):
 - ``bccd_test`` — BCCD test fields, crop of the detected WBC that matches the expert box;
 - ``kaggle_test`` — the Kaggle "blood-cells" TEST split (4 classes; argmax restricted to them);
 - ``lisc`` — LISC (an unseen lab), 1,287 single-cell images of 224 px at ~0.15 µm/px: the
-  centred square of ``--lisc-side`` px (default 200 px = 30 µm, the model's field of view) is
+  centred square of ``--lisc-side`` px (default: the model's field of view at 0.15 µm/px,
+  200 px for 30 µm; larger than the image, the rest is filled with its background) is
   cut with :func:`napari_ddrnet.crop.crop_square`; 5 classes, reported both with the argmax
   restricted to the 5 LISC classes and as the plain 8-class argmax;
 - optionally (``--bccd-fields``) the 69 BCCD test fields end to end (segmentation + crop +
@@ -46,42 +47,46 @@ from napari_ddrnet.crop import crop_square  # noqa: E402
 from napari_ddrnet.domain_adapt import adapt_batchnorm, reinhard_normalize  # noqa: E402
 from napari_ddrnet.model import fuse_for_inference  # noqa: E402
 from napari_ddrnet.preprocess import crops_to_tensor  # noqa: E402
-from training.packs import load_pack  # noqa: E402
+from training.packs import check_cut, load_pack  # noqa: E402
 from training.paths import data_root  # noqa: E402
 
 from .common import machine, write_json  # noqa: E402
 
 LISC_CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 KAGGLE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
-#: LISC pixel size from its red cells (~7.5 µm across ~45-55 px): ~0.15 µm/px, so the model's
-#: 30 µm field of view is ~200 of the 224 px.
+#: LISC pixel size from its red cells (~7.5 µm across ~45-55 px): ~0.15 µm/px, so a 30 µm
+#: field of view is ~200 of the 224 px.
+LISC_UM_PER_PX = 0.15
 LISC_SIDE_PX = 200
 
 
-def load_model(weights: Path | None) -> tuple[torch.nn.Module, list[str], tuple, tuple]:
-    """Unfused model, classes, mean, std from package weights (``.safetensors``) or a run
-    folder (``best.pt`` + ``meta.json``)."""
+def load_model(weights: Path | None) -> tuple[torch.nn.Module, list[str], tuple, tuple, float]:
+    """Unfused model, classes, mean, std and crop field of view (µm) from package weights
+    (``.safetensors``) or a run folder (``best.pt`` + ``meta.json``)."""
     if weights is not None and Path(weights).is_dir():
         from napari_ddrnet.preprocess import MEAN, STD
         from training.evaluate import load_run_model
+        from training.packs import LEGACY_FOV_UM
 
         model, meta = load_run_model(Path(weights), torch.device("cpu"))
-        return model.eval(), list(meta["classes"]), MEAN, STD
+        return (model.eval(), list(meta["classes"]), MEAN, STD,
+                float(meta.get("crop_fov_um", LEGACY_FOV_UM)))
     from napari_ddrnet.weights import load_bundle
 
     b = load_bundle(weights)
-    return b.model.eval(), list(b.classes), b.mean, b.std
+    return b.model.eval(), list(b.classes), b.mean, b.std, b.crop_fov_um
 
 
 def lisc_crops(side_px: float = LISC_SIDE_PX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LISC crops ``(N, 64, 64, 3)``, class names ``(N,)`` and cell groups ``(N,)``."""
+    """LISC crops ``(N, 64, 64, 3)``, class names ``(N,)`` and cell groups ``(N,)``; a side
+    beyond the 224 px image is filled with the image's background colour."""
     root = data_root() / "lisc"
     rows = list(csv.DictReader(open(root / "labels.csv", newline="")))
     crops = []
     for r in rows:
         img = io.imread(root / r["file"])[..., :3]
         h, w = img.shape[:2]
-        crops.append(crop_square(img, (h / 2, w / 2), min(side_px, h, w)))
+        crops.append(crop_square(img, (h / 2, w / 2), side_px))
     return (np.stack(crops), np.asarray([r["class"] for r in rows]),
             np.asarray([r["cell_group"] for r in rows]))
 
@@ -266,8 +271,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help=".safetensors weights or a training run folder (default: shipped)")
     ap.add_argument("--name", default=None, help="results file suffix (default: weights stem)")
     ap.add_argument("--packs", type=Path, default=ROOT / "packs")
-    ap.add_argument("--lisc-side", type=float, default=LISC_SIDE_PX,
-                    help="LISC crop side in pixels before resizing to 64 (224 = whole image)")
+    ap.add_argument("--lisc-side", type=float, default=None,
+                    help="LISC crop side in pixels before resizing to 64 (224 = whole image; "
+                         "default: the model's field of view at 0.15 µm/px)")
     ap.add_argument("--sources", nargs="*",
                     default=["pbc_test", "bccd_test", "kaggle_test", "lisc"])
     ap.add_argument("--modes", nargs="*", default=[], metavar="SOURCE=MODE,MODE",
@@ -300,7 +306,10 @@ def main(argv: list[str] | None = None) -> dict:
         log_path.write_text("\n".join(lines) + "\n")
 
     modes = {kv.split("=")[0]: kv.split("=")[1].split(",") for kv in args.modes}
-    model, classes, mean, std = load_model(args.weights)
+    model, classes, mean, std, fov_um = load_model(args.weights)
+    check_cut(args.packs, {"crop_fov_um": fov_um})
+    if args.lisc_side is None:
+        args.lisc_side = round(fov_um / LISC_UM_PER_PX)
     log(f"cross-source accuracy of {args.weights or 'shipped ddrnet_pbc8'} "
         f"(classes {', '.join(classes)}); LISC crop {args.lisc_side:g} px of 224")
     sources = {}

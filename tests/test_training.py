@@ -422,3 +422,57 @@ def test_run_shorter_than_its_selection_start_still_saves_a_model(tmp_path):
            "select_after_epoch": 3, "augment": {}}
     train(cfg, tmp_path / "run", tmp_path, "cpu", quiet=True)
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "meta.json").exists()
+
+
+def test_crop_field_of_view_travels_from_packs_to_weights_and_is_checked(tmp_path):
+    """A pack folder records the field of view its field crops were cut at (``cut.json``); the
+    run trained on it and the weights exported from it carry that value (the plugin then cuts
+    its crops at it), and scoring the run on packs cut at another one is refused."""
+    from napari_ddrnet.weights import load_bundle
+    from training.evaluate import evaluate_run
+    from training.export import export_run
+    from training.packs import LEGACY_FOV_UM, read_cut, write_cut
+    from training.train import train
+
+    rng = np.random.default_rng(0)
+    packs = tmp_path / "packs38"
+    write_cut(packs, 38.0)
+    for name in ("tr", "va"):
+        crops = [encode_jpeg(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+                 for _ in range(16)]
+        save_pack(packs / f"{name}.npz", crops, [0, 1] * 8, ["a", "b"],
+                  [str(i) for i in range(16)])
+    assert read_cut(packs) == 38.0 and read_cut(tmp_path / "elsewhere") == LEGACY_FOV_UM
+    with pytest.raises(SystemExit, match="38"):
+        write_cut(packs, 30.0)  # one folder never mixes two fields of view
+    cfg = {"arch": "ddrnet", "train": ["tr"], "val": ["va"], "epochs": 1, "batch_size": 8,
+           "augment": {}}
+    train(cfg, tmp_path / "run", packs, "cpu", quiet=True)
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["crop_fov_um"] == 38.0
+    export_run(tmp_path / "run", tmp_path / "w.safetensors")
+    assert load_bundle(tmp_path / "w.safetensors").crop_fov_um == 38.0
+    other = tmp_path / "packs30"
+    write_cut(other, 30.0)
+    (other / "va.npz").write_bytes((packs / "va.npz").read_bytes())
+    with pytest.raises(SystemExit, match="38 µm"):
+        evaluate_run(tmp_path / "run", other, ["va"], "cpu")
+    evaluate_run(tmp_path / "run", packs, ["va"], "cpu")
+
+
+@needs_data("bccd")
+def test_wider_field_of_view_shows_the_bccd_cell_smaller(tmp_path):
+    """``prepare --fov-um`` cuts field crops at that width: at 38 µm the same white cell covers
+    (30/38)^2 of the area it covers at 30 µm, within the segmentation's tolerance."""
+    from skimage import color
+
+    from training.bccd import load_fields
+    from training.prepare import field_wbc_crop
+
+    field = next(f for f in load_fields("test") if len(f.boxes()))
+    box = field.boxes()[:1]
+    areas = []
+    for fov in (30.0, 38.0):
+        crop = field_wbc_crop(field.image(), box, fov)
+        hsv = color.rgb2hsv(crop)
+        areas.append(float(((hsv[..., 0] > 0.6) & (hsv[..., 1] > 0.25)).mean()))  # violet nucleus
+    assert areas[1] / areas[0] == pytest.approx((30 / 38) ** 2, rel=0.2)

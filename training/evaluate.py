@@ -23,6 +23,7 @@ from sklearn.metrics import (
 )
 
 from .models import build_model
+from .packs import check_cut
 from .train import load_split, pick_device, predict
 
 
@@ -109,6 +110,7 @@ def evaluate_run(run: Path, packs: Path, tests: list[str], device_name: str = "a
     """Evaluate ``run``'s best checkpoint on each test pack; writes ``eval.json``/``eval.md``."""
     device = pick_device(device_name)
     model, meta = load_run_model(run, device)
+    check_cut(packs, meta)
     classes = meta["classes"]
     results, md = {}, [f"## {run.name}", ""]
     for t in tests:

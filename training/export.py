@@ -21,10 +21,12 @@ from pathlib import Path
 
 import torch
 
-from napari_ddrnet.crop import CROP_FOV_UM, INPUT_SIZE
+from napari_ddrnet.crop import INPUT_SIZE
 from napari_ddrnet.model import DDRNetConfig
 from napari_ddrnet.preprocess import MEAN, STD
 from napari_ddrnet.weights import export_weights
+
+from .packs import LEGACY_FOV_UM
 
 METRIC_KEYS = ("n", "accuracy", "macro_f1", "mcc", "ece")
 
@@ -82,7 +84,8 @@ def export_run(run: Path, out: Path, extra: dict | None = None, config: Path | N
         "architecture": "DDRNet",
         "classes": meta_run["classes"],
         "input_size": INPUT_SIZE,
-        "crop_fov_um": CROP_FOV_UM,
+        # The field of view its packs were cut at (runs from before it was recorded: 30 µm).
+        "crop_fov_um": float(meta_run.get("crop_fov_um", LEGACY_FOV_UM)),
         "mean": list(MEAN),
         "std": list(STD),
         "config": cfg.to_dict(),

@@ -7,6 +7,7 @@ travels to any machine (e.g. a lent GPU) and decodes in seconds.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,36 @@ def split_pack(path: Path, out_a: Path, out_b: Path, every: int = 5) -> tuple[in
     save_pack(out_a, *parts[False][:2], classes, parts[False][2])
     save_pack(out_b, *parts[True][:2], classes, parts[True][2])
     return len(parts[False][0]), len(parts[True][0])
+
+
+def write_cut(out: Path, fov_um: float) -> None:
+    """Record how a pack folder's field crops were cut; refuses to mix two fields of view."""
+    path = Path(out) / "cut.json"
+    if path.exists() and (old := read_cut(out)) != fov_um:
+        raise SystemExit(f"{path} says its crops span {old:g} µm, not {fov_um:g}: cut into "
+                         "another folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"crop_fov_um": fov_um}) + "\n")
+
+
+#: Field of view of every pack folder cut before ``cut.json`` was written.
+LEGACY_FOV_UM = 30.0
+
+
+def read_cut(packs: Path) -> float:
+    """The field of view, µm, a pack folder's field crops were cut at."""
+    path = Path(packs) / "cut.json"
+    return float(json.loads(path.read_text())["crop_fov_um"]) if path.exists() \
+        else LEGACY_FOV_UM
+
+
+def check_cut(packs: Path, run_meta: dict) -> None:
+    """Refuse to score or recalibrate a run on packs cut at another field of view than the one
+    it trained on (its ``meta.json``): the cells would be the wrong size."""
+    trained, here = float(run_meta.get("crop_fov_um", LEGACY_FOV_UM)), read_cut(packs)
+    if trained != here:
+        raise SystemExit(f"the run was trained on crops {trained:g} µm across, {packs} holds "
+                         f"{here:g} µm crops")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -22,12 +23,12 @@ import numpy as np
 from skimage import io, transform
 
 from napari_ddrnet.classes import PBC_CLASSES
-from napari_ddrnet.crop import crop_cells, crop_centre
+from napari_ddrnet.crop import CROP_FOV_UM, crop_cells, crop_centre
 from napari_ddrnet.segment import segment_wbc
 
 from .bccd import load_fields
 from .detection_eval import box_iou
-from .packs import encode_jpeg, save_pack, split_pack
+from .packs import encode_jpeg, save_pack, split_pack, write_cut
 from .paths import data_root
 
 KAGGLE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -37,7 +38,9 @@ def _pbc_item(path: str) -> bytes:
     return encode_jpeg(crop_centre(io.imread(path)[..., :3]))
 
 
-def prepare_pbc(out: Path, workers: int) -> None:
+def prepare_pbc(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
+    """PBC packs: the centred square of each single-cell image, whatever ``fov_um`` (the
+    single-cell path classifies the same square)."""
     root = data_root() / "pbc"
     rows = list(csv.DictReader(open(root / "splits.csv", newline="")))
     with Pool(workers) as pool:
@@ -50,9 +53,11 @@ def prepare_pbc(out: Path, workers: int) -> None:
             print(f"pbc {split}: {len(sel)} crops", flush=True)
 
 
-def field_wbc_crop(image: np.ndarray, gt_box: np.ndarray | None = None) -> np.ndarray | None:
+def field_wbc_crop(image: np.ndarray, gt_box: np.ndarray | None = None,
+                   fov_um: float = CROP_FOV_UM) -> np.ndarray | None:
     """Crop of a field's white cell: the detection best matching ``gt_box`` (IoU >= 0.3), or
-    without a box the detection with the largest nucleus. ``None`` when nothing is found."""
+    without a box the detection with the largest nucleus, ``fov_um`` across (the plugin's crop
+    at inference). ``None`` when nothing is found."""
     seg = segment_wbc(image)
     cells = seg.cells
     if len(cells) == 0:
@@ -64,21 +69,20 @@ def field_wbc_crop(image: np.ndarray, gt_box: np.ndarray | None = None) -> np.nd
             return None
     else:
         best = int(np.argmax(cells["nucleus_area_px"].to_numpy()))
-    return crop_cells(image, cells.iloc[[best]], seg.pixel_size_um)[0]
+    return crop_cells(image, cells.iloc[[best]], seg.pixel_size_um, fov_um=fov_um)[0]
 
 
-def _bccd_item(args) -> bytes | None:
-    field = args
+def _bccd_item(field, fov_um: float = CROP_FOV_UM) -> bytes | None:
     boxes = field.boxes()
-    crop = field_wbc_crop(field.image(), boxes[:1] if len(boxes) else None)
+    crop = field_wbc_crop(field.image(), boxes[:1] if len(boxes) else None, fov_um)
     return None if crop is None else encode_jpeg(crop)
 
 
-def prepare_bccd(out: Path, workers: int) -> None:
+def prepare_bccd(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
     with Pool(workers) as pool:
         for split in ("train", "test"):
             fields = [f for f in load_fields(split) if f.wbc_class in PBC_CLASSES]
-            crops = pool.map(_bccd_item, fields, chunksize=8)
+            crops = pool.map(partial(_bccd_item, fov_um=fov_um), fields, chunksize=8)
             keep = [(c, f) for c, f in zip(crops, fields) if c is not None]
             save_pack(out / f"bccd_{split}.npz", [c for c, _ in keep],
                       [PBC_CLASSES.index(f.wbc_class) for _, f in keep], list(PBC_CLASSES),
@@ -86,9 +90,9 @@ def prepare_bccd(out: Path, workers: int) -> None:
             print(f"bccd {split}: {len(keep)}/{len(fields)} fields cropped", flush=True)
 
 
-def _kaggle_item(path: str) -> tuple[bytes, bool]:
+def _kaggle_item(path: str, fov_um: float = CROP_FOV_UM) -> tuple[bytes, bool]:
     image = io.imread(path)[..., :3]
-    crop = field_wbc_crop(image)
+    crop = field_wbc_crop(image, fov_um=fov_um)
     if crop is None:  # no nucleus found: fall back to the whole field
         return encode_jpeg(crop_centre(image)), False
     return encode_jpeg(crop), True
@@ -102,11 +106,11 @@ def _kaggle_split(split: str) -> tuple[list[str], list[int], list[str]]:
     return paths, labels, [str(Path(p).relative_to(root)) for p in paths]
 
 
-def prepare_kaggle(out: Path, workers: int) -> None:
+def prepare_kaggle(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
     with Pool(workers) as pool:
         for split in ("TRAIN", "TEST"):
             paths, labels, names = _kaggle_split(split)
-            res = pool.map(_kaggle_item, paths, chunksize=32)
+            res = pool.map(partial(_kaggle_item, fov_um=fov_um), paths, chunksize=32)
             save_pack(out / f"kaggle_{split.lower()}.npz", [r[0] for r in res], labels,
                       list(KAGGLE_CLASSES), names)
             found = sum(r[1] for r in res)
@@ -126,7 +130,7 @@ def _kaggle_field_item(path: str) -> bytes:
     return encode_jpeg(np.clip(np.rint(small), 0, 255).astype(np.uint8), quality=95)
 
 
-def prepare_kaggle_fields(out: Path, workers: int) -> None:
+def prepare_kaggle_fields(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
     """``kaggle_field224_{train,test}``: whole fields at 224 px (the paper's input), no
     segmentation, for the paper-faithful run beside our 64-px cell crops."""
     with Pool(workers) as pool:
@@ -143,11 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("packs"))
     ap.add_argument("--only", nargs="*", default=["pbc", "bccd", "kaggle"])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--fov-um", type=float, default=CROP_FOV_UM,
+                    help="field of view of the field crops (BCCD, Kaggle), µm; recorded in "
+                         "OUT/cut.json, which training copies into the run and export into the "
+                         f"weights card (default {CROP_FOV_UM:g})")
     args = ap.parse_args(argv)
     t0 = time.time()
+    write_cut(args.out, args.fov_um)
     for name in args.only:
         {"pbc": prepare_pbc, "bccd": prepare_bccd, "kaggle": prepare_kaggle,
-         "kaggle_fields": prepare_kaggle_fields}[name](args.out, args.workers)
+         "kaggle_fields": prepare_kaggle_fields}[name](args.out, args.workers, args.fov_um)
     if (args.out / "bccd_train.npz").exists():
         # A BCCD validation fold (every 5th training field) for models selected on BCCD too.
         n_a, n_b = split_pack(args.out / "bccd_train.npz", args.out / "bccd_trainfold.npz",

@@ -25,6 +25,7 @@ from napari_ddrnet.domain_adapt import adapt_batchnorm
 from napari_ddrnet.preprocess import crops_to_tensor
 
 from .evaluate import load_run_model
+from .packs import check_cut
 from .train import load_split, macro_f1, predict
 
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
                          "for 224-px fields)")
     args = ap.parse_args(argv)
     model, meta = load_run_model(args.run, torch.device("cpu"))
+    check_cut(args.packs, meta)
     x, _, _ = load_split(args.packs, args.packs_train)
     adapted = adapt_batchnorm(model, crops_to_tensor(x), batch_size=args.batch_size)
     args.out.mkdir(parents=True, exist_ok=True)

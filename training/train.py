@@ -34,7 +34,7 @@ from napari_ddrnet.preprocess import normalize
 
 from .augment import AugmentConfig, augment_batch
 from .models import build_model
-from .packs import load_pack
+from .packs import load_pack, read_cut
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -252,7 +252,8 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
             log.flush()
             if not quiet:
                 print(line, flush=True)
-            meta = {"arch": cfg["arch"], "classes": classes, "ddrnet": cfg.get("ddrnet", {})}
+            meta = {"arch": cfg["arch"], "classes": classes, "ddrnet": cfg.get("ddrnet", {}),
+                    "crop_fov_um": read_cut(packs)}
             state = {"model": net.state_dict(), "opt": opt.state_dict(),
                      "sched": sched.state_dict(), "epoch": epoch, "best_f1": best_f1}
             torch.save(state, last_path.with_suffix(".tmp"))
