@@ -32,6 +32,45 @@ def test_finds_every_synthetic_wbc_at_two_magnifications(px, shape):
     assert (seg.nuclei > 0).sum() < (seg.labels > 0).sum()
 
 
+@pytest.mark.parametrize("fill", [0, 12])
+def test_black_fill_is_not_a_white_cell(fill):
+    """A rotated or padded image's black fill (pure or JPEG-grey) is the densest thing in the
+    field and used to come out as the largest "nucleus"; it is not specimen. The real white
+    cells are still found, and none is reported inside the fill."""
+    image, truth = synthetic_smear(seed=3)
+    rr, cc = np.mgrid[:480, :640]
+    wedge = (rr > 0.45 * cc + 300) | (cc > 600)  # a rotated image's corner and a padded edge
+    image[wedge] = fill
+    inside = ~wedge[truth["centroid_row"].round().astype(int),
+                    truth["centroid_col"].round().astype(int)]
+    seg = segment_wbc(image, 0.1)
+    assert _match(truth[inside], seg.cells, tol_px=20).all()
+    centres = seg.cells[["centroid_row", "centroid_col"]].round().astype(int).to_numpy()
+    assert not wedge[centres[:, 0], centres[:, 1]].any()
+    assert len(seg.cells) <= len(truth)
+
+
+@needs_data("kaggle_blood_cells")
+def test_kaggle_fields_with_black_corners_crop_the_white_cell():
+    """Kaggle TEST fields (rotated BCCD copies with black corners): the detection with the
+    largest nucleus, the one the Kaggle packs crop, is a stained nucleus, not the fill."""
+    from skimage import io
+
+    from training.paths import data_root
+
+    paths = sorted((data_root() / "kaggle_blood_cells" / "TEST").glob("*/*.jpeg"))[::150]
+    ok = 0
+    for path in paths:
+        image = io.imread(path)[..., :3]
+        seg = segment_wbc(image)
+        if len(seg.cells) == 0:
+            continue
+        best = seg.nuclei == seg.cells["cell_id"].iloc[int(np.argmax(
+            seg.cells["nucleus_area_px"].to_numpy()))]
+        ok += int(np.median(image[best].max(axis=1)) > 60)  # a stained nucleus, not black
+    assert ok >= 0.9 * len(paths)
+
+
 def test_lobes_of_a_neutrophil_are_one_cell():
     image, truth = synthetic_smear(wbc_kinds=("neutrophil",) * 3, seed=5)
     seg = segment_wbc(image, 0.1)

@@ -2,12 +2,14 @@
 
 Usage::
 
-    python -m training.prepare --out packs [--only pbc bccd kaggle kaggle_fields] [--workers 2]
+    python -m training.prepare --out packs [--only pbc bccd kaggle kaggle_test kaggle_fields]
+        [--workers 2] [--fov-um 38]
 
 PBC images are single centred cells (CellaVision): their centre square is the crop. BCCD and
 Kaggle images are whole fields: the plugin's segmentation finds the cells and the plugin's crop
 function cuts them, exactly as at inference time. ``kaggle_fields`` (not in the default set)
-packs the Kaggle fields whole at 224 px for the paper-faithful comparison.
+packs the Kaggle fields whole at 224 px for the paper-faithful comparison; ``kaggle_test`` cuts
+only the Kaggle TEST split (the evaluation pack).
 """
 
 from __future__ import annotations
@@ -106,9 +108,10 @@ def _kaggle_split(split: str) -> tuple[list[str], list[int], list[str]]:
     return paths, labels, [str(Path(p).relative_to(root)) for p in paths]
 
 
-def prepare_kaggle(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
+def prepare_kaggle(out: Path, workers: int, fov_um: float = CROP_FOV_UM,
+                   splits: tuple[str, ...] = ("TRAIN", "TEST")) -> None:
     with Pool(workers) as pool:
-        for split in ("TRAIN", "TEST"):
+        for split in splits:
             paths, labels, names = _kaggle_split(split)
             res = pool.map(partial(_kaggle_item, fov_um=fov_um), paths, chunksize=32)
             save_pack(out / f"kaggle_{split.lower()}.npz", [r[0] for r in res], labels,
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     write_cut(args.out, args.fov_um)
     for name in args.only:
         {"pbc": prepare_pbc, "bccd": prepare_bccd, "kaggle": prepare_kaggle,
+         "kaggle_test": partial(prepare_kaggle, splits=("TEST",)),
          "kaggle_fields": prepare_kaggle_fields}[name](args.out, args.workers, args.fov_um)
     if (args.out / "bccd_train.npz").exists():
         # A BCCD validation fold (every 5th training field) for models selected on BCCD too.

@@ -39,6 +39,15 @@ BORDER_PX = 2
 ROUND_SOLIDITY = 0.93
 ROUND_ECCENTRICITY = 0.6
 
+#: Pixels darker than this fraction of the background in every channel are not specimen: the
+#: black fill of a rotated or padded image, a mask or the dark rim of an eyepiece's field of
+#: view. No stained nucleus gets near it (its brightest channel stays above 0.4x the
+#: background on BCCD, BCD, PBC and Raabin-WBC fields, docs/segmentation.md), but pure black
+#: has the largest optical density of all and would read as the strongest nucleus.
+NOT_SPECIMEN_FRACTION = 0.15
+#: The not-specimen mask is widened by this many pixels, for the JPEG blend at its edge.
+NOT_SPECIMEN_MARGIN_PX = 3
+
 #: Unit optical-density colour of red cells in a Wright-stained BCCD field, used when a field has
 #: too few stained pixels to measure its own.
 DEFAULT_RED_CELL_OD: tuple[float, float, float] = (0.37, 0.71, 0.60)
@@ -144,6 +153,15 @@ def optical_density(rgb: np.ndarray, white) -> np.ndarray:
     return -np.log(img)
 
 
+def not_specimen(rgb: np.ndarray, white) -> np.ndarray | None:
+    """Mask of the pixels that are not stained specimen (see :data:`NOT_SPECIMEN_FRACTION`),
+    widened by :data:`NOT_SPECIMEN_MARGIN_PX`; ``None`` when there are none (the usual case)."""
+    dark = rgb.max(axis=-1) < NOT_SPECIMEN_FRACTION * float(np.mean(white))
+    if not dark.any():
+        return None
+    return ndi.binary_dilation(dark, iterations=NOT_SPECIMEN_MARGIN_PX)
+
+
 def nucleus_chroma(rgb: np.ndarray, white, red_cell_od=DEFAULT_RED_CELL_OD) -> np.ndarray:
     """Return the nucleus signal: the optical density left after removing the red-cell colour.
 
@@ -161,12 +179,17 @@ def nucleus_chroma(rgb: np.ndarray, white, red_cell_od=DEFAULT_RED_CELL_OD) -> n
     Red cells (eosin), overlapping red cells and the background all lie on the line spanned by
     the red-cell density; the azure/methylene-blue dye of a nucleus pulls away from it whatever
     hue it takes on a given stain and camera (blue-violet in BCCD, magenta in Raabin-WBC). The
-    signal is the length of the density component orthogonal to the red-cell colour.
+    signal is the length of the density component orthogonal to the red-cell colour. Pixels
+    that are not specimen (:func:`not_specimen`: black fill, masks) have no signal.
     """
     od = optical_density(rgb, white)
     e = np.asarray(red_cell_od, np.float32)
     od -= (od @ e)[..., None] * e
-    return np.sqrt(np.einsum("...c,...c->...", od, od))
+    signal = np.sqrt(np.einsum("...c,...c->...", od, od))
+    outside = not_specimen(rgb, white)
+    if outside is not None:
+        signal[outside] = 0.0
+    return signal
 
 
 def red_cell_colour(stained_od: np.ndarray, n_pixels: int,
@@ -226,6 +249,9 @@ def _statistics(rgb: np.ndarray, params: SegmentationParams) -> tuple[FieldStats
     white = np.percentile(rgb.reshape(-1, 3), 95, axis=0)
     od = optical_density(rgb, white)
     total = od.sum(axis=-1)
+    outside = not_specimen(rgb, white)
+    if outside is not None:  # black fill would take the whole "nucleus" density class
+        total[outside] = 0.0
     # Three density classes: background, red cells (and cytoplasm), nuclei. The red-cell colour
     # is the median of the middle class; fixed cut-offs fail on uneven or tinted backgrounds.
     try:
