@@ -93,8 +93,10 @@ def split_pack(path: Path, out_a: Path, out_b: Path, every: int = 5) -> tuple[in
 def write_cut(out: Path, fov_um: float) -> None:
     """Record how a pack folder's field crops were cut; refuses to mix two fields of view."""
     path = Path(out) / "cut.json"
-    if path.exists() and (old := read_cut(out)) != fov_um:
-        raise SystemExit(f"{path} says its crops span {old:g} µm, not {fov_um:g}: cut into "
+    # A folder of field crops from before cut.json existed holds LEGACY_FOV_UM crops.
+    legacy = any(Path(out).glob("bccd_*.npz")) or any(Path(out).glob("kaggle_t*.npz"))
+    if (path.exists() or legacy) and (old := read_cut(out)) != fov_um:
+        raise SystemExit(f"the field crops in {out} span {old:g} µm, not {fov_um:g}: cut into "
                          "another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"crop_fov_um": fov_um}) + "\n")

@@ -1,7 +1,8 @@
 """Square cell crops at a fixed physical field of view — shared by training and inference.
 
-The crop spans :data:`CROP_FOV_UM` micrometres whatever the magnification, the field of view of
-the PBC (CellaVision) images the model learns from, so a lymphocyte stays smaller than a
+The crop spans a fixed number of micrometres whatever the magnification (the model's
+``crop_fov_um``, from its weights card; :data:`CROP_FOV_UM` for new training packs), the field of
+view of the PBC (CellaVision) images the model learns from, so a lymphocyte stays smaller than a
 monocyte in the crop exactly as in the training data; it widens only when a cell is bigger than
 that field. Pixels outside the image are filled with the slide's background colour.
 """
@@ -11,8 +12,12 @@ from __future__ import annotations
 import numpy as np
 from skimage import transform
 
-#: Physical width of a crop, micrometres (PBC: ~30 µm across 360 px at 100x).
-CROP_FOV_UM = 30.0
+#: Physical width of a field crop for new training packs, micrometres: what the centre square of
+#: a PBC (CellaVision DM96) image spans, 360 px at the 0.1065 µm/px the plugin's red-cell
+#: estimator reads on PBC (benchmarks/results/crop_scale.log), so that a cell is as large in a
+#: field crop as in a PBC training crop. Models trained before 2026-12-02 used 30 µm; every
+#: model's own value is in its weights card and is what the plugin crops at.
+CROP_FOV_UM = 38.0
 #: Never cut a cell: the crop is at least this many times its bounding-box side.
 MIN_CELL_MARGIN = 1.15
 #: Input side of the model, pixels.
