@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     out: dict = {"reference_per_source": rows, "crop_fov_um_default": CROP_FOV_UM}
     if args.estimate:
         rows_pbc = list(csv.DictReader(open(data_root() / "pbc" / "splits.csv", newline="")))
-        sel = [r for r in rows_pbc if r["split"] == "val"][::max(1, 1707 // args.estimate)]
+        val = [r for r in rows_pbc if r["split"] == "val"]
+        sel = val[::max(1, len(val) // args.estimate)]
         est = []
         for r in sel[:args.estimate]:
             image = io.imread(data_root() / "pbc" / r["file"])[..., :3]

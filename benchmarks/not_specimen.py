@@ -13,7 +13,6 @@ field. ``segment.NOT_SPECIMEN_FRACTION`` must stay well below the smallest of th
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -24,9 +23,9 @@ from skimage import io
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from napari_ddrnet.segment import NOT_SPECIMEN_FRACTION, segment_wbc  # noqa: E402
-from training.paths import data_root  # noqa: E402
 
 from .common import print_table, write_json  # noqa: E402
+from .pixel_size import txl_items  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,23 +33,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--step", type=int, default=25)
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/not_specimen.json"))
     args = ap.parse_args(argv)
-    root = data_root() / "txlpbc_train"
-    source = {r["image"]: r["source"] for r in csv.DictReader(open(root / "boxes.csv"))}
-    by_src = defaultdict(list)
-    for name in sorted(source):
-        by_src[source[name]].append(name)
+    per_src: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for src, path, _ref in txl_items(args.step):
+        image = io.imread(path)[..., :3]
+        nuc = segment_wbc(image).nuclei > 0
+        if not nuc.any():
+            continue
+        white = float(np.mean(np.percentile(image.reshape(-1, 3), 95, axis=0)))
+        rel = image[nuc].max(axis=1) / white
+        per_src[src][0].append(np.percentile(rel, 0.1))
+        per_src[src][1].append(np.percentile(rel, 1))
     rows = []
-    for src, names in sorted(by_src.items()):
-        p01, p1 = [], []
-        for name in names[::args.step]:
-            image = io.imread(root / "images" / name)[..., :3]
-            nuc = segment_wbc(image).nuclei > 0
-            if not nuc.any():
-                continue
-            white = float(np.mean(np.percentile(image.reshape(-1, 3), 95, axis=0)))
-            rel = image[nuc].max(axis=1) / white
-            p01.append(np.percentile(rel, 0.1))
-            p1.append(np.percentile(rel, 1))
+    for src, (p01, p1) in sorted(per_src.items()):
         rows.append({"source": src, "fields": len(p01), "min_p0.1": round(min(p01), 3),
                      "median_p0.1": round(float(np.median(p01)), 3),
                      "min_p1": round(min(p1), 3)})

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The generalise suite (training/gpu_generalise.sh) run on the CPU, one job after another so
 # each gets every core: at 64 px one epoch of wbc8_long (14,122 crops, strong augmentation) takes
-# about 25 s on 2 cores when nothing else runs (GroupNorm about twice that).
+# about 28 s on 2 cores when nothing else runs (docs/results/gen*/long_bn/train.log).
 #   usage: PYTHON=.venv/bin/python bash training/cpu_generalise.sh RUNS [PACKS=packs] [JOBS="long_bn long_gn ft20_bn"]
 # Back here, LISC and the other sources for each run (reporting only, never selection):
 #   python -m benchmarks.cross_source --weights RUNS/long_bn_recal --name long_bn_recal

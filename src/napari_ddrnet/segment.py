@@ -41,9 +41,10 @@ ROUND_ECCENTRICITY = 0.6
 
 #: Pixels darker than this fraction of the background in every channel are not specimen: the
 #: black fill of a rotated or padded image, a mask or the dark rim of an eyepiece's field of
-#: view. No stained nucleus gets near it (its brightest channel stays above 0.4x the
-#: background on BCCD, BCD, PBC and Raabin-WBC fields, docs/segmentation.md), but pure black
-#: has the largest optical density of all and would read as the strongest nucleus.
+#: view. No stained nucleus gets near it (its brightest channel stays above 0.38x the
+#: background on BCCD, BCD, PBC and Raabin-WBC fields, benchmarks/results/not_specimen.log),
+#: but pure black has the largest optical density of all and would read as the strongest
+#: nucleus.
 NOT_SPECIMEN_FRACTION = 0.15
 #: The not-specimen mask is widened by this many pixels, for the JPEG blend at its edge.
 NOT_SPECIMEN_MARGIN_PX = 3
@@ -237,11 +238,11 @@ def field_statistics(image, params: SegmentationParams | None = None,
     h, w = image.shape[:2]
     stride = max(1, int(np.ceil(np.sqrt(h * w / max_pixels))))
     sub = to_rgb_uint8(np.asarray(image[::stride, ::stride]))
-    return _statistics(sub, params or SegmentationParams())[0]
+    return _statistics(sub, params or SegmentationParams())
 
 
-def _statistics(rgb: np.ndarray, params: SegmentationParams) -> tuple[FieldStats, np.ndarray]:
-    """:class:`FieldStats` of ``rgb`` and its nucleus signal (reused when ``rgb`` is the field)."""
+def _statistics(rgb: np.ndarray, params: SegmentationParams) -> FieldStats:
+    """:class:`FieldStats` of ``rgb``."""
     b = BORDER_PX
     crop = min(rgb.shape[:2]) > 4 * b
     if crop:  # ignore the border line of resized fields (see segment_wbc)
@@ -273,9 +274,7 @@ def _statistics(rgb: np.ndarray, params: SegmentationParams) -> tuple[FieldStats
         thr = max(params.otsu_factor * float(filters.threshold_otsu(values)), params.min_signal)
     else:  # nothing stands out from a (nearly) uniform field: no nucleus, whatever its size
         thr = float("inf")
-    stats = FieldStats(tuple(float(v) for v in white), thr,
-                       tuple(float(v) for v in rbc))
-    return stats, (np.pad(signal, b, mode="edge") if crop else signal)
+    return FieldStats(tuple(float(v) for v in white), thr, tuple(float(v) for v in rbc))
 
 
 def segment_wbc(
