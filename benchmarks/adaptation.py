@@ -262,13 +262,16 @@ def main(argv: list[str] | None = None) -> dict:
                     help="skip the variant that adapts on the training cells alone")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--name", default="adaptation",
+                    help="log and JSON file stem in --out (adaptation_<model> for a candidate, "
+                         "so its run does not overwrite the default model's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tta = not args.no_tta
     bundle = load_bundle(args.weights)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
-    log_path = args.out / "adaptation.log"
+    log_path = args.out / f"{args.name}.log"
 
     log_path.write_text("")
 
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
                else "") + f" (prepared in {time.perf_counter() - t0:.0f} s)")
         def partial(table, runs, _models, name=name):
             payload["sets"][name] = {"table": table, "runs": runs}
-            write_json(args.out / "adaptation.json", payload)
+            write_json(args.out / f"{args.name}.json", payload)
 
         table, res = run_set(name, data, bundle, args.sizes, seeds, tta, args.baseline, log,
                              partial, reviewed_only=not args.no_reviewed_only)
@@ -360,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
     _log_table(forget, ["model", "PBC test %"], log)
     payload["forgetting"] = {"n": len(y), "rows": forget}
 
-    write_json(args.out / "adaptation.json", payload)
+    write_json(args.out / f"{args.name}.json", payload)
     return payload
 
 

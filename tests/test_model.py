@@ -47,6 +47,33 @@ def test_fused_inference_matches():
     torch.testing.assert_close(fused, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_crop_input_norm_cancels_a_cast_and_a_new_exposure():
+    """input_norm="crop": a per-channel gain and offset on the whole crop (white balance,
+    exposure, stain strength) gives the same logits; a plain model's logits move."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 64, 64)
+    gain = torch.tensor([1.25, 0.8, 1.1])[None, :, None, None]
+    cast = x * gain + torch.tensor([0.05, -0.03, 0.0])[None, :, None, None]
+    moved = {}
+    for input_norm in ("crop", "none"):
+        torch.manual_seed(1)
+        m = DDRNet(DDRNetConfig(norm="batch", input_norm=input_norm)).eval()
+        with torch.no_grad():
+            a, b = m((x - 0.5) / 0.25), m((cast - 0.5) / 0.25)
+        moved[input_norm] = float((a - b).abs().max() / a.abs().max())
+    assert moved["crop"] < 1e-3 and moved["none"] > 100 * moved["crop"], moved
+    # it travels with the weights card and survives BatchNorm folding
+    cfg = DDRNetConfig.from_dict(DDRNetConfig(input_norm="crop").to_dict())
+    assert cfg.input_norm == "crop"
+    m = DDRNet(cfg).eval()
+    with torch.no_grad():
+        ref = m(x)
+        torch.testing.assert_close(fuse_for_inference(m)(x), ref, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="input_norm"):
+        DDRNet(DDRNetConfig(input_norm="lab"))
+    assert DDRNetConfig.from_dict({"norm": "batch"}).input_norm == "none"  # older cards
+
+
 def test_shipped_weights_load_deterministically():
     a, b = load_bundle(), load_bundle()
     assert a.classes == ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte",

@@ -268,10 +268,15 @@ def test_adapt_runs_in_worker_and_refreshes_model_list(make_napari_viewer, qtbot
     assert calls["images"][widget.review.image_name] is widget.result_data
     assert calls["base"] == widget.weights_used and calls["single"] is False
     assert "0 % before, 100 % after" in gallery._adapt_label.text()
-    # The widget's model list now offers it (choices are the weights paths), shipped first.
+    # The widget's model list now offers it (choices are the weights paths): the shipped
+    # default first, then the package's other models, then the user's.
+    from napari_ddrnet.weights import WEIGHTS_DIR
+
     choices = [str(c) for c in widget._model.choices]
+    packaged = sorted(str(p) for p in WEIGHTS_DIR.glob("*.safetensors") if str(p) != choices[0])
     assert choices[0] == str(widget.weights_used)
-    assert choices[1:] == [str(user_home / "models" / "adapted-test.safetensors")]
+    assert len(packaged) >= 2 and choices[1:-1] == packaged
+    assert choices[-1] == str(user_home / "models" / "adapted-test.safetensors")
 
 
 def test_review_file_beside_the_image_names_it(make_napari_viewer, qtbot, tmp_path):

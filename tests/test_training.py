@@ -254,6 +254,29 @@ def test_blur_sigma_matches_the_request():
     assert torch.allclose(y.sum((2, 3)), torch.ones(2, 3), atol=1e-5)
 
 
+def test_channel_swap_and_grey_keep_each_pixel_and_hit_the_requested_share():
+    import torch
+
+    x = _smooth_batch(n=400, s=16)
+    g = torch.Generator().manual_seed(3)
+    y = augment_batch(x.clone(), AugmentConfig(channel_swap_p=0.5, **_STILL), g)
+    # Every pixel keeps its three values (up to the still pipeline's 1e-6 rounding), only
+    # their order changes, one non-identity order per swapped sample.
+    torch.testing.assert_close(y.sort(1).values, x.sort(1).values, atol=1e-5, rtol=0)
+    same = (y - x[:, [0, 1, 2]]).abs().flatten(1).amax(1) < 1e-5
+    assert 0.4 < 1 - float(same.float().mean()) < 0.6
+    for i in torch.nonzero(~same).flatten()[:20].tolist():
+        order = [int(((y[i, c:c + 1] - x[i]).abs().flatten(1).amax(1) < 1e-5).nonzero()[0])
+                 for c in range(3)]
+        assert sorted(order) == [0, 1, 2] and order != [0, 1, 2]
+    y = augment_batch(x.clone(), AugmentConfig(grayscale_p=0.3, **_STILL), g)
+    grey = (y[:, 0] == y[:, 1]).flatten(1).all(1) & (y[:, 1] == y[:, 2]).flatten(1).all(1)
+    assert 0.2 < float(grey.float().mean()) < 0.4
+    lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[grey]
+    torch.testing.assert_close(y[:, 0][grey], lum, atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[~grey], x[~grey], atol=1e-5, rtol=0)
+
+
 def test_load_split_fraction_keeps_a_fixed_subset(tmp_path):
     from training.train import load_split
 

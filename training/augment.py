@@ -9,6 +9,11 @@ that a model must survive to work on a lab it never saw (the LISC cross-lab test
   jitter (``hed_jitter``, Tellez et al. 2018);
 - camera: white-balance casts (``white_balance``), hue, saturation and gamma jitter,
   brightness, sensor noise (``noise``) and JPEG compression (``jpeg_p``);
+- stain colour identity: random permutations of the colour channels (``channel_swap_p``) and
+  grey images (``grayscale_p``). Nuclei range from deep blue to magenta and red cells from pink
+  to blue-grey between the sources we have (BCCD, BCD and Raabin-WBC fields in TXL-PBC), far
+  beyond a hue jitter; a model that must also classify a channel-swapped or grey cell has to
+  rely on structure and relative intensity rather than on one lab's palette;
 - optics: defocus blur (``blur_p``/``blur_sigma``) and a wider zoom range (``zoom``) so that a
   moderately wrong pixel-size estimate degrades gracefully.
 
@@ -70,6 +75,11 @@ class AugmentConfig:
         ``jpeg_quality``; the other transforms are batched, this one loops per sample.
     jpeg_quality : tuple of int
         JPEG quality range.
+    channel_swap_p : float
+        Fraction of samples whose colour channels are permuted (one of the five non-identity
+        permutations, uniformly), after the photometric jitter.
+    grayscale_p : float
+        Fraction of samples replaced by their luminance on all three channels.
     """
 
     flip: bool = True
@@ -91,6 +101,8 @@ class AugmentConfig:
     noise: float = 0.0
     jpeg_p: float = 0.0
     jpeg_quality: tuple[int, int] = (40, 95)
+    channel_swap_p: float = 0.0
+    grayscale_p: float = 0.0
 
 
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None
@@ -130,6 +142,11 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
         x = x.clamp(1e-4, 1) ** g
     if cfg.brightness > 0:
         x = x + (rand(n, 1, 1, 1) * 2 - 1) * cfg.brightness
+    if cfg.channel_swap_p > 0:
+        x = _swap_channels(x, rand(n) < cfg.channel_swap_p, rand)
+    if cfg.grayscale_p > 0:
+        grey = torch.einsum("c,nchw->nhw", _RGB2YIQ[0].to(x.device, x.dtype), x)[:, None]
+        x = torch.where((rand(n) < cfg.grayscale_p)[:, None, None, None], grey.expand_as(x), x)
     if cfg.blur_p > 0:
         sel = rand(n) < cfg.blur_p
         sigma = 0.3 + rand(n) * max(cfg.blur_sigma - 0.3, 0.0)
@@ -159,6 +176,20 @@ def _affine(x: torch.Tensor, cfg: AugmentConfig, rand) -> torch.Tensor:
     theta[:, :, 2] = (rand(n, 2) * 2 - 1) * cfg.max_shift * 2
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=cfg.padding, align_corners=False)
+
+
+#: The five ways to reorder RGB other than the identity.
+_PERMUTATIONS = torch.tensor([[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+
+
+def _swap_channels(x: torch.Tensor, sel: torch.Tensor, rand) -> torch.Tensor:
+    """Reorder the colour channels of the selected samples, each by a random non-identity
+    permutation."""
+    n = x.shape[0]
+    pick = (rand(n) * len(_PERMUTATIONS)).long().clamp(max=len(_PERMUTATIONS) - 1)
+    order = _PERMUTATIONS.to(x.device)[pick]  # N,3
+    order = torch.where(sel[:, None], order, torch.arange(3, device=x.device)[None])
+    return torch.gather(x, 1, order[:, :, None, None].expand_as(x))
 
 
 def white_balance_gains(u: torch.Tensor, strength: float) -> torch.Tensor:

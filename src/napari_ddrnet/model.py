@@ -30,6 +30,10 @@ class DDRNetConfig:
     use_drdb: bool = True
     use_glfeb: bool = True
     use_csab: bool = True
+    #: "none", or "crop": each crop's channels are standardised to zero mean and unit variance
+    #: before the stem, so the network cannot see a per-channel gain or offset (a camera's white
+    #: balance, exposure, stain intensity): colour constancy by construction (issue 7).
+    input_norm: str = "none"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -162,6 +166,23 @@ class CSAB(nn.Module):
         return x + y * sa
 
 
+#: Floor of a crop channel's variance (in units of the normalised input, where a typical crop
+#: has a variance near 1), so a flat crop (one colour) stays finite instead of amplifying noise.
+CROP_VAR_FLOOR = 1e-2
+
+
+def crop_standardise(x: torch.Tensor) -> torch.Tensor:
+    """Each sample's channels to zero mean and unit variance over the crop (``input_norm="crop"``).
+
+    Per-channel gains and offsets applied to a whole crop cancel exactly, so the features do not
+    depend on white balance, exposure or overall stain intensity; the colours of the cell
+    relative to its surroundings (red cells, plasma) are all that remains.
+    """
+    mean = x.mean((2, 3), keepdim=True)
+    var = x.var((2, 3), keepdim=True, unbiased=False)
+    return (x - mean) * torch.rsqrt(var + CROP_VAR_FLOOR)
+
+
 class DDRNet(nn.Module):
     """DDRNet classifier returning logits; apply softmax for single-label probabilities."""
 
@@ -171,6 +192,8 @@ class DDRNet(nn.Module):
         c = cfg.stem_channels
         self.stem = ConvBlock(cfg)
         self.drdb = DRDB(c, cfg) if cfg.use_drdb else None
+        if cfg.input_norm not in ("none", "crop"):
+            raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose 'none' or 'crop'")
         if cfg.use_glfeb:
             self.glfeb = GLFEB(c, c, cfg)
             feat = self.glfeb.out_channels
@@ -193,6 +216,8 @@ class DDRNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled feature vector before the classification head."""
+        if self.cfg.input_norm == "crop":
+            x = crop_standardise(x)
         stem = self.stem(x)
         y = self.drdb(stem) if self.drdb is not None else stem
         if self.glfeb is not None:

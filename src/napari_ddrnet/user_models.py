@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .weights import DEFAULT_WEIGHTS, metadata_path
+from .weights import DEFAULT_WEIGHTS, WEIGHTS_DIR, metadata_path
 
 SHIPPED_NAME = "shipped"
 
@@ -41,11 +41,16 @@ def user_models_dir() -> Path:
 
 
 def list_models() -> list[ModelEntry]:
-    """The shipped model first, then the user's models (newest first) that have a card.
+    """The shipped default first, then the other models in the package (by name), then the
+    user's models (newest first) that have a card.
 
     A file without a readable card is skipped here; loading checks the checksum anyway.
     """
     entries = [ModelEntry(SHIPPED_NAME, DEFAULT_WEIGHTS, _card(DEFAULT_WEIGHTS) or {})]
+    for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
+        card = _card(path)
+        if path != DEFAULT_WEIGHTS and card is not None:
+            entries.append(ModelEntry(f"{path.stem} (packaged)", path, card))
     folder = user_models_dir()
     if folder.is_dir():
         files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime,
