@@ -74,6 +74,31 @@ def test_crop_input_norm_cancels_a_cast_and_a_new_exposure():
     assert DDRNetConfig.from_dict({"norm": "batch"}).input_norm == "none"  # older cards
 
 
+def test_crop_lab_input_norm_matches_skimage_and_cancels_a_lab_cast():
+    """input_norm="crop_lab": the LAB conversion is skimage's, and a gain/offset per LAB
+    channel (a blue-yellow cast, a paler stain) gives the same logits."""
+    from skimage.color import lab2rgb, rgb2lab
+
+    from napari_ddrnet.model import rgb_to_lab
+
+    rng = np.random.default_rng(0)
+    rgb = rng.uniform(0.05, 0.95, (2, 24, 24, 3))
+    ours = rgb_to_lab(torch.as_tensor(rgb).permute(0, 3, 1, 2).float()).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(ours.numpy(), rgb2lab(rgb), atol=0.05)
+    # A smooth crop kept inside the sRGB gamut before and after the cast.
+    lab = rgb2lab(0.3 + 0.4 * rgb)
+    cast = lab * np.array([0.9, 1.2, 0.8]) + np.array([4.0, -3.0, 6.0])
+    x, y = (torch.as_tensor(lab2rgb(v)).permute(0, 3, 1, 2).float() for v in (lab, cast))
+    torch.manual_seed(2)
+    m = DDRNet(DDRNetConfig(norm="batch", input_norm="crop_lab")).eval()
+    plain = DDRNet(DDRNetConfig(norm="batch")).eval()
+    plain.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        moved = {name: float((net((x - 0.5) / 0.25) - net((y - 0.5) / 0.25)).abs().max())
+                 for name, net in (("crop_lab", m), ("none", plain))}
+    assert moved["none"] > 30 * moved["crop_lab"], moved
+
+
 def test_shipped_weights_load_deterministically():
     a, b = load_bundle(), load_bundle()
     assert a.classes == ("basophil", "eosinophil", "erythroblast", "ig", "lymphocyte",

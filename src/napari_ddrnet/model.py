@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .preprocess import MEAN, STD
+
 
 @dataclass(frozen=True)
 class DDRNetConfig:
@@ -30,9 +32,10 @@ class DDRNetConfig:
     use_drdb: bool = True
     use_glfeb: bool = True
     use_csab: bool = True
-    #: "none", or "crop": each crop's channels are standardised to zero mean and unit variance
+    #: "none"; "crop": each crop's RGB channels are standardised to zero mean and unit variance
     #: before the stem, so the network cannot see a per-channel gain or offset (a camera's white
-    #: balance, exposure, stain intensity): colour constancy by construction (issue 7).
+    #: balance, exposure, stain intensity); "crop_lab": the same in CIELAB (a per-crop Reinhard
+    #: colour transfer), which also cancels casts that mix the RGB channels (issue 7).
     input_norm: str = "none"
 
     def to_dict(self) -> dict:
@@ -166,6 +169,8 @@ class CSAB(nn.Module):
         return x + y * sa
 
 
+INPUT_NORMS = ("none", "crop", "crop_lab")
+
 #: Floor of a crop channel's variance (in units of the normalised input, where a typical crop
 #: has a variance near 1), so a flat crop (one colour) stays finite instead of amplifying noise.
 CROP_VAR_FLOOR = 1e-2
@@ -183,6 +188,40 @@ def crop_standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) * torch.rsqrt(var + CROP_VAR_FLOOR)
 
 
+# sRGB (D65) -> XYZ, rows scaled by the white point so that white maps to (1, 1, 1).
+_RGB2XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
+                         [0.212671, 0.715160, 0.072169],
+                         [0.019334, 0.119193, 0.950227]]) / torch.tensor(
+                             [0.95047, 1.0, 1.08883])[:, None]
+#: CIELAB channels are divided by these before the per-crop standardisation, so that the
+#: variance floor means what it does for RGB (median crop stds, PBC and LISC: L 14-16,
+#: a ~9, b 11-13).
+_LAB_SCALE = (15.0, 10.0, 10.0)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, H, W)`` sRGB in 0..1 to CIELAB (D65), as :func:`skimage.color.rgb2lab`."""
+    rgb = rgb.clamp(0, 1)
+    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = torch.einsum("ij,njhw->nihw", _RGB2XYZ.to(rgb.device, rgb.dtype), lin)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]),
+                        200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def crop_standardise_lab(x: torch.Tensor) -> torch.Tensor:
+    """``input_norm="crop_lab"``: the crop (normalised with :data:`preprocess.MEAN`/``STD``, as
+    every model here is) back to 0..1 RGB, to CIELAB, and each LAB channel standardised over
+    the crop: a per-crop Reinhard transfer to a fixed target. Any gain and offset per LAB channel
+    cancels (a cast along the red-green or blue-yellow axis, a lighter or more saturated stain).
+    """
+    m = torch.tensor(MEAN, device=x.device, dtype=x.dtype)[None, :, None, None]
+    s = torch.tensor(STD, device=x.device, dtype=x.dtype)[None, :, None, None]
+    lab = rgb_to_lab(x * s + m)
+    scale = torch.tensor(_LAB_SCALE, device=x.device, dtype=x.dtype)[None, :, None, None]
+    return crop_standardise(lab / scale)
+
+
 class DDRNet(nn.Module):
     """DDRNet classifier returning logits; apply softmax for single-label probabilities."""
 
@@ -192,8 +231,8 @@ class DDRNet(nn.Module):
         c = cfg.stem_channels
         self.stem = ConvBlock(cfg)
         self.drdb = DRDB(c, cfg) if cfg.use_drdb else None
-        if cfg.input_norm not in ("none", "crop"):
-            raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose 'none' or 'crop'")
+        if cfg.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose one of {INPUT_NORMS}")
         if cfg.use_glfeb:
             self.glfeb = GLFEB(c, c, cfg)
             feat = self.glfeb.out_channels
@@ -218,6 +257,8 @@ class DDRNet(nn.Module):
         """Pooled feature vector before the classification head."""
         if self.cfg.input_norm == "crop":
             x = crop_standardise(x)
+        elif self.cfg.input_norm == "crop_lab":
+            x = crop_standardise_lab(x)
         stem = self.stem(x)
         y = self.drdb(stem) if self.drdb is not None else stem
         if self.glfeb is not None:
