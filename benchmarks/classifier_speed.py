@@ -39,8 +39,14 @@ def macs(model: torch.nn.Module, size: int) -> int:
 
 
 def models(num_classes: int = 8) -> dict:
+    def bn(**kw):
+        return fuse_for_inference(DDRNet(DDRNetConfig(num_classes=num_classes, norm="batch", **kw)))
+
     return {
-        "ddrnet": fuse_for_inference(DDRNet(DDRNetConfig(num_classes=num_classes, norm="batch"))),
+        "ddrnet": bn(),
+        # the per-crop colour standardisations of issue 7 (part of the network, so timed here)
+        "ddrnet_cropnorm": bn(input_norm="crop"),
+        "ddrnet_croplab": bn(input_norm="crop_lab"),
         "ddrnet_gn": DDRNet(DDRNetConfig(num_classes=num_classes, norm="group")).eval(),
         "resnet18": torchvision.models.resnet18(num_classes=num_classes).eval(),
         "resnet50": torchvision.models.resnet50(num_classes=num_classes).eval(),
