@@ -228,11 +228,11 @@ class DDRNet(nn.Module):
     def __init__(self, cfg: DDRNetConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or DDRNetConfig()
+        if cfg.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose one of {INPUT_NORMS}")
         c = cfg.stem_channels
         self.stem = ConvBlock(cfg)
         self.drdb = DRDB(c, cfg) if cfg.use_drdb else None
-        if cfg.input_norm not in INPUT_NORMS:
-            raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose one of {INPUT_NORMS}")
         if cfg.use_glfeb:
             self.glfeb = GLFEB(c, c, cfg)
             feat = self.glfeb.out_channels
