@@ -193,9 +193,9 @@ _RGB2XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
                          [0.212671, 0.715160, 0.072169],
                          [0.019334, 0.119193, 0.950227]]) / torch.tensor(
                              [0.95047, 1.0, 1.08883])[:, None]
-#: CIELAB channels are divided by these before the per-crop standardisation, so that the
-#: variance floor means what it does for RGB (median crop stds, PBC and LISC: L 14-16,
-#: a ~9, b 11-13).
+#: CIELAB channels are divided by these before the per-crop standardisation so that a
+#: typical crop's channels have a standard deviation of order one, as the normalised RGB
+#: input does, and the variance floor means the same for both (a rough scale, not a fit).
 _LAB_SCALE = (15.0, 10.0, 10.0)
 
 
