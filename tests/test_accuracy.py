@@ -88,24 +88,24 @@ def test_paper_tables_read_a_run_stopped_early(tmp_path):
 @needs_data("lisc")
 def test_robust_model_on_the_unseen_lab_as_is():
     """LISC (never trained, tuned or selected on), single-cell crops as ``count --single-cell``
-    cuts them, default TTA, argmax over LISC's 5 classes: every 3rd image. ``ddrnet_wbc8_v3``
-    is at 56.9 % on all 1,287 (benchmarks/results/unseen_lab_ddrnet_wbc8_v3.log) and 55.9 % on
-    these 429; the default ddrnet_wbc8_v2 reads 44.3 % here, below the floor."""
+    cuts them, default TTA, argmax over LISC's 5 classes: every 3rd image. The default
+    ``ddrnet_wbc8_v4`` is at 62.8 % on all 1,287 (benchmarks/results/unseen_lab.log) and
+    60.8 % on these 429; the previous default ``ddrnet_wbc8_v2`` read 44.3 % here."""
     import csv
 
     from skimage import io
 
     from napari_ddrnet.crop import crop_centre
-    from napari_ddrnet.weights import WEIGHTS_DIR
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS
     from training.paths import data_root
 
     root = data_root() / "lisc"
     rows = list(csv.DictReader(open(root / "labels.csv", newline="")))[::3]
-    clf = Classifier(WEIGHTS_DIR / "ddrnet_wbc8_v3.safetensors", device="cpu", tta=True)
+    clf = Classifier(DEFAULT_WEIGHTS, device="cpu", tta=True)
     crops = np.stack([crop_centre(io.imread(root / r["file"])[..., :3], clf.input_size)
                       for r in rows])
     lisc = sorted({r["class"] for r in rows})
     cols = [list(clf.classes).index(c) for c in lisc]
     pred = np.asarray(lisc)[clf.predict_proba(crops)[:, cols].argmax(1)]
     acc = float((pred == np.asarray([r["class"] for r in rows])).mean())
-    assert len(rows) == 429 and acc >= 0.52, acc
+    assert len(rows) == 429 and acc >= 0.56, acc

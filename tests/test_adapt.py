@@ -12,7 +12,7 @@ from PIL import Image
 
 from napari_ddrnet import cli
 from napari_ddrnet.adapt import AdaptError, adapt_from_cells, split_holdout
-from napari_ddrnet.weights import DEFAULT_WEIGHTS, load_bundle, sha256_file
+from napari_ddrnet.weights import WEIGHTS_DIR, load_bundle, sha256_file
 from training.paths import data_root
 
 LISC_CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -48,23 +48,26 @@ def test_split_holdout_keeps_groups_apart_and_every_class_in_training():
 @needs_data("lisc")
 def test_adapting_to_lisc_improves_held_out_cells_and_writes_a_card(tmp_path):
     """An unseen lab (LISC): 8 cells per class, a quarter of the cells (whole groups) held out.
-    The shipped model is near chance there; a short adaptation must clearly beat it."""
+    The base is ``ddrnet_wbc8_v2``, which reads LISC poorly (~45 %): a short adaptation must
+    clearly beat it. (The default ``ddrnet_wbc8_v4`` already reads this small hold-out at 78 %;
+    its gain is checked on other groups below and in ``benchmarks.adaptation``.)"""
     cells = _lisc_cells(8, 2)
     out = tmp_path / "lab.safetensors"
     seen = []
-    report = adapt_from_cells(cells, out, single_cell=True, epochs=4, holdout=0.25, seed=0,
-                              progress=lambda d, t: seen.append((d, t)))
+    base_weights = WEIGHTS_DIR / "ddrnet_wbc8_v2.safetensors"
+    report = adapt_from_cells(cells, out, base_weights=base_weights, single_cell=True, epochs=4,
+                              holdout=0.25, seed=0, progress=lambda d, t: seen.append((d, t)))
     assert report.n_train + report.n_holdout == len(cells)
     assert report.n_holdout % 2 == 0  # both crops of a held-out cell are held out together
     assert report.after_accuracy >= report.before_accuracy + 0.15, report
     assert seen and seen[-1][0] == seen[-1][1]
     assert set(report.per_class) == set(LISC_CLASSES)
 
-    base = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    base = json.loads(base_weights.with_suffix(".json").read_text())
     card = json.loads(out.with_suffix(".json").read_text())
     for key in ("architecture", "config", "classes", "input_size", "crop_fov_um", "mean", "std"):
         assert card[key] == base[key]
-    assert card["base_model"]["sha256"] == sha256_file(DEFAULT_WEIGHTS)
+    assert card["base_model"]["sha256"] == sha256_file(base_weights)
     ad = card["adaptation"]
     assert sum(ad["cells_per_class"].values()) == report.n_train
     assert ad["holdout"]["before_accuracy"] == pytest.approx(report.before_accuracy)

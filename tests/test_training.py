@@ -499,3 +499,30 @@ def test_wider_field_of_view_shows_the_bccd_cell_smaller(tmp_path):
         hsv = color.rgb2hsv(crop)
         areas.append(float(((hsv[..., 0] > 0.6) & (hsv[..., 1] > 0.25)).mean()))  # violet nucleus
     assert areas[1] / areas[0] == pytest.approx((30 / 38) ** 2, rel=0.2)
+
+
+def test_keep_confident_keeps_the_most_confident_share_of_each_class():
+    from training.pseudo_label import keep_confident
+
+    proba = np.array([[0.9, 0.1], [0.6, 0.4], [0.7, 0.3], [0.2, 0.8], [0.45, 0.55]])
+    kept = keep_confident(proba, 0.5)
+    # class 0: 3 cells, round(1.5) = 2 kept, the two most confident; class 1: 1 of 2
+    assert kept.tolist() == [0, 2, 3]
+    assert keep_confident(proba, 1.0).tolist() == [0, 1, 2, 3, 4]
+
+
+@needs_data("txlpbc_train")
+def test_txl_source_crops_centre_the_annotated_white_cell():
+    import pandas as pd
+
+    from training.detection_eval import load_txl_fields
+    from training.pseudo_label import source_crops
+
+    crops, names = source_crops("raabin", 30.0, 64, per_source=3)
+    fields = load_txl_fields(None, sources=("raabin",), per_source=3)
+    assert crops.shape == (sum(len(f.wbc) for f in fields), 64, 64, 3)
+    assert names[0] == f"{fields[0].image}#0"
+    # the white cell is darker and more saturated than the crop's border (background, red cells)
+    grey = crops.astype(float).mean(-1)
+    centre, border = grey[:, 24:40, 24:40].mean(), pd.Series(grey[:, :4].ravel()).mean()
+    assert centre < border - 20
