@@ -522,7 +522,16 @@ def test_txl_source_crops_centre_the_annotated_white_cell():
     fields = load_txl_fields(None, sources=("raabin",), per_source=3)
     assert crops.shape == (sum(len(f.wbc) for f in fields), 64, 64, 3)
     assert names[0] == f"{fields[0].image}#0"
-    # the white cell is darker and more saturated than the crop's border (background, red cells)
+    # the white cell (stained nucleus) is darker than the crop's top rows (background, red cells)
     grey = crops.astype(float).mean(-1)
     centre, border = grey[:, 24:40, 24:40].mean(), pd.Series(grey[:, :4].ravel()).mean()
     assert centre < border - 20
+
+
+def test_pseudo_labels_refuse_sources_that_hold_test_images(capsys):
+    from training.pseudo_label import main
+
+    for source in ("pbc", "bccd"):
+        with pytest.raises(SystemExit):
+            main(["--teacher", "x", "--out", "y.npz", "--sources", source])
+    assert "invalid choice" in capsys.readouterr().err

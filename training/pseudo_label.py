@@ -36,14 +36,40 @@ from .packs import encode_jpeg, save_pack
 
 #: The white-cell classes of a peripheral smear that every TXL-PBC source may show.
 WBC5 = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
-#: Sources whose images are not also in a test split we report on.
+#: Sources whose images are not also in a test split we report on. The TXL-PBC ``pbc`` and
+#: ``bccd`` sources are PBC and BCCD images (test fields among them) and are refused.
 DEFAULT_SOURCES = ("raabin", "bcd")
+#: Crop side of the packs (every packaged model's input size).
+PACK_SIDE = 64
 
 
 def source_crops(source: str, fov_um: float, input_size: int, per_source: int | None = None
                  ) -> tuple[np.ndarray, list[str]]:
-    """Every annotated white cell of one TXL-PBC source (of its first ``per_source`` fields
-    when given): crops and ``image#k`` names."""
+    """Every annotated white cell of one TXL-PBC source, cut by the plugin's crop code.
+
+    Parameters
+    ----------
+    source : str
+        TXL-PBC source name (``"raabin"``, ``"bcd"``).
+    fov_um : float
+        Crop field of view, micrometres (the teacher's).
+    input_size : int
+        Output side of each crop, pixels.
+    per_source : int, optional
+        Only the first ``per_source`` fields (a fixed subset for tests).
+
+    Returns
+    -------
+    crops : numpy.ndarray
+        ``(N, input_size, input_size, 3) uint8``.
+    names : list of str
+        ``"<image>#<k>"``, the k-th white-cell box of the image.
+
+    Raises
+    ------
+    ValueError
+        When the source has no annotated white cell (unknown source name).
+    """
     crops, names = [], []
     for field in load_txl_fields(None, sources=(source,), per_source=per_source):
         if len(field.wbc) == 0:
@@ -56,12 +82,32 @@ def source_crops(source: str, fov_um: float, input_size: int, per_source: int | 
                               "centroid_col": (b[:, 1] + b[:, 3]) / 2})
         crops.append(crop_cells(image, cells, px, out_size=input_size, fov_um=fov_um))
         names += [f"{field.image}#{k}" for k in range(len(b))]
+    if not crops:
+        raise ValueError(f"TXL-PBC source {source!r} has no annotated white cell")
     return np.concatenate(crops), names
 
 
 def teacher_proba(model, classes: list[str], mean, std, crops: np.ndarray) -> np.ndarray:
-    """New-lab reading of one source: Reinhard + AdaBN on the source's crops + 8-view TTA;
-    probabilities renormalised over :data:`WBC5` (columns in that order)."""
+    """New-lab reading of one source: Reinhard + AdaBN on the source's crops + 8-view TTA.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The teacher, unfused (AdaBN re-estimates its BatchNorm statistics on a copy).
+    classes : list of str
+        The teacher's classes; must include :data:`WBC5`.
+    mean, std : sequence of float
+        The teacher's input normalisation.
+    crops : numpy.ndarray
+        ``(N, S, S, 3) uint8`` crops of one source (one lab).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 5)`` probabilities renormalised over :data:`WBC5` (columns in that order). The
+        renormalisation forces a cell the teacher calls ig, erythroblast or platelet into one
+        of the five, with an inflated confidence; the keep rule then ranks it among them.
+    """
     from benchmarks.cross_source import adapted, predict
 
     norm = reinhard_normalize(crops)
@@ -71,7 +117,21 @@ def teacher_proba(model, classes: list[str], mean, std, crops: np.ndarray) -> np
 
 
 def keep_confident(proba: np.ndarray, keep: float) -> np.ndarray:
-    """Indices of the most confident ``keep`` share of each predicted class (at least one)."""
+    """Indices of the most confident ``keep`` share of each predicted class.
+
+    Parameters
+    ----------
+    proba : numpy.ndarray
+        ``(N, K)`` class probabilities.
+    keep : float
+        Share in (0, 1] of each predicted class to keep; ``round(keep * n)`` cells (Python's
+        rounding, halves to even), at least one.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted indices of the kept rows.
+    """
     pred, conf = proba.argmax(1), proba.max(1)
     out = []
     for c in np.unique(pred):
@@ -82,13 +142,16 @@ def keep_confident(proba: np.ndarray, keep: float) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Command line: write the pseudo-labelled pack and a JSON summary beside it; returns the
+    summary (per source: cells, kept, predicted and kept counts per class)."""
     from benchmarks.cross_source import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", type=Path, required=True,
                     help="package weights (.safetensors) or a run folder")
     ap.add_argument("--out", type=Path, required=True, help="pack to write (.npz)")
-    ap.add_argument("--sources", nargs="+", default=list(DEFAULT_SOURCES))
+    ap.add_argument("--sources", nargs="+", default=list(DEFAULT_SOURCES),
+                    choices=DEFAULT_SOURCES)
     ap.add_argument("--keep", type=float, default=0.6,
                     help="share of each predicted class kept, most confident first")
     ap.add_argument("--fov-um", type=float, default=None,
@@ -101,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     fov = args.fov_um or fov
     all_crops, all_labels, all_names, summary = [], [], [], {}
     for source in args.sources:
-        crops, names = source_crops(source, fov, 64)
+        crops, names = source_crops(source, fov, PACK_SIDE)
         proba = teacher_proba(model, classes, mean, std, crops)
         kept = keep_confident(proba, args.keep)
         pred = proba.argmax(1)
