@@ -49,7 +49,7 @@ def test_split_holdout_keeps_groups_apart_and_every_class_in_training():
 def test_adapting_to_lisc_improves_held_out_cells_and_writes_a_card(tmp_path):
     """An unseen lab (LISC): 8 cells per class, a quarter of the cells (whole groups) held out.
     The base is ``ddrnet_wbc8_v2``, which reads LISC poorly (~45 %): a short adaptation must
-    clearly beat it. (The default ``ddrnet_wbc8_v4`` already reads this small hold-out at 78 %;
+    clearly beat it. (The default ``ddrnet_wbc8_v4`` read this small hold-out at 78 % when written;
     its gain is checked on other groups below and in ``benchmarks.adaptation``.)"""
     cells = _lisc_cells(8, 2)
     out = tmp_path / "lab.safetensors"

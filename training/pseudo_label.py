@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from napari_ddrnet.classes import WBC_CLASSES
 from napari_ddrnet.crop import crop_cells
 from napari_ddrnet.domain_adapt import reinhard_normalize
 from napari_ddrnet.scale import resolve_pixel_size
@@ -34,8 +35,8 @@ from napari_ddrnet.scale import resolve_pixel_size
 from .detection_eval import load_txl_fields
 from .packs import encode_jpeg, save_pack
 
-#: The white-cell classes of a peripheral smear that every TXL-PBC source may show.
-WBC5 = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
+#: The white-cell classes of a normal peripheral smear (no immature granulocytes), sorted.
+WBC5 = tuple(sorted(c for c in WBC_CLASSES if c != "ig"))
 #: Sources whose images are not also in a test split we report on. The TXL-PBC ``pbc`` and
 #: ``bccd`` sources are PBC and BCCD images (test fields among them) and are refused.
 DEFAULT_SOURCES = ("raabin", "bcd")
@@ -144,6 +145,7 @@ def keep_confident(proba: np.ndarray, keep: float) -> np.ndarray:
 def main(argv: list[str] | None = None) -> dict:
     """Command line: write the pseudo-labelled pack and a JSON summary beside it; returns the
     summary (per source: cells, kept, predicted and kept counts per class)."""
+    from benchmarks.common import write_json
     from benchmarks.cross_source import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary["teacher"] = str(args.teacher)
     summary["fov_um"] = fov
     summary["keep"] = args.keep
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    write_json(args.out.with_suffix(".json"), summary)
     return summary
 
 
