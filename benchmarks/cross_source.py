@@ -34,6 +34,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from napari_ddrnet.crop import crop_square  # noqa: E402
+from napari_ddrnet.crop import INPUT_SIZE, crop_square  # noqa: E402
 from napari_ddrnet.domain_adapt import adapt_batchnorm, reinhard_normalize  # noqa: E402
 from napari_ddrnet.model import fuse_for_inference  # noqa: E402
 from napari_ddrnet.preprocess import crops_to_tensor  # noqa: E402
@@ -60,33 +61,47 @@ LISC_UM_PER_PX = 0.15
 LISC_SIDE_PX = 200
 
 
-def load_model(weights: Path | None) -> tuple[torch.nn.Module, list[str], tuple, tuple, float]:
-    """Unfused model, classes, mean, std and crop field of view (µm) from package weights
-    (``.safetensors``) or a run folder (``best.pt`` + ``meta.json``)."""
+class LoadedModel(NamedTuple):
+    """An unfused model and the transforms its crops need."""
+
+    model: torch.nn.Module
+    classes: list[str]
+    mean: tuple
+    std: tuple
+    fov_um: float
+    input_size: int
+
+
+def load_model(weights: Path | None) -> LoadedModel:
+    """Unfused model, classes, mean, std, crop field of view (µm) and crop side (px) from
+    package weights (``.safetensors``) or a run folder (``best.pt`` + ``meta.json``)."""
     if weights is not None and Path(weights).is_dir():
         from napari_ddrnet.preprocess import MEAN, STD
         from training.evaluate import load_run_model
         from training.packs import LEGACY_FOV_UM
 
         model, meta = load_run_model(Path(weights), torch.device("cpu"))
-        return (model.eval(), list(meta["classes"]), MEAN, STD,
-                float(meta.get("crop_fov_um", LEGACY_FOV_UM)))
+        return LoadedModel(model.eval(), list(meta["classes"]), MEAN, STD,
+                           float(meta.get("crop_fov_um", LEGACY_FOV_UM)),
+                           int(meta.get("input_size", INPUT_SIZE)))
     from napari_ddrnet.weights import load_bundle
 
     b = load_bundle(weights)
-    return b.model.eval(), list(b.classes), b.mean, b.std, b.crop_fov_um
+    return LoadedModel(b.model.eval(), list(b.classes), b.mean, b.std, b.crop_fov_um,
+                       b.input_size)
 
 
-def lisc_crops(side_px: float = LISC_SIDE_PX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LISC crops ``(N, 64, 64, 3)``, class names ``(N,)`` and cell groups ``(N,)``; a side
-    beyond the 224 px image is filled with the image's background colour."""
+def lisc_crops(side_px: float = LISC_SIDE_PX, size: int = INPUT_SIZE
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LISC crops ``(N, size, size, 3)``, class names ``(N,)`` and cell groups ``(N,)``; a
+    side beyond the 224 px image is filled with the image's background colour."""
     root = data_root() / "lisc"
     rows = list(csv.DictReader(open(root / "labels.csv", newline="")))
     crops = []
     for r in rows:
         img = io.imread(root / r["file"])[..., :3]
         h, w = img.shape[:2]
-        crops.append(crop_square(img, (h / 2, w / 2), side_px))
+        crops.append(crop_square(img, (h / 2, w / 2), side_px, size))
     return (np.stack(crops), np.asarray([r["class"] for r in rows]),
             np.asarray([r["cell_group"] for r in rows]))
 
@@ -306,8 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
         log_path.write_text("\n".join(lines) + "\n")
 
     modes = {kv.split("=")[0]: kv.split("=")[1].split(",") for kv in args.modes}
-    model, classes, mean, std, fov_um = load_model(args.weights)
-    check_cut(args.packs, {"crop_fov_um": fov_um})
+    model, classes, mean, std, fov_um, size = load_model(args.weights)
+    check_cut(args.packs, {"crop_fov_um": fov_um, "input_size": size})
     if args.lisc_side is None:
         args.lisc_side = round(fov_um / LISC_UM_PER_PX)
     log(f"cross-source accuracy of {args.weights or 'shipped ddrnet_pbc8'} "
@@ -315,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     sources = {}
     for s in args.sources:
         if s == "lisc":
-            crops, y, groups = lisc_crops(args.lisc_side)
+            crops, y, groups = lisc_crops(args.lisc_side, size)
             sources[s] = (crops, y, LISC_CLASSES, groups)
             continue
         x, yi, cls, _ = load_pack(args.packs / f"{s}.npz")

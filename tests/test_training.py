@@ -472,14 +472,51 @@ def test_crop_field_of_view_travels_from_packs_to_weights_and_is_checked(tmp_pat
            "augment": {}}
     train(cfg, tmp_path / "run", packs, "cpu", quiet=True)
     assert json.loads((tmp_path / "run" / "meta.json").read_text())["crop_fov_um"] == 38.0
-    export_run(tmp_path / "run", tmp_path / "w.safetensors")
+    assert "reproduce" in export_run(tmp_path / "run", tmp_path / "w.safetensors")
     assert load_bundle(tmp_path / "w.safetensors").crop_fov_um == 38.0
+    # a card with its own exact steps drops the generic ones
+    steps = ["python -m training.pseudo_label ...", "python -m training.train ..."]
+    meta = export_run(tmp_path / "run", tmp_path / "w2.safetensors", {"reproduce_steps": steps})
+    assert "reproduce" not in meta and meta["reproduce_steps"] == steps
     other = tmp_path / "packs30"
     write_cut(other, 30.0)
     (other / "va.npz").write_bytes((packs / "va.npz").read_bytes())
     with pytest.raises(SystemExit, match="38 µm"):
         evaluate_run(tmp_path / "run", other, ["va"], "cpu")
     evaluate_run(tmp_path / "run", packs, ["va"], "cpu")
+
+
+def test_crop_side_travels_from_packs_to_weights_and_is_checked(tmp_path):
+    """Packs cut at 96 px record it; the run and the weights carry it (the plugin then cuts its
+    crops at it), and 64 px packs are refused for that run."""
+    from napari_ddrnet.weights import load_bundle
+    from training.evaluate import evaluate_run
+    from training.export import export_run
+    from training.packs import read_size, write_cut
+    from training.train import train
+
+    rng = np.random.default_rng(0)
+    packs = tmp_path / "packs96"
+    write_cut(packs, 30.0, 96)
+    for name in ("tr", "va"):
+        crops = [encode_jpeg(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+                 for _ in range(16)]
+        save_pack(packs / f"{name}.npz", crops, [0, 1] * 8, ["a", "b"],
+                  [str(i) for i in range(16)])
+    assert read_size(packs) == 96 and read_size(tmp_path / "elsewhere") == 64
+    with pytest.raises(SystemExit, match="96 px"):
+        write_cut(packs, 30.0, 64)  # one folder never mixes two crop sides
+    cfg = {"arch": "ddrnet", "train": ["tr"], "val": ["va"], "epochs": 1, "batch_size": 8,
+           "augment": {}}
+    train(cfg, tmp_path / "run", packs, "cpu", quiet=True)
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["input_size"] == 96
+    export_run(tmp_path / "run", tmp_path / "w.safetensors")
+    assert load_bundle(tmp_path / "w.safetensors").input_size == 96
+    other = tmp_path / "packs64"
+    write_cut(other, 30.0, 64)
+    (other / "va.npz").write_bytes((packs / "va.npz").read_bytes())
+    with pytest.raises(SystemExit, match="96 px"):
+        evaluate_run(tmp_path / "run", other, ["va"], "cpu")
 
 
 @needs_data("bccd")
@@ -509,6 +546,39 @@ def test_keep_confident_keeps_the_most_confident_share_of_each_class():
     # class 0: 3 cells, round(1.5) = 2 kept, the two most confident; class 1: 1 of 2
     assert kept.tolist() == [0, 2, 3]
     assert keep_confident(proba, 1.0).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_reviewed_box_fixes_drop_bad_boxes_and_add_missing_ones():
+    from training.pseudo_label import fixed_boxes, reviewed_box_fixes
+
+    fixes = reviewed_box_fixes()
+    # the committed review: 21 bad boxes (17 in raabin/bcd) and 5 white cells without a box
+    n_drop = sum(len(d) for d, _ in fixes.values())
+    n_add = sum(len(a) for _, a in fixes.values())
+    assert n_drop >= 17 and n_add >= 4
+    name = next(n for n, (d, a) in fixes.items() if d)
+    bad = sorted(fixes[name][0])[0]
+    boxes = np.array([bad, (0, 0, 10, 10)])
+    out = fixed_boxes(boxes, fixes[name])
+    assert tuple(out[0]) == (0, 0, 10, 10) and not any(tuple(b) == bad for b in out)
+    assert fixed_boxes(boxes, None) is boxes
+    drop_nothing_add_one = (set(), [(1, 2, 3, 4)])
+    assert fixed_boxes(np.zeros((0, 4), np.int64), drop_nothing_add_one).tolist() == [[1, 2, 3, 4]]
+
+
+def test_wbc5_calls_drop_cells_called_no_white_cell_without_renormalising():
+    from training.pseudo_label import WBC5, wbc5_calls
+
+    classes = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
+               "neutrophil", "platelet"]
+    proba = np.full((2, 8), 0.05)
+    proba[0, classes.index("platelet")] = 0.6      # called a platelet: not a white cell
+    proba[0, classes.index("lymphocyte")] = 0.1
+    proba[1, classes.index("monocyte")] = 0.5
+    is_wbc, p5 = wbc5_calls(proba, classes)
+    assert is_wbc.tolist() == [False, True]
+    assert WBC5[p5[1].argmax()] == "monocyte" and p5[1].max() == pytest.approx(0.5)
+    assert WBC5[p5[0].argmax()] == "lymphocyte" and p5[0].max() == pytest.approx(0.1)
 
 
 @needs_data("txlpbc_train")

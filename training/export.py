@@ -83,7 +83,8 @@ def export_run(run: Path, out: Path, extra: dict | None = None, config: Path | N
         "name": out.stem,
         "architecture": "DDRNet",
         "classes": meta_run["classes"],
-        "input_size": INPUT_SIZE,
+        # The crop side its packs were cut at (runs from before it was recorded: 64 px).
+        "input_size": int(meta_run.get("input_size", INPUT_SIZE)),
         # The field of view its packs were cut at (runs from before it was recorded: 30 µm).
         "crop_fov_um": float(meta_run.get("crop_fov_um", LEGACY_FOV_UM)),
         "mean": list(MEAN),
@@ -104,6 +105,9 @@ def export_run(run: Path, out: Path, extra: dict | None = None, config: Path | N
         ],
         **(extra or {}),
     }
+    if "reproduce_steps" in meta:
+        # A card with its own exact steps (e.g. a pseudo-label step) replaces the generic ones.
+        meta.pop("reproduce")
     if benchmark is not None:
         meta["metrics_benchmark"] = benchmark_metrics(benchmark)
     return export_weights(state, meta, out)

@@ -1,4 +1,5 @@
-"""Compact crop packs: JPEG-encoded 64 px crops + labels in one ``.npz`` (no pickle).
+"""Compact crop packs: JPEG-encoded crops (64 px unless ``cut.json`` says otherwise) + labels
+in one ``.npz`` (no pickle).
 
 Crops are cut once, on the CPU, by the plugin's own segmentation and crop code; a pack then
 travels to any machine (e.g. a lent GPU) and decodes in seconds.
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from napari_ddrnet.crop import INPUT_SIZE
 
 
 def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
@@ -90,16 +93,20 @@ def split_pack(path: Path, out_a: Path, out_b: Path, every: int = 5) -> tuple[in
     return len(parts[False][0]), len(parts[True][0])
 
 
-def write_cut(out: Path, fov_um: float) -> None:
-    """Record how a pack folder's field crops were cut; refuses to mix two fields of view."""
+def write_cut(out: Path, fov_um: float, size: int = INPUT_SIZE) -> None:
+    """Record how a pack folder's crops were cut (field of view, µm; side, px); refuses to mix
+    two fields of view or two crop sides in one folder."""
     path = Path(out) / "cut.json"
     # A folder of field crops from before cut.json existed holds LEGACY_FOV_UM crops.
     legacy = any(Path(out).glob("bccd_*.npz")) or any(Path(out).glob("kaggle_t*.npz"))
     if (path.exists() or legacy) and (old := read_cut(out)) != fov_um:
         raise SystemExit(f"the field crops in {out} span {old:g} µm, not {fov_um:g}: cut into "
                          "another folder")
+    if path.exists() and (old_size := read_size(out)) != size:
+        raise SystemExit(f"the crops in {out} are {old_size} px, not {size}: cut into "
+                         "another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"crop_fov_um": fov_um}) + "\n")
+    path.write_text(json.dumps({"crop_fov_um": fov_um, "input_size": int(size)}) + "\n")
 
 
 #: Field of view of every pack folder cut before ``cut.json`` was written.
@@ -113,13 +120,24 @@ def read_cut(packs: Path) -> float:
         else LEGACY_FOV_UM
 
 
+def read_size(packs: Path) -> int:
+    """The side, px, of a pack folder's crops (folders from before it was recorded: 64)."""
+    path = Path(packs) / "cut.json"
+    return int(json.loads(path.read_text()).get("input_size", INPUT_SIZE)) if path.exists() \
+        else INPUT_SIZE
+
+
 def check_cut(packs: Path, run_meta: dict) -> None:
-    """Refuse to score or recalibrate a run on packs cut at another field of view than the one
-    it trained on (its ``meta.json``): the cells would be the wrong size."""
+    """Refuse to score or recalibrate a run on packs cut at another field of view or crop side
+    than the ones it trained on (its ``meta.json``): the cells would be the wrong size."""
     trained, here = float(run_meta.get("crop_fov_um", LEGACY_FOV_UM)), read_cut(packs)
     if trained != here:
         raise SystemExit(f"the run was trained on crops {trained:g} µm across, {packs} holds "
                          f"{here:g} µm crops")
+    trained_px, here_px = int(run_meta.get("input_size", INPUT_SIZE)), read_size(packs)
+    if trained_px != here_px:
+        raise SystemExit(f"the run was trained on {trained_px} px crops, {packs} holds "
+                         f"{here_px} px crops")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,7 @@
 Usage::
 
     python -m training.prepare --out packs [--only pbc bccd kaggle kaggle_test kaggle_fields]
-        [--workers 2] [--fov-um 38]
+        [--workers 2] [--fov-um 38] [--size 96]
 
 PBC images are single centred cells (CellaVision): their centre square is the crop. BCCD and
 Kaggle images are whole fields: the plugin's segmentation finds the cells and the plugin's crop
@@ -25,7 +25,7 @@ import numpy as np
 from skimage import io, transform
 
 from napari_ddrnet.classes import PBC_CLASSES
-from napari_ddrnet.crop import CROP_FOV_UM, crop_cells, crop_centre
+from napari_ddrnet.crop import CROP_FOV_UM, INPUT_SIZE, crop_cells, crop_centre
 from napari_ddrnet.segment import segment_wbc
 
 from .bccd import load_fields
@@ -36,19 +36,21 @@ from .paths import data_root
 KAGGLE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
 
-def _pbc_item(path: str) -> bytes:
-    return encode_jpeg(crop_centre(io.imread(path)[..., :3]))
+def _pbc_item(path: str, size: int = INPUT_SIZE) -> bytes:
+    return encode_jpeg(crop_centre(io.imread(path)[..., :3], size))
 
 
-def prepare_pbc(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
+def prepare_pbc(out: Path, workers: int, fov_um: float = CROP_FOV_UM,
+                size: int = INPUT_SIZE) -> None:
     """PBC packs: the centred square of each single-cell image, whatever ``fov_um`` (the
-    single-cell path classifies the same square)."""
+    single-cell path classifies the same square), ``size`` px across."""
     root = data_root() / "pbc"
     rows = list(csv.DictReader(open(root / "splits.csv", newline="")))
     with Pool(workers) as pool:
         for split in ("train", "val", "test"):
             sel = [r for r in rows if r["split"] == split]
-            crops = pool.map(_pbc_item, [str(root / r["file"]) for r in sel], chunksize=64)
+            crops = pool.map(partial(_pbc_item, size=size),
+                             [str(root / r["file"]) for r in sel], chunksize=64)
             save_pack(out / f"pbc_{split}.npz", crops,
                       [PBC_CLASSES.index(r["class"]) for r in sel], list(PBC_CLASSES),
                       [r["file"] for r in sel])
@@ -56,10 +58,10 @@ def prepare_pbc(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
 
 
 def field_wbc_crop(image: np.ndarray, gt_box: np.ndarray | None = None,
-                   fov_um: float = CROP_FOV_UM) -> np.ndarray | None:
+                   fov_um: float = CROP_FOV_UM, size: int = INPUT_SIZE) -> np.ndarray | None:
     """Crop of a field's white cell: the detection best matching ``gt_box`` (IoU >= 0.3), or
     without a box the detection with the largest nucleus, ``fov_um`` across (the plugin's crop
-    at inference). ``None`` when nothing is found."""
+    at inference), ``size`` px across. ``None`` when nothing is found."""
     seg = segment_wbc(image)
     cells = seg.cells
     if len(cells) == 0:
@@ -71,20 +73,22 @@ def field_wbc_crop(image: np.ndarray, gt_box: np.ndarray | None = None,
             return None
     else:
         best = int(np.argmax(cells["nucleus_area_px"].to_numpy()))
-    return crop_cells(image, cells.iloc[[best]], seg.pixel_size_um, fov_um=fov_um)[0]
+    return crop_cells(image, cells.iloc[[best]], seg.pixel_size_um, out_size=size,
+                      fov_um=fov_um)[0]
 
 
-def _bccd_item(field, fov_um: float = CROP_FOV_UM) -> bytes | None:
+def _bccd_item(field, fov_um: float = CROP_FOV_UM, size: int = INPUT_SIZE) -> bytes | None:
     boxes = field.boxes()
-    crop = field_wbc_crop(field.image(), boxes[:1] if len(boxes) else None, fov_um)
+    crop = field_wbc_crop(field.image(), boxes[:1] if len(boxes) else None, fov_um, size)
     return None if crop is None else encode_jpeg(crop)
 
 
-def prepare_bccd(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
+def prepare_bccd(out: Path, workers: int, fov_um: float = CROP_FOV_UM,
+                 size: int = INPUT_SIZE) -> None:
     with Pool(workers) as pool:
         for split in ("train", "test"):
             fields = [f for f in load_fields(split) if f.wbc_class in PBC_CLASSES]
-            crops = pool.map(partial(_bccd_item, fov_um=fov_um), fields, chunksize=8)
+            crops = pool.map(partial(_bccd_item, fov_um=fov_um, size=size), fields, chunksize=8)
             keep = [(c, f) for c, f in zip(crops, fields) if c is not None]
             save_pack(out / f"bccd_{split}.npz", [c for c, _ in keep],
                       [PBC_CLASSES.index(f.wbc_class) for _, f in keep], list(PBC_CLASSES),
@@ -92,11 +96,12 @@ def prepare_bccd(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
             print(f"bccd {split}: {len(keep)}/{len(fields)} fields cropped", flush=True)
 
 
-def _kaggle_item(path: str, fov_um: float = CROP_FOV_UM) -> tuple[bytes, bool]:
+def _kaggle_item(path: str, fov_um: float = CROP_FOV_UM, size: int = INPUT_SIZE
+                 ) -> tuple[bytes, bool]:
     image = io.imread(path)[..., :3]
-    crop = field_wbc_crop(image, fov_um=fov_um)
+    crop = field_wbc_crop(image, fov_um=fov_um, size=size)
     if crop is None:  # no nucleus found: fall back to the whole field
-        return encode_jpeg(crop_centre(image)), False
+        return encode_jpeg(crop_centre(image, size)), False
     return encode_jpeg(crop), True
 
 
@@ -109,11 +114,11 @@ def _kaggle_split(split: str) -> tuple[list[str], list[int], list[str]]:
 
 
 def prepare_kaggle(out: Path, workers: int, fov_um: float = CROP_FOV_UM,
-                   splits: tuple[str, ...] = ("TRAIN", "TEST")) -> None:
+                   size: int = INPUT_SIZE, splits: tuple[str, ...] = ("TRAIN", "TEST")) -> None:
     with Pool(workers) as pool:
         for split in splits:
             paths, labels, names = _kaggle_split(split)
-            res = pool.map(partial(_kaggle_item, fov_um=fov_um), paths, chunksize=32)
+            res = pool.map(partial(_kaggle_item, fov_um=fov_um, size=size), paths, chunksize=32)
             save_pack(out / f"kaggle_{split.lower()}.npz", [r[0] for r in res], labels,
                       list(KAGGLE_CLASSES), names)
             found = sum(r[1] for r in res)
@@ -133,9 +138,11 @@ def _kaggle_field_item(path: str) -> bytes:
     return encode_jpeg(np.clip(np.rint(small), 0, 255).astype(np.uint8), quality=95)
 
 
-def prepare_kaggle_fields(out: Path, workers: int, fov_um: float = CROP_FOV_UM) -> None:
+def prepare_kaggle_fields(out: Path, workers: int, fov_um: float = CROP_FOV_UM,
+                          size: int = INPUT_SIZE) -> None:
     """``kaggle_field224_{train,test}``: whole fields at 224 px (the paper's input), no
-    segmentation, for the paper-faithful run beside our 64-px cell crops."""
+    segmentation, for the paper-faithful run beside our cell crops (``size`` is not used: the
+    fields are FIELD_SIDE px)."""
     with Pool(workers) as pool:
         for split in ("TRAIN", "TEST"):
             paths, labels, names = _kaggle_split(split)
@@ -154,13 +161,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="field of view of the field crops (BCCD, Kaggle), µm; recorded in "
                          "OUT/cut.json, which training copies into the run and export into the "
                          f"weights card (default {CROP_FOV_UM:g})")
+    ap.add_argument("--size", type=int, default=INPUT_SIZE,
+                    help="crop side, px; recorded in OUT/cut.json and carried into the run "
+                         f"and the weights card like the field of view (default {INPUT_SIZE})")
     args = ap.parse_args(argv)
     t0 = time.time()
-    write_cut(args.out, args.fov_um)
+    write_cut(args.out, args.fov_um, args.size)
     for name in args.only:
         {"pbc": prepare_pbc, "bccd": prepare_bccd, "kaggle": prepare_kaggle,
          "kaggle_test": partial(prepare_kaggle, splits=("TEST",)),
-         "kaggle_fields": prepare_kaggle_fields}[name](args.out, args.workers, args.fov_um)
+         "kaggle_fields": prepare_kaggle_fields}[name](args.out, args.workers, args.fov_um,
+                                                       size=args.size)
     if (args.out / "bccd_train.npz").exists():
         # A BCCD validation fold (every 5th training field) for models selected on BCCD too.
         n_a, n_b = split_pack(args.out / "bccd_train.npz", args.out / "bccd_trainfold.npz",

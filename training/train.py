@@ -34,7 +34,7 @@ from napari_ddrnet.preprocess import normalize
 
 from .augment import AugmentConfig, augment_batch
 from .models import build_model
-from .packs import load_pack, read_cut
+from .packs import load_pack, read_cut, read_size
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -253,7 +253,7 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
             if not quiet:
                 print(line, flush=True)
             meta = {"arch": cfg["arch"], "classes": classes, "ddrnet": cfg.get("ddrnet", {}),
-                    "crop_fov_um": read_cut(packs)}
+                    "crop_fov_um": read_cut(packs), "input_size": read_size(packs)}
             state = {"model": net.state_dict(), "opt": opt.state_dict(),
                      "sched": sched.state_dict(), "epoch": epoch, "best_f1": best_f1}
             torch.save(state, last_path.with_suffix(".tmp"))
