@@ -506,6 +506,11 @@ def test_crop_side_travels_from_packs_to_weights_and_is_checked(tmp_path):
     assert read_size(packs) == 96 and read_size(tmp_path / "elsewhere") == 64
     with pytest.raises(SystemExit, match="96 px"):
         write_cut(packs, 30.0, 64)  # one folder never mixes two crop sides
+    legacy = tmp_path / "old"  # cut before cut.json existed: 30 µm, 64 px
+    legacy.mkdir()
+    (legacy / "bccd_test.npz").write_bytes(b"")
+    with pytest.raises(SystemExit, match="64 px"):
+        write_cut(legacy, 30.0, 96)
     cfg = {"arch": "ddrnet", "train": ["tr"], "val": ["va"], "epochs": 1, "batch_size": 8,
            "augment": {}}
     train(cfg, tmp_path / "run", packs, "cpu", quiet=True)

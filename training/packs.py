@@ -102,7 +102,7 @@ def write_cut(out: Path, fov_um: float, size: int = INPUT_SIZE) -> None:
     if (path.exists() or legacy) and (old := read_cut(out)) != fov_um:
         raise SystemExit(f"the field crops in {out} span {old:g} µm, not {fov_um:g}: cut into "
                          "another folder")
-    if path.exists() and (old_size := read_size(out)) != size:
+    if (path.exists() or legacy) and (old_size := read_size(out)) != size:
         raise SystemExit(f"the crops in {out} are {old_size} px, not {size}: cut into "
                          "another folder")
     path.parent.mkdir(parents=True, exist_ok=True)

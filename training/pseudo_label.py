@@ -130,40 +130,30 @@ def source_crops(source: str, fov_um: float, input_size: int, per_source: int | 
     return np.concatenate(crops), names
 
 
-def teacher_proba(model, classes: list[str], mean, std, crops: np.ndarray,
-                  renormalise: bool = True) -> np.ndarray:
+def teacher_proba(model, mean, std, crops: np.ndarray) -> np.ndarray:
     """New-lab reading of one source: Reinhard + AdaBN on the source's crops + 8-view TTA.
 
     Parameters
     ----------
     model : torch.nn.Module
         The teacher, unfused (AdaBN re-estimates its BatchNorm statistics on a copy).
-    classes : list of str
-        The teacher's classes; must include :data:`WBC5`.
     mean, std : sequence of float
         The teacher's input normalisation.
     crops : numpy.ndarray
         ``(N, S, S, 3) uint8`` crops of one source (one lab).
-    renormalise : bool
-        Renormalise over :data:`WBC5` (the first recipe), or return the teacher's
-        probabilities of every class in ``classes`` order.
 
     Returns
     -------
     numpy.ndarray
-        ``(N, 5)`` probabilities renormalised over :data:`WBC5` (columns in that order), or
-        ``(N, len(classes))``. The renormalisation forces a cell the teacher calls ig,
-        erythroblast or platelet into one of the five, with an inflated confidence; the keep
-        rule then ranks it among them (``--rank all`` avoids this).
+        ``(N, K)`` probabilities of the teacher's classes, in its order. The first recipe
+        (``--rank wbc5``) renormalises them over :data:`WBC5`, which forces a cell the teacher
+        calls ig, erythroblast or platelet into one of the five with an inflated confidence;
+        ``--rank all`` (:func:`wbc5_calls`) does not.
     """
     from benchmarks.cross_source import adapted, predict
 
     norm = reinhard_normalize(crops)
-    probs = predict(adapted(model, norm, mean, std, adabn=True), norm, mean, std, tta=True)
-    if not renormalise:
-        return probs
-    p = probs[:, [classes.index(c) for c in WBC5]]
-    return p / p.sum(1, keepdims=True)
+    return predict(adapted(model, norm, mean, std, adabn=True), norm, mean, std, tta=True)
 
 
 def wbc5_calls(proba: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -252,12 +242,13 @@ def main(argv: list[str] | None = None) -> dict:
     all_crops, all_labels, all_names, summary = [], [], [], {}
     for source in args.sources:
         crops, names = source_crops(source, fov, args.size, fixes=fixes)
+        # each teacher reads the cells as it was trained to see them; one cut per (fov, side)
+        cuts = {(fov, args.size): crops}
         proba = np.zeros((len(crops), len(classes)))
         for model, t_classes, mean, std, t_fov, t_size in teachers:
-            # each teacher reads the cells as it was trained to see them
-            seen = crops if (t_fov, t_size) == (fov, args.size) else \
-                source_crops(source, t_fov, t_size, fixes=fixes)[0]
-            p = teacher_proba(model, t_classes, mean, std, seen, renormalise=False)
+            if (t_fov, t_size) not in cuts:
+                cuts[t_fov, t_size] = source_crops(source, t_fov, t_size, fixes=fixes)[0]
+            p = teacher_proba(model, mean, std, cuts[t_fov, t_size])
             proba += p[:, [t_classes.index(c) for c in classes]] / len(teachers)
         if args.rank == "all":
             is_wbc, p5 = wbc5_calls(proba, classes)
