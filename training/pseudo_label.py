@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             p5 = proba[:, [classes.index(c) for c in WBC5]]
             p5, is_wbc = p5 / p5.sum(1, keepdims=True), np.ones(len(p5), bool)
+        other = ~wbc5_calls(proba, classes)[0]  # called no white cell over all classes
         cand = np.flatnonzero(is_wbc)
         kept = cand[keep_confident(p5[cand], args.keep)] if len(cand) else cand
         pred = p5.argmax(1)
@@ -262,6 +263,12 @@ def main(argv: list[str] | None = None) -> dict:
             "cells": len(crops), "kept": len(kept), "not_wbc_calls": int((~is_wbc).sum()),
             "predicted": {WBC5[c]: int((pred[is_wbc] == c).sum()) for c in range(len(WBC5))},
             "kept_by_class": {WBC5[c]: int((pred[kept] == c).sum()) for c in range(len(WBC5))},
+            # what the ensemble reads every cell as, over all classes, and which white cell the
+            # cells called something else resemble most: the split of what `--rank all` drops
+            "argmax_all_classes": {c: int((proba.argmax(1) == i).sum())
+                                   for i, c in enumerate(classes)},
+            "not_wbc_best_wbc5": {WBC5[c]: int((p5.argmax(1)[other] == c).sum())
+                                  for c in range(len(WBC5))},
             "min_kept_confidence": float(p5.max(1)[kept].min()) if len(kept) else None,
         }
         print(source, json.dumps(summary[source]), flush=True)
