@@ -44,6 +44,7 @@ from sklearn.metrics import accuracy_score, f1_score, recall_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from napari_ddrnet.classes import MATURE_WBC  # noqa: E402
 from napari_ddrnet.crop import INPUT_SIZE, crop_square  # noqa: E402
 from napari_ddrnet.domain_adapt import adapt_batchnorm, reinhard_normalize  # noqa: E402
 from napari_ddrnet.model import fuse_for_inference  # noqa: E402
@@ -53,7 +54,7 @@ from training.paths import data_root  # noqa: E402
 
 from .common import machine, write_json  # noqa: E402
 
-LISC_CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
+LISC_CLASSES = MATURE_WBC
 KAGGLE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
 #: LISC pixel size from its red cells (~7.5 µm across ~45-55 px): ~0.15 µm/px, so a 30 µm
 #: field of view is ~200 of the 224 px.

@@ -12,10 +12,9 @@ from PIL import Image
 
 from napari_ddrnet import cli
 from napari_ddrnet.adapt import AdaptError, adapt_from_cells, split_holdout
+from napari_ddrnet.classes import MATURE_WBC as LISC_CLASSES
 from napari_ddrnet.weights import WEIGHTS_DIR, load_bundle, sha256_file
 from training.paths import data_root
-
-LISC_CLASSES = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
 
 def _lisc_cells(groups_per_class: int, crops_per_group: int, seed: int = 0) -> pd.DataFrame:
@@ -49,8 +48,8 @@ def test_split_holdout_keeps_groups_apart_and_every_class_in_training():
 def test_adapting_to_lisc_improves_held_out_cells_and_writes_a_card(tmp_path):
     """An unseen lab (LISC): 8 cells per class, a quarter of the cells (whole groups) held out.
     The base is ``ddrnet_wbc8_v2``, which reads LISC poorly (~45 %): a short adaptation must
-    clearly beat it. (The default ``ddrnet_wbc8_v4`` read this small hold-out at 78 % when written;
-    its gain is checked on other groups below and in ``benchmarks.adaptation``.)"""
+    clearly beat it. (``ddrnet_wbc8_v4``, default when this was written, read this small hold-out at
+    78 %; the default's gain is checked on other groups below and in ``benchmarks.adaptation``.)"""
     cells = _lisc_cells(8, 2)
     out = tmp_path / "lab.safetensors"
     seen = []

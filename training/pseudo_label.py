@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_ddrnet.classes import WBC_CLASSES
+from napari_ddrnet.classes import MATURE_WBC
 from napari_ddrnet.crop import crop_cells
 from napari_ddrnet.domain_adapt import reinhard_normalize
 from napari_ddrnet.scale import resolve_pixel_size
@@ -43,7 +43,7 @@ from .detection_eval import REVIEWED_BOXES, REVIEWED_BOXES_HELD, load_txl_fields
 from .packs import encode_jpeg, save_pack
 
 #: The white-cell classes of a normal peripheral smear (no immature granulocytes), sorted.
-WBC5 = tuple(sorted(c for c in WBC_CLASSES if c != "ig"))
+WBC5 = MATURE_WBC
 #: Sources whose images are not also in a test split we report on. The TXL-PBC ``pbc`` and
 #: ``bccd`` sources are PBC and BCCD images (test fields among them) and are refused.
 DEFAULT_SOURCES = ("raabin", "bcd")

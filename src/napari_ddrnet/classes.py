@@ -20,6 +20,9 @@ DEFAULT_MIN_CONFIDENCE = 0.5
 
 #: White-cell classes: the differential is given as % of these.
 WBC_CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "ig")
+#: The five mature white-cell classes of a normal smear, sorted: LISC's classes and the calls
+#: of the pseudo-labels.
+MATURE_WBC = tuple(sorted(c for c in WBC_CLASSES if c != "ig"))
 #: Reported per 100 WBC, outside the differential (as in a manual count).
 PER_100_WBC = ("erythroblast",)
 #: Shown apart from the differential.
