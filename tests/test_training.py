@@ -608,3 +608,27 @@ def test_pseudo_labels_refuse_sources_that_hold_test_images(capsys):
         with pytest.raises(SystemExit):
             main(["--teacher", "x", "--out", "y.npz", "--sources", source])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@needs_data("txlpbc_train")
+def test_pseudo_label_summary_accounts_for_every_cell(tmp_path):
+    """One teacher on BCD with the gate: every cell appears once in the all-class argmax, the
+    dropped cells are exactly those called no white cell (each with its nearest white cell), and
+    the pack holds the cells and calls the summary reports."""
+    from collections import Counter
+
+    from napari_ddrnet.weights import WEIGHTS_DIR
+    from training.packs import load_pack
+    from training.pseudo_label import WBC5, main
+
+    out = tmp_path / "pseudo.npz"
+    s = main(["--teacher", str(WEIGHTS_DIR / "ddrnet_wbc8_v2.safetensors"), "--out", str(out),
+              "--sources", "bcd", "--reviewed", "--rank", "all"])["bcd"]
+    assert sum(s["argmax_all_classes"].values()) == s["cells"] > 100
+    called_other = s["cells"] - sum(s["argmax_all_classes"][c] for c in WBC5)
+    assert s["not_wbc_calls"] == called_other == sum(s["not_wbc_best_wbc5"].values())
+    assert sum(s["predicted"].values()) == s["cells"] - called_other
+    assert s["kept"] == sum(s["kept_by_class"].values())
+    _, labels, classes, names = load_pack(out)
+    assert len(labels) == s["kept"] and all(n.startswith("bcd/") for n in names)
+    assert Counter(classes[i] for i in labels) == +Counter(s["kept_by_class"])
