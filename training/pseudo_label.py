@@ -250,12 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
                 cuts[t_fov, t_size] = source_crops(source, t_fov, t_size, fixes=fixes)[0]
             p = teacher_proba(model, mean, std, cuts[t_fov, t_size])
             proba += p[:, [t_classes.index(c) for c in classes]] / len(teachers)
+        called_wbc, p5 = wbc5_calls(proba, classes)
         if args.rank == "all":
-            is_wbc, p5 = wbc5_calls(proba, classes)
+            is_wbc = called_wbc
         else:
-            p5 = proba[:, [classes.index(c) for c in WBC5]]
             p5, is_wbc = p5 / p5.sum(1, keepdims=True), np.ones(len(p5), bool)
-        other = ~wbc5_calls(proba, classes)[0]  # called no white cell over all classes
         cand = np.flatnonzero(is_wbc)
         kept = cand[keep_confident(p5[cand], args.keep)] if len(cand) else cand
         pred = p5.argmax(1)
@@ -267,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
             # cells called something else resemble most: the split of what `--rank all` drops
             "argmax_all_classes": {c: int((proba.argmax(1) == i).sum())
                                    for i, c in enumerate(classes)},
-            "not_wbc_best_wbc5": {WBC5[c]: int((p5.argmax(1)[other] == c).sum())
+            "not_wbc_best_wbc5": {WBC5[c]: int((pred[~called_wbc] == c).sum())
                                   for c in range(len(WBC5))},
             "min_kept_confidence": float(p5.max(1)[kept].min()) if len(kept) else None,
         }
