@@ -31,6 +31,10 @@ from training.paths import data_root, has_dataset  # noqa: E402
 
 from .common import machine, print_table, write_json  # noqa: E402
 
+#: Issue 7's targets, printed beside the figures (the docs' tables use the same ones).
+PBC_TARGET = ">= 97.5"
+BCCD_FIELDS_TARGET = ">= 90"
+
 PAPER_TABLE6 = [("abl_conv", "Convolution block", 95.37, 84.30),
                 ("abl_drdb", "Convolution + DRDB", 96.22, 85.23),
                 ("abl_drdb_csab", "Convolution + DRDB + CSAB", 96.48, 86.14),
@@ -220,10 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"test set": "PBC test (3,415 crops)", "mode": mode,
                          "accuracy_%": round(100 * pbc["accuracy"], 2),
                          "macro_F1_%": round(100 * pbc["macro_f1"], 2),
-                         "target": ">= 98.5 / >= 98"})
+                         "target": PBC_TARGET})
         rows.append({"test set": f"BCCD test fields end to end ({bccd['n']})", "mode": mode,
                      "accuracy_%": round(100 * bccd["accuracy"], 2), "macro_F1_%": "",
-                     "target": ">= 92"})
+                     "target": BCCD_FIELDS_TARGET})
         if tta:
             confusions = bccd["confusions"]
     print_table(rows, ["test set", "mode", "accuracy_%", "macro_F1_%", "target"])
