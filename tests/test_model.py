@@ -218,7 +218,7 @@ def test_probabilities_do_not_depend_on_batching(tta):
     full = Classifier(device="cpu", tta=tta).predict_proba(crops)
     assert np.allclose(full.sum(1), 1, atol=1e-5)
     clf = Classifier(device="cpu", tta=tta)
-    for k in (1, 3, 7, 8, 9):
+    for k in (1, 3, 7, 8, 9, 10, 11, 12, 15, 16, 17):  # 9-11 differed on an AVX-512 CPU at 8
         np.testing.assert_array_equal(clf.predict_proba(crops[:k]), full[:k])
     chunked = Classifier(device="cpu", tta=tta, batch_size=6).predict_proba(crops)
     np.testing.assert_array_equal(chunked, full)

@@ -14,9 +14,10 @@ from .model import fuse_for_inference
 from .preprocess import crops_to_tensor
 from .weights import ModelBundle, load_bundle
 
-#: Smallest batch a forward pass sees: CPU kernels for batches of 1-5 crops round
-#: differently from larger ones (last bit), so shorter chunks are padded to this size.
-MIN_FORWARD_BATCH = 8
+#: Smallest batch a forward pass sees: CPU kernels for small batches round differently from
+#: larger ones (last bit): batches of 1-5 crops on an AVX2 CPU, 9-11 on an AVX-512 one (AMD
+#: EPYC, 2026-12-06; 8 and 12-64 matched there). Shorter chunks are padded to this size.
+MIN_FORWARD_BATCH = 16
 
 __all__ = ["Classifier", "check_min_confidence", "probabilities_to_table", "resolve_device"]
 
@@ -129,8 +130,9 @@ class Classifier:
                 # CPU kernels for tiny batches round differently, so a short chunk must reach
                 # MIN_FORWARD_BATCH for a crop's probabilities not to depend on how crops were
                 # batched (a tile's few cells classified alone give the bits a whole-slide
-                # batch gives). With TTA its 8 views stacked make one batch of 8 m (8 crop
-                # passes for a lone cell, not 64 with each view padded); else blanks pad it.
+                # batch gives). With TTA its 8 views stacked make one batch of 8 m (padded to
+                # 16 crop passes for a lone cell, not 128 with each view padded); else blanks
+                # pad it.
                 pad = torch.zeros((max(0, MIN_FORWARD_BATCH - m * n_views), *x.shape[1:]),
                                   dtype=x.dtype, device=x.device)
                 views, per_batch = [torch.cat([*views, pad])], n_views
