@@ -15,8 +15,9 @@ from .preprocess import crops_to_tensor
 from .weights import ModelBundle, load_bundle
 
 #: Smallest batch a forward pass sees: CPU kernels for small batches round differently from
-#: larger ones (last bit): batches of 1-5 crops on an AVX2 CPU, 9-11 on an AVX-512 one (AMD
-#: EPYC, 2026-12-06; 8 and 12-64 matched there). Shorter chunks are padded to this size.
+#: larger ones (last bit): batches of 1-5 crops on an AVX2 CPU, of 1-11 but 4 and 8 on an
+#: AVX-512 one (AMD EPYC, 2026-12-06; docs/results/batching_2026-12-06). Shorter chunks are
+#: padded to this size.
 MIN_FORWARD_BATCH = 16
 
 __all__ = ["Classifier", "check_min_confidence", "probabilities_to_table", "resolve_device"]
