@@ -478,6 +478,22 @@ def test_crop_field_of_view_travels_from_packs_to_weights_and_is_checked(tmp_pat
     steps = ["python -m training.pseudo_label ...", "python -m training.train ..."]
     meta = export_run(tmp_path / "run", tmp_path / "w2.safetensors", {"reproduce_steps": steps})
     assert "reproduce" not in meta and meta["reproduce_steps"] == steps
+    # --card-only replaces the benchmark metrics of exported weights, tensors untouched
+    from training.export import main as export_main
+
+    before = (tmp_path / "w2.safetensors").read_bytes()
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"lisc_side_px": 224, "results": {"kaggle_test": {"plain": {
+        "n": 4, "accuracy_plain": 0.25, "accuracy_restricted": 0.75, "macro_f1": 0.5}}}}))
+    export_main(["--card-only", "--out", str(tmp_path / "w2.safetensors"),
+                 "--benchmark", str(bench)])
+    card = json.loads((tmp_path / "w2.json").read_text())
+    assert card["metrics_benchmark"]["kaggle_test"]["plain"]["accuracy"] == 0.75
+    assert card["reproduce_steps"] == steps and card["sha256"] == meta["sha256"]
+    assert (tmp_path / "w2.safetensors").read_bytes() == before
+    assert load_bundle(tmp_path / "w2.safetensors").crop_fov_um == 38.0  # checksum still valid
+    with pytest.raises(SystemExit):
+        export_main(["--card-only", "--out", str(tmp_path / "w2.safetensors")])
     other = tmp_path / "packs30"
     write_cut(other, 30.0)
     (other / "va.npz").write_bytes((packs / "va.npz").read_bytes())

@@ -5,12 +5,17 @@ Usage::
     python -m training.export --run runs/NAME --out src/napari_ddrnet/weights/NAME.safetensors \
         [--config training/configs/NAME.json] [--extra training/configs/NAME_card.json] \
         [--benchmark benchmarks/results/cross_source_NAME.json]
+    python -m training.export --card-only --out src/napari_ddrnet/weights/NAME.safetensors \
+        --benchmark benchmarks/results/cross_source_NAME.json
 
 Every number in the card is copied from machine output — the run's ``summary.json`` (training,
 selection score and epoch), its ``eval.json`` (``training.evaluate``, single pass) and, with
 ``--benchmark``, the ``benchmarks.cross_source`` JSON (TTA, AdaBN, Reinhard, other sources,
-BCCD fields end to end). The ``--extra`` JSON carries prose only (data description, intended
-use): metric keys there are refused, so no metric is ever typed by hand again.
+BCCD fields end to end). ``--card-only`` replaces just the card's benchmark metrics of weights
+already exported (a benchmark rerun on re-cut packs, the run folder no longer at hand); the
+tensors and their checksum are untouched. The ``--extra`` JSON carries prose only (data
+description, intended use): metric keys there are refused, so no metric is ever typed by hand
+again.
 """
 
 from __future__ import annotations
@@ -113,15 +118,41 @@ def export_run(run: Path, out: Path, extra: dict | None = None, config: Path | N
     return export_weights(state, meta, out)
 
 
+def refresh_card_benchmark(weights: Path, bench: dict) -> dict:
+    """Replace ``metrics_benchmark`` in the card of exported ``weights`` (atomically).
+
+    The sha256 covers the tensors only, so they stay valid; every other card field is kept.
+    """
+    from napari_ddrnet.weights import metadata_path
+
+    card = metadata_path(weights)
+    meta = json.loads(card.read_text())
+    meta["metrics_benchmark"] = benchmark_metrics(bench)
+    tmp = card.with_name(card.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(card)
+    return meta
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Export a DDRNet run as package weights.")
-    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--run", type=Path, help="the run folder (not with --card-only)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--config", type=Path, help="the training config (for the reproduce lines)")
     ap.add_argument("--extra", type=Path, help="JSON of prose fields merged into the metadata")
     ap.add_argument("--benchmark", type=Path,
                     help="benchmarks.cross_source JSON whose metrics go into the card")
+    ap.add_argument("--card-only", action="store_true",
+                    help="only replace the benchmark metrics in the card of --out")
     args = ap.parse_args(argv)
+    if args.card_only:
+        if args.benchmark is None or args.run is not None:
+            ap.error("--card-only takes --out and --benchmark, and no --run")
+        refresh_card_benchmark(args.out, json.loads(args.benchmark.read_text()))
+        print(f"wrote metrics_benchmark into the card of {args.out}")
+        return
+    if args.run is None:
+        ap.error("--run is required")
     extra = json.loads(args.extra.read_text()) if args.extra else None
     bench = json.loads(args.benchmark.read_text()) if args.benchmark else None
     meta = export_run(args.run, args.out, extra, args.config, bench)

@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 from skimage import feature, filters, measure, morphology, transform
 
 from .sampling import sample_windows, window_grid
+from .specimen import BORDER_PX, NOT_SPECIMEN_FRACTION, not_specimen
 
 #: Diameter of a normal red cell, micrometres.
 RBC_DIAMETER_UM = 7.5
@@ -264,6 +265,7 @@ def _window_diameter(window: np.ndarray, guess_px: float) -> float | None:
     green = rgb[..., 1]
     if green.dtype.kind == "f":
         green = np.nan_to_num(green)
+    green = _specimen_only(rgb, green)
     if factor < 0.5:  # block means first: cheap on large windows
         k = int(1.0 / factor)
         green = transform.downscale_local_mean(green, (k, k))
@@ -284,6 +286,30 @@ def _window_diameter(window: np.ndarray, guess_px: float) -> float | None:
     # Necks between touching cells give low peaks, white cells high ones: the 75th percentile
     # sits on the red-cell centres.
     return float(np.percentile(peaks, 75)) * guess_px / WORK_DIAMETER_PX
+
+
+def _specimen_only(rgb: np.ndarray, green: np.ndarray) -> np.ndarray:
+    """``green`` with the pixels that are not specimen (black fill, an eyepiece's rim) set to
+    the window's background, so that they are neither cells nor darken the local white.
+
+    Until 2026-12-06 black corners read as huge dark cells: the estimate was declined on a
+    third of the Kaggle TEST fields (rotated half-size BCCD copies), and read high on others.
+    """
+    # Cheap first (it runs on every window): a pixel that counts is inside the border line and
+    # darker in every channel than the fraction of the background, itself below the brightest
+    # value. Green narrows the candidates (dark nuclei of some stains pass it), then all three.
+    b = BORDER_PX if min(green.shape) > 2 * BORDER_PX else 0
+    limit = NOT_SPECIMEN_FRACTION * float(np.nanmax(rgb))  # alpha only loosens it
+    inner = (slice(b, green.shape[0] - b), slice(b, green.shape[1] - b))
+    candidates = green[inner] < limit
+    if not candidates.any() or not (rgb[inner][..., :3][candidates].max(axis=-1) < limit).any():
+        return green
+    # The background from every 4th pixel each way: plenty for a percentile, 16x cheaper.
+    white = np.percentile(np.nan_to_num(rgb[::4, ::4, :3]).reshape(-1, 3), 95, axis=0)
+    outside = not_specimen(np.nan_to_num(rgb[..., :3]), white, border_px=BORDER_PX)
+    if outside is None or outside.all():
+        return green
+    return np.where(outside, np.percentile(green[~outside], 95), green).astype(green.dtype)
 
 
 def _darkness(green: np.ndarray) -> np.ndarray | None:

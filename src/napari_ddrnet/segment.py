@@ -24,6 +24,7 @@ from skimage import filters, measure, morphology, segmentation, transform
 
 from .scale import PIXEL_SIZE_SOURCES, check_pixel_size, resolve_pixel_size
 from .schema import GEOMETRY_COLUMNS, empty_geometry
+from .specimen import BORDER_PX, NOT_SPECIMEN_FRACTION, not_specimen  # noqa: F401
 
 #: Working resolution for segmentation, micrometres per pixel.
 WORK_UM_PER_PX = 0.25
@@ -32,22 +33,10 @@ WORK_UM_PER_PX = 0.25
 #: Pixels sampled (evenly strided) for the field statistics of one field.
 STATS_PIXELS = 100_000
 
-#: Image border, in pixels, ignored by the statistics and replaced by its neighbours.
-BORDER_PX = 2
 
 #: Shape of a round, whole nucleus (not one lobe of a segmented one).
 ROUND_SOLIDITY = 0.93
 ROUND_ECCENTRICITY = 0.6
-
-#: Pixels darker than this fraction of the background in every channel are not specimen: the
-#: black fill of a rotated or padded image, a mask or the dark rim of an eyepiece's field of
-#: view. No stained nucleus gets near it (its brightest channel stays above 0.38x the
-#: background on BCCD, BCD, PBC and Raabin-WBC fields, benchmarks/results/not_specimen.log),
-#: but pure black has the largest optical density of all and would read as the strongest
-#: nucleus.
-NOT_SPECIMEN_FRACTION = 0.15
-#: The not-specimen mask is widened by this many pixels, for the JPEG blend at its edge.
-NOT_SPECIMEN_MARGIN_PX = 3
 
 #: Unit optical-density colour of red cells in a Wright-stained BCCD field, used when a field has
 #: too few stained pixels to measure its own.
@@ -152,15 +141,6 @@ def optical_density(rgb: np.ndarray, white) -> np.ndarray:
     img /= np.maximum(np.asarray(white, np.float32), 1.0)
     np.clip(img, 1.0 / 255.0, 1.0, out=img)
     return -np.log(img)
-
-
-def not_specimen(rgb: np.ndarray, white) -> np.ndarray | None:
-    """Mask of the pixels that are not stained specimen (see :data:`NOT_SPECIMEN_FRACTION`),
-    widened by :data:`NOT_SPECIMEN_MARGIN_PX`; ``None`` when there are none (the usual case)."""
-    dark = rgb.max(axis=-1) < NOT_SPECIMEN_FRACTION * float(np.mean(white))
-    if not dark.any():
-        return None
-    return ndi.binary_dilation(dark, iterations=NOT_SPECIMEN_MARGIN_PX)
 
 
 def nucleus_chroma(rgb: np.ndarray, white, red_cell_od=DEFAULT_RED_CELL_OD) -> np.ndarray:
