@@ -371,15 +371,19 @@ def _segment_working(chroma: np.ndarray, thr: float, p: SegmentationParams, um: 
     if nuc_labels.max() == 0:
         return nuc_labels, nuc_labels
 
-    # Cell = convex hull of its nucleus grown by the cytoplasm rim; expand_labels splits
-    # touching cells half-way between their nuclei instead of merging them.
+    return nuc_labels, _cells_from_nuclei(nuc_labels, p, um)
+
+
+def _cells_from_nuclei(nuc_labels: np.ndarray, p: SegmentationParams, um: float) -> np.ndarray:
+    """Cell labels: the convex hull of each nucleus grown by the cytoplasm rim; expand_labels
+    splits touching cells half-way between their nuclei instead of merging them."""
     hulls = np.zeros_like(nuc_labels)
     for r in measure.regionprops(nuc_labels):
         r0, c0, r1, c1 = r.bbox
         sub = hulls[r0:r1, c0:c1]
         sub[r.image_convex & (sub == 0)] = r.label
     cells = segmentation.expand_labels(hulls, distance=p.cytoplasm_um * um)
-    return nuc_labels, cells.astype(np.int32)
+    return cells.astype(np.int32)
 
 
 def _to_input_resolution(cell_w, nuc_w, shape, work_shape):

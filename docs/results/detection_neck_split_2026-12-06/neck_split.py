@@ -112,13 +112,8 @@ def segment_working(chroma, thr, p, um):
         for v in ids[1:]:
             out[grp & (near == v)] = nxt
             nxt += 1
-    hulls = np.zeros_like(out)
-    for r in measure.regionprops(out):
-        r0, c0, r1, c1 = r.bbox
-        sub = hulls[r0:r1, c0:c1]
-        sub[r.image_convex & (sub == 0)] = r.label
-    cells = segmentation.expand_labels(hulls, distance=p.cytoplasm_um * um)
-    return out.astype(np.int32), cells.astype(np.int32)
+    out = out.astype(np.int32)
+    return out, S._cells_from_nuclei(out, p, um)
 
 
 S._segment_working = segment_working

@@ -95,12 +95,6 @@ def install(depth_um: float = 3.75, max_ratio: float = 0.4) -> None:
         split = split_touching_nuclei(nuc, depth_um, max_ratio, um)
         if split is nuc:
             return nuc, cells
-        hulls = np.zeros_like(split)
-        for r in measure.regionprops(split):
-            r0, c0, r1, c1 = r.bbox
-            sub = hulls[r0:r1, c0:c1]
-            sub[r.image_convex & (sub == 0)] = r.label
-        cells = segmentation.expand_labels(hulls, distance=p.cytoplasm_um * um)
-        return split, cells.astype(np.int32)
+        return split, S._cells_from_nuclei(split, p, um)
 
     S._segment_working = segment_working
