@@ -7,7 +7,7 @@ Usage::
 For every ``step``-th TXL-PBC field of each source: segment it, take the brightest channel of
 each detected nucleus pixel relative to the field's background (mean of the 95th-percentile
 white point, as ``segment.not_specimen`` does) and report the 0.1th and 1st percentiles per
-field. ``segment.NOT_SPECIMEN_FRACTION`` must stay well below the smallest of them.
+field. ``specimen.NOT_SPECIMEN_FRACTION`` must stay well below the smallest of them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from skimage import io
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from napari_ddrnet.segment import NOT_SPECIMEN_FRACTION, segment_wbc  # noqa: E402
+from napari_ddrnet.segment import segment_wbc  # noqa: E402
+from napari_ddrnet.specimen import NOT_SPECIMEN_FRACTION  # noqa: E402
 
 from .common import print_table, write_json  # noqa: E402
 from .pixel_size import txl_items  # noqa: E402

@@ -24,7 +24,7 @@ from skimage import filters, measure, morphology, segmentation, transform
 
 from .scale import PIXEL_SIZE_SOURCES, check_pixel_size, resolve_pixel_size
 from .schema import GEOMETRY_COLUMNS, empty_geometry
-from .specimen import BORDER_PX, NOT_SPECIMEN_FRACTION, not_specimen  # noqa: F401
+from .specimen import BORDER_PX, not_specimen
 
 #: Working resolution for segmentation, micrometres per pixel.
 WORK_UM_PER_PX = 0.25
@@ -32,7 +32,6 @@ WORK_UM_PER_PX = 0.25
 
 #: Pixels sampled (evenly strided) for the field statistics of one field.
 STATS_PIXELS = 100_000
-
 
 #: Shape of a round, whole nucleus (not one lobe of a segmented one).
 ROUND_SOLIDITY = 0.93

@@ -1,7 +1,9 @@
 """The Kaggle TEST crops that change when the neck split (depth 3.75 µm, ratio 0.4, as it was
 tried in ``segment._split_touching_nuclei``) is on: the 8 fields, the estimated pixel size, and
-the depth, area and roundness of the parts (also for the two true merges and the BCCD
-``train`` eosinophil at 3.5 µm).
+the depth, area and roundness of the parts (also for the two true merges, the BCCD ``train``
+eosinophil at 3.5 µm, and the development merge at its RBC-box pixel size).
+``kaggle_false_splits.log`` was written before the red-cell ruler's black-fill fix (the
+estimates 0.21-0.26 µm/px), ``kaggle_false_splits_after_scale_fix.log`` after it.
 
 Usage (project root)::
 
@@ -42,11 +44,15 @@ for name in ["TEST/EOSINOPHIL/_10_1367.jpeg", "TEST/NEUTROPHIL/_0_9976.jpeg",
     rgb = io.imread(glob.glob(str(root / "**" / name), recursive=True)[0])[..., :3]
     seg = S.segment_wbc(rgb)
     print("kaggle", name, f"pixel size {seg.pixel_size_um:.3f}", "cells", len(seg.cells))
-f = next(f for f in load_txl_fields("dev", sources=("bccd",)) if f.image.startswith("ad6d3274"))
-print("TXL-PBC dev BCCD ad6d3274 (two cells)", len(S.segment_wbc(f.rgb()).cells))
+pair = next(f for f in load_txl_fields("dev", sources=("bccd",)) if f.image.startswith("ad6d3274"))
+print("TXL-PBC dev BCCD ad6d3274 (two cells)", len(S.segment_wbc(pair.rgb()).cells))
 print("TXL-PBC held BCD (the field with two touching cells)")
 for f in load_txl_fields("held", sources=("bcd",)):
     S.segment_wbc(f.rgb())
 eos = next(f for f in load_fields("train") if f.name == "BloodImage_00359")
 T.install(3.5, 0.4)
 print("BCCD train BloodImage_00359 eosinophil at 3.5 µm", len(S.segment_wbc(eos.image()).cells))
+T.install(3.0, 0.4)  # shallow enough to print the parts at the smaller, RBC-box scale
+print(f"TXL-PBC dev BCCD ad6d3274 at its RBC-box pixel size {pair.rbc_pixel_size():.4f} "
+      "(split depth 3.0 µm here, only to print the depths)")
+S.segment_wbc(pair.rgb(), pair.rbc_pixel_size())
