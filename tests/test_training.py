@@ -146,10 +146,29 @@ def test_fine_tune_from_weights_with_two_validation_packs(tmp_path):
     cfg = {"arch": "ddrnet", "ddrnet": {"norm": "batch"}, "train": ["small_train"],
            "val": ["small_val", "second_val"], "epochs": 1, "batch_size": 16,
            "init": str(DEFAULT_WEIGHTS), "augment": {"hed_jitter": 0.05}}
-    # The shipped model has 8 classes; the small packs 4: the init must fail loudly ...
-    with pytest.raises(RuntimeError):
-        train(cfg, tmp_path / "bad", tmp_path, "cpu", quiet=True)
-    # ... and works for a matching architecture (a 4-class run's own checkpoint).
+    # The shipped model has 8 classes, the small packs 4 of them: the head starts from the
+    # shipped head's rows of those 4, matched by name ...
+    summary = train(cfg, tmp_path / "mapped", tmp_path, "cpu", quiet=True)
+    assert summary["classes"] == CLASSES
+    # ... a class the weights never saw fails loudly instead of getting a random row ...
+    import torch
+    from safetensors.torch import load_file
+
+    from training.models import build_model
+    from training.train import load_init
+
+    src = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())["classes"]
+    model = build_model("ddrnet", 4, {"norm": "batch"})
+    load_init(model, DEFAULT_WEIGHTS, CLASSES)
+    shipped = load_file(str(DEFAULT_WEIGHTS))
+    rows = [src.index(c) for c in CLASSES]
+    assert torch.equal(model.state_dict()["fc.weight"], shipped["fc.weight"][rows])
+    assert torch.equal(model.state_dict()["fc.bias"], shipped["fc.bias"][rows])
+    assert torch.equal(model.state_dict()["stem.conv.weight"], shipped["stem.conv.weight"])
+    with pytest.raises(ValueError, match="smudge"):
+        load_init(build_model("ddrnet", 4, {"norm": "batch"}), DEFAULT_WEIGHTS,
+                  ["eosinophil", "lymphocyte", "smudge", "platelet"])
+    # ... and a matching architecture (a 4-class run's own checkpoint) loads as it is.
     cfg0 = dict(cfg, init=None)
     train(cfg0, tmp_path / "r0", tmp_path, "cpu", quiet=True)
     summary = train(dict(cfg, init=str(tmp_path / "r0" / "best.pt")), tmp_path / "r1",

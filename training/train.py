@@ -59,6 +59,57 @@ def make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}: adamw or adam")
 
 
+def init_classes(init: Path) -> list[str] | None:
+    """Class order of fine-tuning weights: ``<stem>.json`` beside packaged weights, or the run
+    folder's ``meta.json`` beside a ``best.pt``; None when neither is there."""
+    for side in (init.with_suffix(".json"), init.parent / "meta.json"):
+        if side.exists():
+            classes = json.loads(side.read_text()).get("classes")
+            if classes:
+                return list(classes)
+    return None
+
+
+def load_init(model: nn.Module, init: Path, classes: list[str]) -> None:
+    """Load fine-tuning weights into ``model``.
+
+    Weights trained on other classes (a PBC 8-class model started on the Kaggle 4-class set)
+    keep their head rows of the classes both share, matched by name, so the fine-tune starts
+    from what the pretraining learnt about those classes. A class the weights do not know is
+    an error rather than a silently random row.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The freshly built model for ``classes``.
+    init : Path
+        ``.safetensors`` or a state-dict ``.pt``.
+    classes : list of str
+        The training packs' class order.
+    """
+    if init.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(init))
+    else:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    src = init_classes(init)
+    for key, val in state.items():
+        mine = own.get(key)
+        if mine is None or mine.shape == val.shape:
+            continue
+        if src is None or val.shape[0] != len(src) or mine.shape[0] != len(classes) \
+                or val.shape[1:] != mine.shape[1:]:
+            raise ValueError(f"{init}: {key} has shape {tuple(val.shape)}, the model "
+                             f"{tuple(mine.shape)}, and no class list maps one onto the other")
+        unknown = [c for c in classes if c not in src]
+        if unknown:
+            raise ValueError(f"{init} was not trained on {unknown}")
+        state[key] = val[[src.index(c) for c in classes]].clone()
+    model.load_state_dict(state)
+
+
 def load_split(packs: Path, entries: list, seed: int = 0
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Concatenate packs; an entry is ``"name"`` or ``["name", repeat]``.
@@ -157,14 +208,7 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
 
     model = build_model(cfg["arch"], k, cfg.get("ddrnet"))
     if cfg.get("init"):  # fine-tune: start from weights (.safetensors or a state-dict .pt)
-        init = Path(cfg["init"])
-        if init.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(init))
-        else:
-            state = torch.load(init, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        load_init(model, Path(cfg["init"]), classes)
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     if distributed:
