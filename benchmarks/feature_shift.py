@@ -13,16 +13,11 @@ plugin: on LISC as a whole it read just under the threshold fixed on the selecti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 from torch import nn
 
-#: Fewer crops than this give no verdict: the batch means are too noisy.
+#: Crops per draw in the benchmark (the fewest a run would have needed for a verdict).
 SHIFT_MIN_CROPS = 32
-#: The score uses at most this many crops (an even subsample): enough for a stable mean.
-SHIFT_MAX_CROPS = 256
 
 
 @torch.no_grad()
@@ -76,52 +71,3 @@ def feature_shift(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> f
             / torch.sqrt(m.running_var.double() + m.eps) for s, m in zip(sums, layers)]
     return float(torch.stack([d.mean() for d in dist]).mean())
 
-
-def even_subsample(n: int, k: int = SHIFT_MAX_CROPS) -> np.ndarray:
-    """Indices of at most ``k`` of ``n`` items spread evenly (deterministic: a rerun of the
-    same images gives the same verdict)."""
-    if n <= k:
-        return np.arange(n)
-    return np.linspace(0, n - 1, k).round().astype(int)
-
-
-@dataclass(frozen=True)
-class ShiftVerdict:
-    """How unlike the training data a run's crops are.
-
-    Attributes
-    ----------
-    score : float or None
-        :func:`feature_shift` of (up to :data:`SHIFT_MAX_CROPS` of) the crops; None with too
-        few crops or no threshold for these weights.
-    threshold : float or None
-        The weights' warning threshold.
-    n_crops : int
-        Crops the run had.
-    """
-
-    score: float | None
-    threshold: float | None
-    n_crops: int
-
-    @property
-    def shifted(self) -> bool:
-        """True when the score is above the threshold (False when there is no verdict)."""
-        return self.score is not None and self.threshold is not None \
-            and self.score > self.threshold
-
-    def message(self) -> str:
-        """One line for the status bar, a notification or the command line."""
-        if self.threshold is None:
-            return "no training-data check for these weights"
-        if self.score is None:
-            return (f"too few cells ({self.n_crops}) to check them against the training data "
-                    f"(needs {SHIFT_MIN_CROPS})")
-        if self.shifted:
-            return (f"these {self.n_crops} cells look unlike the training data (shift "
-                    f"{self.score:.2f}, warning above {self.threshold:.2f}): another stain, "
-                    "camera or scale; expect more errors. Review a few cells per class and "
-                    "adapt to your lab (Review cells / Adapt to my lab, or `napari-ddrnet "
-                    "adapt`), or try --new-lab")
-        return (f"these {self.n_crops} cells look like the training data (shift "
-                f"{self.score:.2f}, warning above {self.threshold:.2f})")
