@@ -22,7 +22,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from .classes import DEFAULT_MIN_CONFIDENCE, DISPLAY_ORDER
 from .devices import DEVICES
@@ -86,6 +86,12 @@ class DifferentialWidget(Container):
         self._export_btn.changed.connect(self._ask_export)
         self._classifier = None
         self._classifier_key = None
+        #: A sample of the cells analysed with the current model, for the label-free check
+        #: that they look like the training data (:mod:`napari_ddrnet.shift_score`).
+        self._shift_sample = None
+        self._shift_weights = None
+        #: The latest check (``None`` until enough cells were analysed with this model).
+        self.shift_verdict = None
         self._worker = None
         self.result = None
         self.image_name = ""
@@ -167,7 +173,7 @@ class DifferentialWidget(Container):
                                           "desc": f"WBC differential ({region.description})"},
                                _connect={"errored": self._on_error}, _start_thread=False)
         worker.returned.connect(lambda out: self._show(out[0], layer, data, out[1],
-                                                       weights, single, region))
+                                                       weights, single, region, out[2]))
         worker.aborted.connect(self._on_cancelled)
         worker.finished.connect(self._finished)
         self._worker = worker
@@ -186,11 +192,14 @@ class DifferentialWidget(Container):
         from .pipeline import iter_analyze
         from .region import restrict_result
         from .review import image_key
+        from .shift_score import CropSample, shift_verdict
         from .single_cell import analyze_single_cell
 
         if self._classifier is None or self._classifier_key != (device, weights):
             self._classifier = Classifier(weights, device=device)
             self._classifier_key = (device, weights)
+        if self._shift_sample is None or self._shift_weights != weights:
+            self._shift_sample, self._shift_weights = CropSample(), weights  # per model
         yield
         if single:
             result = analyze_single_cell(data, given, self._classifier,
@@ -203,10 +212,13 @@ class DifferentialWidget(Container):
                 _STORES.append(store)
             self._pending_store = store  # removed if the run is cancelled (_on_cancelled)
             try:
+                # In-memory images keep their crops for the shift check; a slide's could
+                # not all stay in memory, so slides are not checked.
                 result = yield from _steps(iter_analyze(data, given, self._classifier,
                                                         pixel_size_metadata=meta_px,
                                                         min_confidence=conf,
-                                                        labels_out=store))
+                                                        labels_out=store,
+                                                        keep_crops=not on_disk))
                 if region is not None:
                     result = restrict_result(result, region)
             except BaseException:  # failed or cancelled (GeneratorExit): drop the half store
@@ -216,7 +228,10 @@ class DifferentialWidget(Container):
         key = image_key(data)
         if region is not None and not region.whole:  # reviews of regions never mix
             key = hashlib.sha256((key + region.key_suffix()).encode()).hexdigest()
-        return result, key
+        sample = self._shift_sample
+        sample.add(result.crops)
+        verdict = shift_verdict(self._classifier.bundle, sample.crops, n_cells=sample.n_seen)
+        return result, key, verdict
 
     def cancel(self):
         """Stop the running analysis at the next tile."""
@@ -241,7 +256,7 @@ class DifferentialWidget(Container):
 
     # -- results -----------------------------------------------------------------------------
     def _show(self, result, layer, data=None, key: str = "", weights: str | None = None,
-              single: bool = False, region: Region | None = None):
+              single: bool = False, region: Region | None = None, verdict=None):
         from .layers import OUR_LAYERS, layer_data
         from .region import whole_image
         from .review import default_review_path
@@ -291,6 +306,16 @@ class DifferentialWidget(Container):
                                       else layer.data[0].shape, result.cells):
                 status += (" This looks like a single-cell export: tick 'Single-cell image' "
                            "to classify it whole.")
+        warned_before = self.shift_verdict is not None and self.shift_verdict.warns
+        self.shift_verdict = verdict
+        if verdict is not None and verdict.warns:
+            advice = (" Review a few cells per class (Review cells…) and use Adapt to my "
+                      "lab… before trusting the counts.")
+            text = verdict.summary(f"the {verdict.n_cells} cells analysed with this model so "
+                                   "far") + advice
+            status += " Warning: " + text
+            if not warned_before:  # once, not at every run of the same lab
+                show_warning("napari-ddrnet: " + text)
         self._status.value = status
         self._export_btn.enabled = True
         self._review_btn.enabled = True

@@ -95,6 +95,22 @@ def _adapted_to_lab(results: list, classifier, args, write) -> list:
     return [(name, reclassify(r, adapted, args.min_confidence)) for name, r in results]
 
 
+def _warn_if_unlike_training(classifier, sample, args, write) -> None:
+    """Say on stderr when the run's cells look unlike the training data (label-free; see
+    :mod:`napari_ddrnet.shift_score`); silent for weights without a threshold or small runs."""
+    from .shift_score import shift_verdict
+
+    verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
+    if verdict is None or not verdict.warns:
+        return
+    if args.new_lab:
+        advice = " --new-lab was applied; review some cells to check its classes."
+    else:
+        advice = (" Review a few cells per class and adapt the model to your lab "
+                  "(`napari-ddrnet adapt`, docs/adaptation.md), or rerun with --new-lab.")
+    write(f"napari-ddrnet: warning: {verdict.summary()}{advice}")
+
+
 def _single_cell_results(files, classifier, args, failed, write):
     """``(name, AnalysisResult)`` per single-cell image, classified in batches."""
     from .image_io import read_image
@@ -191,6 +207,7 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .classify import Classifier
+    from .shift_score import CropSample
     from .weights import WeightsError
 
     try:
@@ -208,9 +225,15 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
     cell_tables, count_tables, failed = [], [], []
     source = _single_cell_results if args.single_cell else _field_results
     results = source(files, classifier, args, failed, write)
+    sample = CropSample()  # the run's cells, for the "unlike the training data" check
     if args.new_lab:  # needs every cell first: analyse all, adapt, then re-classify
-        results = _adapted_to_lab(list(results), classifier, args, write)
+        results = list(results)
+        for _, result in results:
+            sample.add(result.crops)
+        results = _adapted_to_lab(results, classifier, args, write)
     for name, result in results:
+        if not args.new_lab:
+            sample.add(result.crops)
         cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
                                        result.pixel_size_um, result.pixel_size_source)
         if result.pixel_size_source == "default" and not args.single_cell:
@@ -228,6 +251,7 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
                   pd.DataFrame(columns=["image"] + COUNT_COLUMNS))
     write_csv_atomic(cells_all, args.cells_csv)
     write_csv_atomic(counts_all, args.counts_csv)
+    _warn_if_unlike_training(classifier, sample, args, write)
     ok = len(files) - len(failed)
     if not args.quiet:
         print(f"{ok}/{len(files)} images analysed, {len(cells_all)} cells; "

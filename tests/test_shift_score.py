@@ -1,0 +1,111 @@
+"""The label-free "unlike the training data" check (napari_ddrnet.shift_score)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import needs_data
+from PIL import Image
+from torch import nn
+
+from napari_ddrnet import cli
+from napari_ddrnet.shift_score import (
+    SHIFT_MIN_CROPS,
+    CropSample,
+    lab_stats,
+    running_stats,
+    shift_from_means,
+    shift_score,
+    shift_verdict,
+)
+from napari_ddrnet.weights import DEFAULT_WEIGHTS, WEIGHTS_DIR, load_bundle
+from training.paths import data_root
+
+
+def _crops(values) -> np.ndarray:
+    return np.stack([np.full((4, 4, 3), v % 256, np.uint8) for v in values])
+
+
+def test_crop_sample_is_bounded_uniform_and_reproducible():
+    a, b = CropSample(size=64, seed=3), CropSample(size=64, seed=3)
+    for start in range(0, 2000, 100):  # fed batch by batch, as a run is
+        a.add(_crops(range(start, start + 100)))
+        b.add(_crops(range(start, start + 100)))
+    a.add(None)
+    assert a.n_seen == 2000 and a.crops.shape == (64, 4, 4, 3)
+    np.testing.assert_array_equal(a.crops, b.crops)
+    # Crops from the whole run, not only the first or the last batch.
+    seen = np.array([int(v) for v in a.crops[:, 0, 0, 0]])
+    small = CropSample(size=64)
+    small.add(_crops(range(10)))
+    assert small.crops.shape == (10, 4, 4, 3) and small.n_seen == 10
+    assert CropSample().crops.shape[0] == 0
+    assert len(set(seen.tolist())) > 30
+
+
+def test_score_is_zero_against_the_crops_own_statistics_and_takes_the_nearest_lab():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    x = torch.randn(20, 3, 8, 8) * 2 + 1
+    stats = lab_stats(model, x, batch_size=7)
+    # The first layer sees x itself: its statistics are x's per-channel mean and variance.
+    torch.testing.assert_close(stats[0][0], x.double().mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(stats[0][1], x.double().var(dim=(0, 2, 3), unbiased=False))
+    assert shift_score(model, x, [stats]) == pytest.approx(0.0, abs=1e-9)
+    far = [(m + 10.0, v) for m, v in stats]
+    assert shift_score(model, x, [far]) > 1.0
+    assert shift_score(model, x, [far, stats]) == pytest.approx(0.0, abs=1e-9)
+    # Untrained running statistics (mean 0, var 1): x's first-layer mean ~1 is ~1 sd away.
+    assert shift_score(model, x) > 0.3
+    with pytest.raises(ValueError):
+        shift_from_means([m for m, _ in stats], [])
+    with pytest.raises(ValueError):
+        shift_score(model, x[:0])
+    assert len(running_stats(model)) == 2
+
+
+def test_verdict_needs_a_threshold_and_enough_cells():
+    bundle = load_bundle(DEFAULT_WEIGHTS)
+    assert bundle.meta["shift_warning"]["threshold"] > 0
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (SHIFT_MIN_CROPS - 1, 64, 64, 3), dtype=np.uint8)
+    assert shift_verdict(bundle, crops) is None  # too few cells for a verdict
+    older = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v4.safetensors")  # carries no threshold
+    assert shift_verdict(older, np.concatenate([crops, crops])) is None
+    v = shift_verdict(bundle, np.concatenate([crops, crops]), n_cells=500)
+    assert v is not None and v.n_crops == 62 and v.n_cells == 500
+    assert v.warns  # uniform noise is nothing like a stained cell
+    assert "500 cells look unlike" in v.summary()
+
+
+@needs_data("pbc")
+def test_cli_warns_on_a_colour_cast_and_not_on_the_training_lab(tmp_path, capsys):
+    """40 PBC test exports (5 per class) through `count --single-cell`: as they are, the run
+    looks like the training data (no warning); with a strong cyan cast (red x 0.6, one of the
+    casts the threshold was checked on), the same cells warn."""
+    rows = list(csv.DictReader(open(data_root() / "pbc" / "splits.csv", newline="")))
+    picked: dict[str, list[str]] = {}
+    for r in rows:
+        if r["split"] == "test" and len(picked.setdefault(r["class"], [])) < 5:
+            picked[r["class"]].append(r["file"])
+    files = [data_root() / "pbc" / f for fs in picked.values() for f in fs]
+    cast_dir = tmp_path / "cyan"
+    cast_dir.mkdir()
+    for i, f in enumerate(files):
+        rgb = np.asarray(Image.open(f).convert("RGB")).astype(np.float32)
+        rgb[..., 0] *= 0.6
+        Image.fromarray(rgb.round().astype(np.uint8)).save(cast_dir / f"{i:02d}.png")
+    errs = {}
+    for name, inputs in (("as is", [str(f) for f in files]), ("cyan", [str(cast_dir)])):
+        rc = cli.main(["count", "--single-cell", *inputs, "--cells-csv",
+                       str(tmp_path / f"{name}.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+                       "--device", "cpu", "--quiet", "--no-tta"])
+        assert rc == 0 and len(pd.read_csv(tmp_path / f"{name}.csv")) == 40
+        errs[name] = capsys.readouterr().err
+    assert "look unlike the images" not in errs["as is"]
+    assert "40 cells look unlike the images" in errs["cyan"]
+    assert "napari-ddrnet adapt" in errs["cyan"]
