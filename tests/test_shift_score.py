@@ -109,3 +109,39 @@ def test_cli_warns_on_a_colour_cast_and_not_on_the_training_lab(tmp_path, capsys
     assert "look unlike the images" not in errs["as is"]
     assert "40 cells look unlike the images" in errs["cyan"]
     assert "napari-ddrnet adapt" in errs["cyan"]
+
+
+def test_pooled_sums_give_the_same_score_as_the_crops_at_once():
+    """Plain `count` adds each image's layer-mean sums from the workers: the pooled verdict
+    must equal the score of all the crops together."""
+    from napari_ddrnet.shift_score import layer_mean_sums, verdict_from_sums
+
+    bundle = load_bundle(DEFAULT_WEIGHTS)
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+    sums = layer_mean_sums(bundle, crops[:13]) + layer_mean_sums(bundle, crops[13:])
+    pooled = verdict_from_sums(bundle, sums, 40)
+    whole = shift_verdict(bundle, crops)
+    assert pooled.score == pytest.approx(whole.score, rel=1e-9)
+    assert verdict_from_sums(bundle, sums, 31) is None  # too few cells
+    older = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v4.safetensors")
+    assert layer_mean_sums(older, crops) is None
+
+
+@needs_data("pbc")
+def test_plain_count_warns_on_a_cast_field(tmp_path, capsys):
+    """Plain `count` (the per-image, restartable path): a field of 36 real
+    PBC cells does not warn; the same field with a strong cyan cast does."""
+    from conftest import pbc_mosaic
+
+    Image.fromarray(pbc_mosaic()).save(tmp_path / "plain.png")
+    Image.fromarray(pbc_mosaic((0.6, 1.0, 1.0))).save(tmp_path / "cyan.png")
+    errs = {}
+    for name in ("plain", "cyan"):
+        rc = cli.main(["count", str(tmp_path / f"{name}.png"), "--cells-csv",
+                       str(tmp_path / f"{name}.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+                       "--device", "cpu", "--quiet", "--no-tta"])
+        assert rc == 0 and len(pd.read_csv(tmp_path / f"{name}.csv")) >= 32
+        errs[name] = capsys.readouterr().err
+    assert "look unlike the images" not in errs["plain"]
+    assert "cells look unlike the images the classifier learned from" in errs["cyan"]

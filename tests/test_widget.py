@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import needs_data
+from conftest import needs_data, pbc_mosaic
 
 if os.environ.get("CI"):
     import napari  # noqa: F401  (CI must fail on a broken napari install, never skip)
@@ -230,25 +230,6 @@ def test_cancel_stops_between_tiles(make_napari_viewer, qtbot, monkeypatch, tmp_
     assert not list((tmp_path / "home" / "cache" / "labels").glob("*.zarr"))
 
 
-def _pbc_mosaic(gains=(1.0, 1.0, 1.0)) -> np.ndarray:
-    """36 PBC test exports (up to 5 per class) side by side, 6 x 6, optionally colour-cast."""
-    import csv
-
-    from PIL import Image
-
-    from training.paths import data_root
-
-    picked: dict[str, list[str]] = {}
-    for r in csv.DictReader(open(data_root() / "pbc" / "splits.csv", newline="")):
-        if r["split"] == "test" and len(picked.setdefault(r["class"], [])) < 5:
-            picked[r["class"]].append(r["file"])
-    files = [data_root() / "pbc" / f for fs in picked.values() for f in fs][:36]
-    tiles = [np.asarray(Image.open(f).convert("RGB"))[:128, :128] for f in files]
-    rows = [np.concatenate(tiles[i:i + 6], axis=1) for i in range(0, 36, 6)]
-    mosaic = np.concatenate(rows, axis=0).astype(np.float32) * np.asarray(gains, np.float32)
-    return mosaic.clip(0, 255).round().astype(np.uint8)
-
-
 @needs_data("pbc")
 def test_run_warns_once_when_cells_look_unlike_the_training_data(make_napari_viewer, qtbot,
                                                                  monkeypatch):
@@ -257,13 +238,13 @@ def test_run_warns_once_when_cells_look_unlike_the_training_data(make_napari_vie
     shown: list[str] = []
     monkeypatch.setattr("napari_ddrnet._widget.show_warning", shown.append)
     viewer = make_napari_viewer()
-    plain = viewer.add_image(_pbc_mosaic(), name="plain", rgb=True)
+    plain = viewer.add_image(pbc_mosaic(), name="plain", rgb=True)
     widget = _dock(viewer, plain)
     _run(widget, qtbot)
     assert len(widget.result.cells) >= 32
     assert widget.shift_verdict is not None and not widget.shift_verdict.warns
     assert "Warning" not in widget._status.value and not shown
-    cast = viewer.add_image(_pbc_mosaic((0.6, 1.0, 1.0)), name="cyan", rgb=True)
+    cast = viewer.add_image(pbc_mosaic((0.6, 1.0, 1.0)), name="cyan", rgb=True)
     widget._image.reset_choices()
     widget._image.value = cast
     for _ in range(2):  # a second run of the same lab does not notify again

@@ -95,6 +95,10 @@ def _adapted_to_lab(results: list, classifier, args, write) -> list:
     return [(name, reclassify(r, adapted, args.min_confidence)) for name, r in results]
 
 
+_ADVICE = (" Review a few cells per class and adapt the model to your lab (`napari-ddrnet "
+           "adapt`, docs/adaptation.md), or rerun with --new-lab.")
+
+
 def _warn_if_unlike_training(classifier, sample, args, write) -> None:
     """Say on stderr when the run's cells look unlike the training data (label-free; see
     :mod:`napari_ddrnet.shift_score`); silent for weights without a threshold or small runs."""
@@ -103,11 +107,8 @@ def _warn_if_unlike_training(classifier, sample, args, write) -> None:
     verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
     if verdict is None or not verdict.warns:
         return
-    if args.new_lab:
-        advice = " --new-lab was applied; review some cells to check its classes."
-    else:
-        advice = (" Review a few cells per class and adapt the model to your lab "
-                  "(`napari-ddrnet adapt`, docs/adaptation.md), or rerun with --new-lab.")
+    advice = (" --new-lab was applied; review some cells to check its classes."
+              if args.new_lab else _ADVICE)
     write(f"napari-ddrnet: warning: {verdict.summary()}{advice}")
 
 
@@ -194,6 +195,8 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
         return 2
     close_bar()
+    if report.shift is not None and report.shift.warns:
+        write(f"napari-ddrnet: warning: {report.shift.summary()}{_ADVICE}")
     if not args.quiet:
         resumed = f" ({report.resumed} from earlier parts)" if report.resumed else ""
         print(f"{len(files) - len(report.failed)}/{len(files)} images analysed{resumed}, "

@@ -119,6 +119,8 @@ class CohortReport:
         Tasks run (one per field, one plan plus one per tile for a slide).
     parts_dir : Path
         Folder of the per-image parts.
+    shift : napari_ddrnet.shift_score.ShiftVerdict or None
+        The label-free "unlike the training data" check of this run's field cells.
     """
 
     images: int
@@ -128,6 +130,10 @@ class CohortReport:
     cells: int = 0
     tasks: int = 0
     parts_dir: Path | None = None
+    #: Whether the cells of the fields analysed in this run look unlike the training data
+    #: (:mod:`napari_ddrnet.shift_score`); ``None``: no verdict (under 32 cells, resumed or
+    #: slide images only, weights without a threshold).
+    shift: object = None
 
 
 # --- worker side -------------------------------------------------------------------------
@@ -194,6 +200,10 @@ class _Done:
     counts: pd.DataFrame
     pixel_size_source: str
     note: str
+    #: The image's share of the run's "unlike the training data" score
+    #: (:func:`napari_ddrnet.shift_score.layer_mean_sums`) and its crop count; fields only.
+    shift_sum: np.ndarray | None = None
+    shift_n: int = 0
 
 
 @dataclass
@@ -208,10 +218,11 @@ class _Planned:
     plan: object
 
 
-def _tables(name: str, result, classes) -> _Done:
+def _tables(name: str, result, classes, shift_sum=None) -> _Done:
     cells_t, counts_t = csv_tables(name, result.cells, result.counts, classes,
                                    result.pixel_size_um, result.pixel_size_source)
-    return _Done(name, cells_t, counts_t, result.pixel_size_source, result.pixel_size.note)
+    return _Done(name, cells_t, counts_t, result.pixel_size_source, result.pixel_size.note,
+                 shift_sum, 0 if shift_sum is None else len(result.cells))
 
 
 def image_task(name: str, settings: CountSettings):
@@ -236,6 +247,7 @@ def image_task(name: str, settings: CountSettings):
 def _analyse_or_plan(name: str, settings: CountSettings):
     from .image_io import read_image
     from .pipeline import analyze, plan_slide
+    from .shift_score import layer_mean_sums
 
     levels, file_px = read_image(name)
     image = levels[0]
@@ -243,8 +255,9 @@ def _analyse_or_plan(name: str, settings: CountSettings):
     if isinstance(image, np.ndarray):
         result = analyze(image, settings.pixel_size_um, clf, pixel_size_metadata=file_px,
                          min_confidence=settings.min_confidence, return_labels=False,
-                         tile_size=settings.tile_size)
-        return _tables(name, result, clf.classes)
+                         tile_size=settings.tile_size, keep_crops=True)
+        # Only a few numbers per image travel back, not the crops (slides are not checked).
+        return _tables(name, result, clf.classes, layer_mean_sums(clf.bundle, result.crops))
     return _Planned(name, plan_slide(image, settings.pixel_size_um, crop_fov_um=clf.crop_fov_um,
                                      pixel_size_metadata=file_px, tile_size=settings.tile_size))
 
@@ -491,6 +504,7 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     todo = [n for n in names if not (resume and parts.is_done(n))]
     report.resumed = len(names) - len(todo)
     failed: dict[str, str] = {}
+    shift = {"sum": None, "n": 0}
 
     def finish(done: _Done) -> None:
         try:
@@ -500,6 +514,9 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
                               f"images already written are kept there, and --resume "
                               f"continues from them") from exc
         report.analysed += 1
+        if done.shift_sum is not None:
+            shift["sum"] = done.shift_sum if shift["sum"] is None else shift["sum"] + done.shift_sum
+            shift["n"] += done.shift_n
         if done.pixel_size_source == "default":
             warn(f"napari-ddrnet: warning: {done.name}: {done.note}")
 
@@ -514,6 +531,11 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     runner = _run_serial if client is None else _run_distributed
     report.tasks = runner(client, todo, settings, finish, fail, progress)
     report.failed = [(n, failed[n]) for n in names if n in failed]
+    if shift["sum"] is not None:
+        from .shift_score import verdict_from_sums
+
+        report.shift = verdict_from_sums(worker_classifier(settings).bundle, shift["sum"],
+                                         shift["n"])
     ok = [n for n in names if n not in failed]
     from .classes import PBC_CLASSES
 

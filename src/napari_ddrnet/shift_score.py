@@ -251,3 +251,33 @@ def shift_verdict(bundle, crops: np.ndarray, n_cells: int | None = None) -> Shif
     score = shift_score(bundle.model, x)
     return ShiftVerdict(score, float(card["threshold"]), len(crops),
                         int(n_cells if n_cells is not None else len(crops)))
+
+
+def layer_mean_sums(bundle, crops: np.ndarray | None) -> np.ndarray | None:
+    """Sum over ``crops`` of each crop's BatchNorm-input channel means, all layers flattened
+    (``(C_total,)`` float64): what one image contributes to its run's score, small enough to
+    send from a worker and add up (see :func:`verdict_from_sums`).
+
+    ``None`` when the weights carry no ``shift_warning`` threshold or there are no crops.
+    """
+    from .preprocess import crops_to_tensor
+
+    if not bundle.meta.get("shift_warning") or crops is None or len(crops) == 0:
+        return None
+    means, _ = bn_input_moments(bundle.model, crops_to_tensor(np.asarray(crops), "cpu",
+                                                              bundle.mean, bundle.std))
+    return torch.cat([m.sum(0) for m in means]).numpy()
+
+
+def verdict_from_sums(bundle, sums: np.ndarray | None, n: int) -> ShiftVerdict | None:
+    """The run's verdict from the added :func:`layer_mean_sums` of its ``n`` crops (every
+    crop of the run, so nothing is sampled); ``None`` as for :func:`shift_verdict`."""
+    card = bundle.meta.get("shift_warning")
+    if not card or sums is None or n < int(card.get("min_crops", SHIFT_MIN_CROPS)):
+        return None
+    if card.get("reference", "running") != "running":
+        raise ValueError(f"unknown shift-score reference {card.get('reference')!r}")
+    ref = running_stats(bundle.model)
+    flat = torch.as_tensor(np.asarray(sums, np.float64)) / n
+    means = list(torch.split(flat, [len(mu) for mu, _ in ref]))
+    return ShiftVerdict(shift_from_means(means, [ref]), float(card["threshold"]), n, n)
