@@ -16,6 +16,7 @@ from napari_ddrnet import cli
 from napari_ddrnet.shift_score import (
     SHIFT_MIN_CROPS,
     CropSample,
+    RecentRuns,
     lab_stats,
     running_stats,
     shift_from_means,
@@ -32,19 +33,40 @@ def _crops(values) -> np.ndarray:
 
 def test_crop_sample_is_bounded_uniform_and_reproducible():
     a, b = CropSample(size=64, seed=3), CropSample(size=64, seed=3)
-    for start in range(0, 2000, 100):  # fed batch by batch, as a run is
+    for start in range(0, 2000, 100):  # fed in 20 batches, as a run is
         a.add(_crops(range(start, start + 100)))
         b.add(_crops(range(start, start + 100)))
     a.add(None)
     assert a.n_seen == 2000 and a.crops.shape == (64, 4, 4, 3)
     np.testing.assert_array_equal(a.crops, b.crops)
-    # Crops from the whole run, not only the first or the last batch.
-    seen = np.array([int(v) for v in a.crops[:, 0, 0, 0]])
+    # Crops from across the whole run, not the first or the last batches: the crop values
+    # wrap at 256, so tell the batches apart by a second sample that stores batch numbers.
+    c = CropSample(size=64, seed=3)
+    for batch in range(20):
+        c.add(_crops([batch] * 100))
+    batches = c.crops[:, 0, 0, 0].astype(int)
+    assert len(set(batches.tolist())) >= 15
+    assert 6.5 <= batches.mean() <= 12.5  # uniform over 0..19: mean 9.5, sd of the mean ~0.7
     small = CropSample(size=64)
     small.add(_crops(range(10)))
     assert small.crops.shape == (10, 4, 4, 3) and small.n_seen == 10
     assert CropSample().crops.shape[0] == 0
-    assert len(set(seen.tolist())) > 30
+
+
+def test_recent_runs_pool_small_runs_and_forget_old_ones():
+    runs = RecentRuns(min_cells=10, max_cells=16)
+    crops, n = runs.add("a", _crops([1] * 4))
+    assert len(crops) == 4 and n == 1
+    crops, n = runs.add("b", _crops([2] * 4))
+    assert len(crops) == 8 and n == 2
+    crops, n = runs.add("a", _crops([3] * 4))  # "a" again: replaces its entry, never twice
+    assert len(crops) == 8 and n == 2 and sorted(set(crops[:, 0, 0, 0])) == [2, 3]
+    crops, n = runs.add("c", _crops([4] * 40))  # enough alone: judged alone, sampled
+    assert len(crops) == 16 and n == 1 and set(crops[:, 0, 0, 0]) == {4}
+    crops, n = runs.add("d", _crops([5] * 2))  # pooled with the newest earlier run only
+    assert n == 2 and set(crops[:, 0, 0, 0]) == {4, 5}
+    crops, n = runs.add("e", None)
+    assert n == 2
 
 
 def test_score_is_zero_against_the_crops_own_statistics_and_takes_the_nearest_lab():
@@ -124,6 +146,15 @@ def test_pooled_sums_give_the_same_score_as_the_crops_at_once():
     whole = shift_verdict(bundle, crops)
     assert pooled.score == pytest.approx(whole.score, rel=1e-9)
     assert verdict_from_sums(bundle, sums, 31) is None  # too few cells
+    # Tasks of one dask worker share the cached model: concurrent passes must not mix.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda c: layer_mean_sums(bundle, c),
+                              [crops[:13], crops[13:]] * 4))
+    for got, want in zip(parts, [layer_mean_sums(bundle, crops[:13]),
+                                 layer_mean_sums(bundle, crops[13:])] * 4):
+        np.testing.assert_allclose(got, want, rtol=1e-9)
     older = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v4.safetensors")
     assert layer_mean_sums(older, crops) is None
 

@@ -86,12 +86,13 @@ class DifferentialWidget(Container):
         self._export_btn.changed.connect(self._ask_export)
         self._classifier = None
         self._classifier_key = None
-        #: A sample of the cells analysed with the current model, for the label-free check
-        #: that they look like the training data (:mod:`napari_ddrnet.shift_score`).
-        self._shift_sample = None
+        #: The latest runs' cells with the current model, for the label-free check that they
+        #: look like the training data (:mod:`napari_ddrnet.shift_score`).
+        self._shift_runs = None
         self._shift_weights = None
         #: The latest check (``None`` until enough cells were analysed with this model).
         self.shift_verdict = None
+        self._shift_verdict_weights = None
         self._worker = None
         self.result = None
         self.image_name = ""
@@ -192,14 +193,14 @@ class DifferentialWidget(Container):
         from .pipeline import iter_analyze
         from .region import restrict_result
         from .review import image_key
-        from .shift_score import CropSample, shift_verdict
+        from .shift_score import RecentRuns
         from .single_cell import analyze_single_cell
 
         if self._classifier is None or self._classifier_key != (device, weights):
             self._classifier = Classifier(weights, device=device)
             self._classifier_key = (device, weights)
-        if self._shift_sample is None or self._shift_weights != weights:
-            self._shift_sample, self._shift_weights = CropSample(), weights  # per model
+        if self._shift_runs is None or self._shift_weights != weights:
+            self._shift_runs, self._shift_weights = RecentRuns(), weights  # per model
         yield
         if single:
             result = analyze_single_cell(data, given, self._classifier,
@@ -228,10 +229,19 @@ class DifferentialWidget(Container):
         key = image_key(data)
         if region is not None and not region.whole:  # reviews of regions never mix
             key = hashlib.sha256((key + region.key_suffix()).encode()).hexdigest()
-        sample = self._shift_sample
-        sample.add(result.crops)
-        verdict = shift_verdict(self._classifier.bundle, sample.crops, n_cells=sample.n_seen)
-        return result, key, verdict
+        return result, key, self._check_shift(result, key)
+
+    def _check_shift(self, result, key: str):
+        """``(verdict, runs)`` of the label-free check for this run (in the worker thread)."""
+        from .shift_score import shift_verdict
+
+        crops, result.crops = result.crops, None  # sampled here; not kept with the result
+        try:
+            pooled, runs = self._shift_runs.add(key, crops)
+            return shift_verdict(self._classifier.bundle, pooled), runs
+        except Exception as exc:  # a check that only warns must never cost the run
+            show_info(f"The 'unlike the training data' check was skipped: {exc}")
+            return None, 0
 
     def cancel(self):
         """Stop the running analysis at the next tile."""
@@ -256,7 +266,8 @@ class DifferentialWidget(Container):
 
     # -- results -----------------------------------------------------------------------------
     def _show(self, result, layer, data=None, key: str = "", weights: str | None = None,
-              single: bool = False, region: Region | None = None, verdict=None):
+              single: bool = False, region: Region | None = None,
+              shift: tuple | None = None):
         from .layers import OUR_LAYERS, layer_data
         from .region import whole_image
         from .review import default_review_path
@@ -306,15 +317,20 @@ class DifferentialWidget(Container):
                                       else layer.data[0].shape, result.cells):
                 status += (" This looks like a single-cell export: tick 'Single-cell image' "
                            "to classify it whole.")
-        warned_before = self.shift_verdict is not None and self.shift_verdict.warns
-        self.shift_verdict = verdict
+        verdict, runs = shift or (None, 0)
+        # Notify when the verdict turns to a warning, not at every run of the same lab; a new
+        # model starts afresh.
+        warned_before = (self.shift_verdict is not None and self.shift_verdict.warns
+                         and self._shift_verdict_weights == weights)
+        self.shift_verdict, self._shift_verdict_weights = verdict, weights
         if verdict is not None and verdict.warns:
             advice = (" Review a few cells per class (Review cells…) and use Adapt to my "
                       "lab… before trusting the counts.")
-            text = verdict.summary(f"the {verdict.n_cells} cells analysed with this model so "
-                                   "far") + advice
+            subject = (f"the {verdict.n_cells} cells of this run" if runs <= 1 else
+                       f"the {verdict.n_cells} cells of this run and the {runs - 1} before it")
+            text = verdict.summary(subject) + advice
             status += " Warning: " + text
-            if not warned_before:  # once, not at every run of the same lab
+            if not warned_before:
                 show_warning("napari-ddrnet: " + text)
         self._status.value = status
         self._export_btn.enabled = True

@@ -104,7 +104,11 @@ def _warn_if_unlike_training(classifier, sample, args, write) -> None:
     :mod:`napari_ddrnet.shift_score`); silent for weights without a threshold or small runs."""
     from .shift_score import shift_verdict
 
-    verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
+    try:
+        verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
+    except ValueError as exc:  # comes after the CSVs: it can only warn
+        write(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: {exc}")
+        return
     if verdict is None or not verdict.warns:
         return
     advice = (" --new-lab was applied; review some cells to check its classes."

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,9 @@ import pandas as pd
 from .classes import DEFAULT_MIN_CONFIDENCE
 from .report import COUNT_COLUMNS, csv_tables, write_csv_atomic
 from .schema import cells_csv_columns
+
+if TYPE_CHECKING:
+    from .shift_score import ShiftVerdict
 
 PARTS_VERSION = 1
 #: Files of the parts folder a fresh run may delete (nothing else there is touched).
@@ -133,7 +137,7 @@ class CohortReport:
     #: Whether the cells of the fields analysed in this run look unlike the training data
     #: (:mod:`napari_ddrnet.shift_score`); ``None``: no verdict (under 32 cells, resumed or
     #: slide images only, weights without a threshold).
-    shift: object = None
+    shift: ShiftVerdict | None = None
 
 
 # --- worker side -------------------------------------------------------------------------
@@ -218,7 +222,7 @@ class _Planned:
     plan: object
 
 
-def _tables(name: str, result, classes, shift_sum=None) -> _Done:
+def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None) -> _Done:
     cells_t, counts_t = csv_tables(name, result.cells, result.counts, classes,
                                    result.pixel_size_um, result.pixel_size_source)
     return _Done(name, cells_t, counts_t, result.pixel_size_source, result.pixel_size.note,
@@ -256,8 +260,11 @@ def _analyse_or_plan(name: str, settings: CountSettings):
         result = analyze(image, settings.pixel_size_um, clf, pixel_size_metadata=file_px,
                          min_confidence=settings.min_confidence, return_labels=False,
                          tile_size=settings.tile_size, keep_crops=True)
-        # Only a few numbers per image travel back, not the crops (slides are not checked).
-        return _tables(name, result, clf.classes, layer_mean_sums(clf.bundle, result.crops))
+        try:  # only a few numbers per image travel back, not the crops (slides: no check)
+            sums = layer_mean_sums(clf.bundle, result.crops)
+        except Exception:  # a check that only warns must never cost the image its rows
+            sums = None
+        return _tables(name, result, clf.classes, sums)
     return _Planned(name, plan_slide(image, settings.pixel_size_um, crop_fov_um=clf.crop_fov_um,
                                      pixel_size_metadata=file_px, tile_size=settings.tile_size))
 
@@ -531,11 +538,6 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     runner = _run_serial if client is None else _run_distributed
     report.tasks = runner(client, todo, settings, finish, fail, progress)
     report.failed = [(n, failed[n]) for n in names if n in failed]
-    if shift["sum"] is not None:
-        from .shift_score import verdict_from_sums
-
-        report.shift = verdict_from_sums(worker_classifier(settings).bundle, shift["sum"],
-                                         shift["n"])
     ok = [n for n in names if n not in failed]
     from .classes import PBC_CLASSES
 
@@ -547,6 +549,15 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     except OSError as exc:
         raise CohortError(f"cannot write {cells_csv} / {counts_csv}: {exc}; every image's "
                           f"results are kept in {folder}: --resume writes the CSVs again") from exc
+    if shift["sum"] is not None:  # after the CSVs: a check that only warns comes last
+        from .shift_score import verdict_from_sums
+
+        try:
+            report.shift = verdict_from_sums(worker_classifier(settings).bundle, shift["sum"],
+                                             shift["n"])
+        except ValueError as exc:
+            warn(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: "
+                 f"{exc}")
     return report
 
 

@@ -11,8 +11,10 @@ the run being compared with the lab it is most like (``docs/cross-source.md``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,8 +23,15 @@ from torch import nn
 #: Fewest crops a run needs for a verdict: the size of the draws the threshold was fixed on.
 SHIFT_MIN_CROPS = 32
 
+if TYPE_CHECKING:
+    from .weights import ModelBundle
+
 #: Per layer: (channel means, channel variances) of the layer's input.
 LayerStats = list[tuple[torch.Tensor, torch.Tensor]]
+
+# Forward hooks on a shared model see every thread's batches: one pass at a time (a dask
+# worker runs several tasks on one cached model).
+_HOOK_LOCK = threading.Lock()
 
 
 def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -41,9 +50,10 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 @torch.no_grad()
-def bn_input_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256
-                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per crop, the spatial mean and mean square of every BatchNorm2d layer's input channels.
+def bn_input_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
+                     squares: bool = True
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Per crop, the spatial mean (and mean square) of every BatchNorm2d layer's input channels.
 
     Parameters
     ----------
@@ -53,42 +63,61 @@ def bn_input_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256
         ``(N, 3, S, S)`` crops normalised as for inference.
     batch_size : int
         Crops per forward pass.
+    squares : bool
+        Also return the mean squares (for variances; the score itself needs only means).
 
     Returns
     -------
     means, squares : list of torch.Tensor
-        One ``(N, C_layer)`` float64 tensor per layer each. Every crop has the same number of
-        pixels per layer, so the mean over any subset of crops is the mean of its rows.
+        One ``(N, C_layer)`` float64 tensor per layer each (``squares`` ``None`` when not
+        asked for). Every crop has the same number of pixels per layer, so the mean over any
+        subset of crops is the mean of its rows.
     """
     if len(x) == 0:
         raise ValueError("the shift score needs at least one crop")
     layers = bn_layers(model)
     means: list[list[torch.Tensor]] = [[] for _ in layers]
-    squares: list[list[torch.Tensor]] = [[] for _ in layers]
+    sq: list[list[torch.Tensor]] = [[] for _ in layers]
 
     def hook(i):
         def fn(_mod, inp, _out):
             v = inp[0].double()
             means[i].append(v.mean(dim=(2, 3)))
-            squares[i].append((v * v).mean(dim=(2, 3)))
+            if squares:
+                sq[i].append((v * v).mean(dim=(2, 3)))
         return fn
 
-    was_training = model.training
-    model.eval()
-    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
-    try:
-        for i in range(0, len(x), batch_size):
-            model(x[i:i + batch_size])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return [torch.cat(m) for m in means], [torch.cat(s) for s in squares]
+    with _HOOK_LOCK:
+        was_training = model.training
+        model.eval()
+        handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(layers)]
+        try:
+            for i in range(0, len(x), batch_size):
+                model(x[i:i + batch_size])
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+    return [torch.cat(m) for m in means], ([torch.cat(s) for s in sq] if squares else None)
 
 
 def lab_stats(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> LayerStats:
-    """Mean and variance of every BatchNorm2d layer's input over all crops and pixels of ``x``
-    (one lab's reference, e.g. its training crops)."""
+    """One lab's reference: the statistics of every BatchNorm2d layer's input over its crops.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An unfused model (not modified).
+    x : torch.Tensor
+        ``(N, 3, S, S)`` crops of the lab (e.g. its training crops), normalised for inference.
+    batch_size : int
+        Crops per forward pass.
+
+    Returns
+    -------
+    LayerStats
+        Per layer, the channel means and variances over all crops and pixels.
+    """
     means, squares = bn_input_moments(model, x, batch_size)
     out = []
     for m, s in zip(means, squares):
@@ -98,16 +127,44 @@ def lab_stats(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> Layer
 
 
 def running_stats(model: nn.Module) -> LayerStats:
-    """The model's own running statistics as a reference (the mixture of its training data)."""
+    """The model's own running statistics as a reference (the mixture of its training data).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An unfused model.
+
+    Returns
+    -------
+    LayerStats
+        Per BatchNorm2d layer, its running mean and variance (float64).
+    """
     return [(m.running_mean.double(), m.running_var.double()) for m in bn_layers(model)]
 
 
 def shift_from_means(means: Sequence[torch.Tensor], references: Sequence[LayerStats],
                      eps: float = 1e-5) -> float:
-    """The score of a run whose per-layer input means are ``means`` (one ``(C,)`` per layer).
+    """The score of a run whose per-layer input means are ``means``.
 
-    ``mean over layers of mean over channels |mean - ref mean| / sqrt(ref var + eps)``, the
-    smallest over the references.
+    Parameters
+    ----------
+    means : sequence of torch.Tensor
+        One ``(C_layer,)`` tensor per BatchNorm2d layer: the run's input means.
+    references : sequence of LayerStats
+        At least one; the nearest counts.
+    eps : float
+        Added to the reference variances (BatchNorm's own eps).
+
+    Returns
+    -------
+    float
+        ``mean over layers of mean over channels |mean - ref mean| / sqrt(ref var + eps)``,
+        the smallest over the references.
+
+    Raises
+    ------
+    ValueError
+        Without references, or for a reference of another layer count.
     """
     if not references:
         raise ValueError("the shift score needs at least one reference")
@@ -140,7 +197,7 @@ def shift_score(model: nn.Module, x: torch.Tensor,
     float
     """
     refs = list(references) if references is not None else [running_stats(model)]
-    means, _ = bn_input_moments(model, x, batch_size)
+    means, _ = bn_input_moments(model, x, batch_size, squares=False)
     return shift_from_means([m.mean(0) for m in means], refs)
 
 
@@ -167,7 +224,13 @@ class CropSample:
         self._kept: list[np.ndarray] = []
 
     def add(self, crops: np.ndarray | None) -> None:
-        """Offer ``(N, S, S, 3)`` crops to the sample (``None`` or empty: nothing)."""
+        """Offer crops to the sample.
+
+        Parameters
+        ----------
+        crops : numpy.ndarray or None
+            ``(N, S, S, 3)`` uint8 crops in run order; ``None`` or empty adds nothing.
+        """
         if crops is None:
             return
         for crop in crops:
@@ -183,6 +246,55 @@ class CropSample:
     def crops(self) -> np.ndarray:
         """The sampled crops, ``(n, S, S, 3)`` (``(0, 1, 1, 3)`` when none)."""
         return np.stack(self._kept) if self._kept else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+class RecentRuns:
+    """The latest runs' crops for one model, so runs too small to judge alone (a field holds
+    1-5 white cells) are judged together with the runs just before them (the widget).
+
+    A run with at least ``min_cells`` cells is judged on its own (a sample of at most
+    ``max_cells``); a smaller one together with the newest earlier runs, until ``min_cells``
+    are reached. Older runs are forgotten, and a run analysed again replaces its earlier
+    entry, so no cell counts twice and one odd image does not colour every later verdict.
+    """
+
+    def __init__(self, min_cells: int = SHIFT_MIN_CROPS, max_cells: int = SHIFT_MAX_CROPS):
+        self.min_cells, self.max_cells = int(min_cells), int(max_cells)
+        self._runs: dict[str, np.ndarray] = {}  # insertion order = run order
+
+    def add(self, key: str, crops: np.ndarray | None) -> tuple[np.ndarray, int]:
+        """Record run ``key`` and return what to judge it on.
+
+        Parameters
+        ----------
+        key : str
+            Identifies the image (and region) analysed; the same key replaces its entry.
+        crops : numpy.ndarray or None
+            The run's ``(N, S, S, 3)`` uint8 crops.
+
+        Returns
+        -------
+        crops : numpy.ndarray
+            This run's crops (sampled to ``max_cells``), or pooled with the latest runs.
+        runs : int
+            How many runs they come from.
+        """
+        sample = CropSample(self.max_cells)
+        sample.add(crops)
+        self._runs.pop(key, None)
+        self._runs[key] = sample.crops if sample.n_seen else None
+        pooled, n = [], 0
+        for k in reversed(list(self._runs)):
+            c = self._runs[k]
+            if n >= self.min_cells:
+                del self._runs[k]  # not needed for any later verdict
+                continue
+            if c is not None and len(c):
+                pooled.append(c)
+                n += len(c)
+        if not pooled:
+            return np.zeros((0, 1, 1, 3), np.uint8), 0
+        return np.concatenate(pooled), len(pooled)
 
 
 @dataclass(frozen=True)
@@ -208,6 +320,7 @@ class ShiftVerdict:
 
     @property
     def warns(self) -> bool:
+        """Whether the score is above the threshold (the run looks unlike the training data)."""
         return self.score > self.threshold
 
     def summary(self, subject: str | None = None) -> str:
@@ -220,7 +333,18 @@ class ShiftVerdict:
                 "so classes may be wrong.")
 
 
-def shift_verdict(bundle, crops: np.ndarray, n_cells: int | None = None) -> ShiftVerdict | None:
+def _card(bundle: ModelBundle) -> dict | None:
+    """The weights' ``shift_warning`` entry, checked; ``None`` when they carry none."""
+    card = bundle.meta.get("shift_warning")
+    if not card:
+        return None
+    if card.get("reference", "running") != "running":
+        raise ValueError(f"unknown shift-score reference {card.get('reference')!r}")
+    return card
+
+
+def shift_verdict(bundle: ModelBundle, crops: np.ndarray,
+                  n_cells: int | None = None) -> ShiftVerdict | None:
     """Check a run's crops against the threshold the weights carry.
 
     Parameters
@@ -237,15 +361,16 @@ def shift_verdict(bundle, crops: np.ndarray, n_cells: int | None = None) -> Shif
     -------
     ShiftVerdict or None
         ``None`` when the weights carry no threshold or the run has too few crops for one.
+
+    Raises
+    ------
+    ValueError
+        For a card naming a reference this version cannot compute.
     """
     from .preprocess import crops_to_tensor
 
-    card = bundle.meta.get("shift_warning")
-    if not card:
-        return None
-    if card.get("reference", "running") != "running":
-        raise ValueError(f"unknown shift-score reference {card.get('reference')!r}")
-    if len(crops) < int(card.get("min_crops", SHIFT_MIN_CROPS)):
+    card = _card(bundle)
+    if card is None or len(crops) < int(card.get("min_crops", SHIFT_MIN_CROPS)):
         return None
     x = crops_to_tensor(np.asarray(crops), "cpu", bundle.mean, bundle.std)
     score = shift_score(bundle.model, x)
@@ -253,30 +378,53 @@ def shift_verdict(bundle, crops: np.ndarray, n_cells: int | None = None) -> Shif
                         int(n_cells if n_cells is not None else len(crops)))
 
 
-def layer_mean_sums(bundle, crops: np.ndarray | None) -> np.ndarray | None:
-    """Sum over ``crops`` of each crop's BatchNorm-input channel means, all layers flattened
-    (``(C_total,)`` float64): what one image contributes to its run's score, small enough to
-    send from a worker and add up (see :func:`verdict_from_sums`).
+def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None) -> np.ndarray | None:
+    """What one image contributes to its run's score, small enough to send from a worker.
 
-    ``None`` when the weights carry no ``shift_warning`` threshold or there are no crops.
+    Parameters
+    ----------
+    bundle : napari_ddrnet.weights.ModelBundle
+        The weights the image was classified with.
+    crops : numpy.ndarray or None
+        The image's ``(N, S, S, 3)`` uint8 crops.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(C_total,)`` float64: the sum over crops of each crop's BatchNorm-input channel
+        means, all layers flattened (add them up and pass to :func:`verdict_from_sums`);
+        ``None`` when the weights carry no threshold or there are no crops.
     """
     from .preprocess import crops_to_tensor
 
-    if not bundle.meta.get("shift_warning") or crops is None or len(crops) == 0:
+    if _card(bundle) is None or crops is None or len(crops) == 0:
         return None
-    means, _ = bn_input_moments(bundle.model, crops_to_tensor(np.asarray(crops), "cpu",
-                                                              bundle.mean, bundle.std))
+    x = crops_to_tensor(np.asarray(crops), "cpu", bundle.mean, bundle.std)
+    means, _ = bn_input_moments(bundle.model, x, squares=False)
     return torch.cat([m.sum(0) for m in means]).numpy()
 
 
-def verdict_from_sums(bundle, sums: np.ndarray | None, n: int) -> ShiftVerdict | None:
-    """The run's verdict from the added :func:`layer_mean_sums` of its ``n`` crops (every
-    crop of the run, so nothing is sampled); ``None`` as for :func:`shift_verdict`."""
-    card = bundle.meta.get("shift_warning")
-    if not card or sums is None or n < int(card.get("min_crops", SHIFT_MIN_CROPS)):
+def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
+                      n: int) -> ShiftVerdict | None:
+    """The run's verdict from the added :func:`layer_mean_sums` of all its crops.
+
+    Parameters
+    ----------
+    bundle : napari_ddrnet.weights.ModelBundle
+        The weights the run was classified with.
+    sums : numpy.ndarray or None
+        The images' :func:`layer_mean_sums`, added.
+    n : int
+        Crops behind ``sums`` (every cell of the run: nothing is sampled).
+
+    Returns
+    -------
+    ShiftVerdict or None
+        ``None`` as for :func:`shift_verdict`.
+    """
+    card = _card(bundle)
+    if card is None or sums is None or n < int(card.get("min_crops", SHIFT_MIN_CROPS)):
         return None
-    if card.get("reference", "running") != "running":
-        raise ValueError(f"unknown shift-score reference {card.get('reference')!r}")
     ref = running_stats(bundle.model)
     flat = torch.as_tensor(np.asarray(sums, np.float64)) / n
     means = list(torch.split(flat, [len(mu) for mu, _ in ref]))
