@@ -176,3 +176,12 @@ def test_plain_count_warns_on_a_cast_field(tmp_path, capsys):
         errs[name] = capsys.readouterr().err
     assert "look unlike the images" not in errs["plain"]
     assert "cells look unlike the images the classifier learned from" in errs["cyan"]
+    # Resumed: the finished image's share comes from its parts (the file now holds the clean
+    # field, which is not read again), so the verdict is the same.
+    Image.fromarray(pbc_mosaic()).save(tmp_path / "cyan.png")
+    rc = cli.main(["count", str(tmp_path / "cyan.png"), "--cells-csv",
+                   str(tmp_path / "cyan.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+                   "--device", "cpu", "--quiet", "--no-tta", "--resume"])
+    again = capsys.readouterr().err
+    assert rc == 0
+    assert again[again.index("warning"):] == errs["cyan"][errs["cyan"].index("warning"):]

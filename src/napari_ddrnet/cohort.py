@@ -25,6 +25,7 @@ the image files at the same paths. The classifier is loaded once per worker proc
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -134,9 +135,9 @@ class CohortReport:
     cells: int = 0
     tasks: int = 0
     parts_dir: Path | None = None
-    #: Whether the cells of the fields analysed in this run look unlike the training data
-    #: (:mod:`napari_ddrnet.shift_score`); ``None``: no verdict (under 32 cells, resumed or
-    #: slide images only, weights without a threshold).
+    #: Whether the cells of the run's fields look unlike the training data
+    #: (:mod:`napari_ddrnet.shift_score`); ``None``: no verdict (under 32 field cells, slides
+    #: only, weights without a threshold).
     shift: ShiftVerdict | None = None
 
 
@@ -344,11 +345,27 @@ class _Parts:
             self._path(name, "counts.csv").is_file()
 
     def write(self, done: _Done) -> None:
-        # The marker goes last: an image killed between the files is simply redone.
+        # The marker goes last: an image killed between the files is simply redone. It also
+        # keeps the image's share of the shift check, so a resumed run's verdict is the same.
         write_csv_atomic(done.cells, self._path(done.name, "cells.csv"))
         write_csv_atomic(done.counts, self._path(done.name, "counts.csv"))
-        _write_text_atomic(self._path(done.name, "done"),
-                           [json.dumps({"image": done.name, "cells": len(done.cells)})])
+        marker = {"image": done.name, "cells": len(done.cells)}
+        if done.shift_sum is not None:
+            marker["shift_n"] = done.shift_n
+            marker["shift_sum"] = base64.b64encode(
+                np.asarray(done.shift_sum, "<f8").tobytes()).decode("ascii")
+        _write_text_atomic(self._path(done.name, "done"), [json.dumps(marker)])
+
+    def shift_of(self, name: str) -> tuple[np.ndarray, int] | None:
+        """The shift-check share recorded with a finished image (``None`` if none)."""
+        try:
+            marker = json.loads(self._path(name, "done").read_text())
+            if "shift_sum" not in marker:
+                return None
+            sums = np.frombuffer(base64.b64decode(marker["shift_sum"]), "<f8").copy()
+            return sums, int(marker["shift_n"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def assemble(self, names: Sequence[str], kind: str, header: str, out: Path) -> int:
         """Concatenate the parts of ``names`` (in that order) into ``out``; rows written."""
@@ -513,6 +530,16 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     failed: dict[str, str] = {}
     shift = {"sum": None, "n": 0}
 
+    def add_shift(sums: np.ndarray | None, n: int) -> None:
+        if sums is not None:
+            shift["sum"] = sums if shift["sum"] is None else shift["sum"] + sums
+            shift["n"] += n
+
+    pending = set(todo)
+    for name in names:  # images finished by an earlier run count towards the verdict too
+        if name not in pending:
+            add_shift(*(parts.shift_of(name) or (None, 0)))
+
     def finish(done: _Done) -> None:
         try:
             parts.write(done)
@@ -521,9 +548,7 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
                               f"images already written are kept there, and --resume "
                               f"continues from them") from exc
         report.analysed += 1
-        if done.shift_sum is not None:
-            shift["sum"] = done.shift_sum if shift["sum"] is None else shift["sum"] + done.shift_sum
-            shift["n"] += done.shift_n
+        add_shift(done.shift_sum, done.shift_n)
         if done.pixel_size_source == "default":
             warn(f"napari-ddrnet: warning: {done.name}: {done.note}")
 
