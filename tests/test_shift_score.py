@@ -55,18 +55,19 @@ def test_crop_sample_is_bounded_uniform_and_reproducible():
 
 def test_recent_runs_pool_small_runs_and_forget_old_ones():
     runs = RecentRuns(min_cells=10, max_cells=16)
-    crops, n = runs.add("a", _crops([1] * 4))
-    assert len(crops) == 4 and n == 1
-    crops, n = runs.add("b", _crops([2] * 4))
-    assert len(crops) == 8 and n == 2
-    crops, n = runs.add("a", _crops([3] * 4))  # "a" again: replaces its entry, never twice
-    assert len(crops) == 8 and n == 2 and sorted(set(crops[:, 0, 0, 0])) == [2, 3]
-    crops, n = runs.add("c", _crops([4] * 40))  # enough alone: judged alone, sampled
-    assert len(crops) == 16 and n == 1 and set(crops[:, 0, 0, 0]) == {4}
-    crops, n = runs.add("d", _crops([5] * 2))  # pooled with the newest earlier run only
-    assert n == 2 and set(crops[:, 0, 0, 0]) == {4, 5}
-    crops, n = runs.add("e", None)
-    assert n == 2
+    crops, n, cells = runs.add("a", _crops([1] * 4))
+    assert (len(crops), n, cells) == (4, 1, 4)
+    crops, n, cells = runs.add("b", _crops([2] * 4))
+    assert (len(crops), n, cells) == (8, 2, 8)
+    crops, n, cells = runs.add("a", _crops([3] * 4))  # "a" again: replaces its entry
+    assert (len(crops), n, cells) == (8, 2, 8) and sorted(set(crops[:, 0, 0, 0])) == [2, 3]
+    crops, n, cells = runs.add("c", _crops([4] * 40))  # enough alone: judged alone, sampled
+    assert (len(crops), n, cells) == (16, 1, 40) and set(crops[:, 0, 0, 0]) == {4}
+    crops, n, cells = runs.add("d", _crops([5] * 2))  # pooled with the newest earlier run
+    assert (n, cells) == (2, 42) and set(crops[:, 0, 0, 0]) == {4, 5}
+    crops, n, cells = runs.add("e", None)  # a run without crops (a slide) gets no verdict
+    assert (len(crops), n, cells) == (0, 0, 0)
+    assert shift_verdict(load_bundle(DEFAULT_WEIGHTS), crops) is None
 
 
 def test_score_is_zero_against_the_crops_own_statistics_and_takes_the_nearest_lab():

@@ -237,8 +237,8 @@ class DifferentialWidget(Container):
 
         crops, result.crops = result.crops, None  # sampled here; not kept with the result
         try:
-            pooled, runs = self._shift_runs.add(key, crops)
-            return shift_verdict(self._classifier.bundle, pooled), runs
+            pooled, runs, cells = self._shift_runs.add(key, crops)
+            return shift_verdict(self._classifier.bundle, pooled, n_cells=cells), runs
         except Exception as exc:  # a check that only warns must never cost the run
             show_info(f"The 'unlike the training data' check was skipped: {exc}")
             return None, 0

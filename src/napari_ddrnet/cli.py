@@ -108,7 +108,7 @@ def _warn_if_unlike_training(classifier, sample, args, write) -> None:
 
     try:
         verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
-    except ValueError as exc:  # comes after the CSVs: it can only warn
+    except Exception as exc:  # comes after the CSVs: it can only warn, never crash
         write(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: {exc}")
         return
     if verdict is None or not verdict.warns:

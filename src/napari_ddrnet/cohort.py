@@ -531,9 +531,15 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     shift = {"sum": None, "n": 0}
 
     def add_shift(sums: np.ndarray | None, n: int) -> None:
-        if sums is not None:
-            shift["sum"] = sums if shift["sum"] is None else shift["sum"] + sums
-            shift["n"] += n
+        if sums is None:
+            return
+        if shift["sum"] is None:
+            shift["sum"] = sums
+        elif len(sums) == len(shift["sum"]):  # parts of another model: left out, no crash
+            shift["sum"] = shift["sum"] + sums
+        else:
+            return
+        shift["n"] += n
 
     pending = set(todo)
     for name in names:  # images finished by an earlier run count towards the verdict too
@@ -580,7 +586,7 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
         try:
             report.shift = verdict_from_sums(worker_classifier(settings).bundle, shift["sum"],
                                              shift["n"])
-        except ValueError as exc:
+        except Exception as exc:  # it can only warn: never a traceback instead of the CSVs
             warn(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: "
                  f"{exc}")
     return report

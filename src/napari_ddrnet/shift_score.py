@@ -254,15 +254,17 @@ class RecentRuns:
 
     A run with at least ``min_cells`` cells is judged on its own (a sample of at most
     ``max_cells``); a smaller one together with the newest earlier runs, until ``min_cells``
-    are reached. Older runs are forgotten, and a run analysed again replaces its earlier
-    entry, so no cell counts twice and one odd image does not colour every later verdict.
+    are reached. Older runs are forgotten, and a run analysed again under the same key (the
+    same image and region) replaces its entry, so one odd image does not colour every later
+    verdict. A run without crops gets no verdict.
     """
 
     def __init__(self, min_cells: int = SHIFT_MIN_CROPS, max_cells: int = SHIFT_MAX_CROPS):
         self.min_cells, self.max_cells = int(min_cells), int(max_cells)
-        self._runs: dict[str, np.ndarray] = {}  # insertion order = run order
+        # key -> (sampled crops, cells of the run); insertion order = run order
+        self._runs: dict[str, tuple[np.ndarray, int]] = {}
 
-    def add(self, key: str, crops: np.ndarray | None) -> tuple[np.ndarray, int]:
+    def add(self, key: str, crops: np.ndarray | None) -> tuple[np.ndarray, int, int]:
         """Record run ``key`` and return what to judge it on.
 
         Parameters
@@ -270,31 +272,33 @@ class RecentRuns:
         key : str
             Identifies the image (and region) analysed; the same key replaces its entry.
         crops : numpy.ndarray or None
-            The run's ``(N, S, S, 3)`` uint8 crops.
+            The run's ``(N, S, S, 3)`` uint8 crops (``None``: not kept, e.g. a slide).
 
         Returns
         -------
         crops : numpy.ndarray
-            This run's crops (sampled to ``max_cells``), or pooled with the latest runs.
+            This run's crops (sampled to ``max_cells``), or pooled with the latest runs;
+            empty when this run has none (no verdict for it).
         runs : int
-            How many runs they come from.
+            How many runs they come from (0 when empty).
+        cells : int
+            Cells of those runs (more than the crops when a run was sampled).
         """
+        self._runs.pop(key, None)
         sample = CropSample(self.max_cells)
         sample.add(crops)
-        self._runs.pop(key, None)
-        self._runs[key] = sample.crops if sample.n_seen else None
-        pooled, n = [], 0
+        if not sample.n_seen:
+            return np.zeros((0, 1, 1, 3), np.uint8), 0, 0
+        self._runs[key] = (sample.crops, sample.n_seen)
+        pooled, cells = [], 0
         for k in reversed(list(self._runs)):
-            c = self._runs[k]
-            if n >= self.min_cells:
+            if cells >= self.min_cells:
                 del self._runs[k]  # not needed for any later verdict
                 continue
-            if c is not None and len(c):
-                pooled.append(c)
-                n += len(c)
-        if not pooled:
-            return np.zeros((0, 1, 1, 3), np.uint8), 0
-        return np.concatenate(pooled), len(pooled)
+            c, n = self._runs[k]
+            pooled.append(c)
+            cells += n
+        return np.concatenate(pooled), len(pooled), cells
 
 
 @dataclass(frozen=True)
