@@ -175,24 +175,16 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def write_card(weights: Path, payload: dict) -> None:
-    """Put the threshold the plugin checks runs against into the weights card (atomically;
-    the sha256 covers the tensors only, so the weights stay valid)."""
-    import json
+    """Put the threshold the plugin checks runs against into the weights card."""
+    from training.export import update_card
 
-    from napari_ddrnet.weights import metadata_path
-
-    card = metadata_path(weights)
-    meta = json.loads(card.read_text())
-    meta["shift_warning"] = {
+    update_card(weights, "shift_warning", {
         "reference": "running", "threshold": payload["threshold"],
         "min_crops": payload["min_crops"], "calibration": payload["calibration"],
         "margin": payload["margin"],
         "rule": "docs/cross-source.md, 2026-12-06 (fifth and sixth sessions)",
         "benchmark": "python -m benchmarks.domain_shift --reference running --write-card "
-                     f"(benchmarks/results/domain_shift_{payload['weights']}.json)"}
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(card)
+                     f"(benchmarks/results/domain_shift_{payload['weights']}.json)"})
 
 
 if __name__ == "__main__":

@@ -37,18 +37,23 @@ def smear():
     return synthetic_smear(pixel_size_um=0.1, seed=0)
 
 
-def pbc_mosaic(gains=(1.0, 1.0, 1.0)):
-    """36 PBC test exports (up to 5 per class) side by side, 6 x 6, optionally colour-cast."""
+def pbc_test_files(per_class: int) -> list[Path]:
+    """The first ``per_class`` PBC test exports of each class (splits.csv order)."""
     import csv
-
-    import numpy as np
-    from PIL import Image
 
     picked: dict[str, list[str]] = {}
     for r in csv.DictReader(open(data_root() / "pbc" / "splits.csv", newline="")):
-        if r["split"] == "test" and len(picked.setdefault(r["class"], [])) < 5:
+        if r["split"] == "test" and len(picked.setdefault(r["class"], [])) < per_class:
             picked[r["class"]].append(r["file"])
-    files = [data_root() / "pbc" / f for fs in picked.values() for f in fs][:36]
+    return [data_root() / "pbc" / f for fs in picked.values() for f in fs]
+
+
+def pbc_mosaic(gains=(1.0, 1.0, 1.0)):
+    """36 PBC test exports (up to 5 per class) side by side, 6 x 6, optionally colour-cast."""
+    import numpy as np
+    from PIL import Image
+
+    files = pbc_test_files(5)[:36]
     tiles = [np.asarray(Image.open(f).convert("RGB"))[:128, :128] for f in files]
     rows = [np.concatenate(tiles[i:i + 6], axis=1) for i in range(0, 36, 6)]
     mosaic = np.concatenate(rows, axis=0).astype(np.float32) * np.asarray(gains, np.float32)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import needs_data
+from conftest import needs_data, pbc_test_files
 from PIL import Image
 from torch import nn
 
@@ -24,7 +22,6 @@ from napari_ddrnet.shift_score import (
     shift_verdict,
 )
 from napari_ddrnet.weights import DEFAULT_WEIGHTS, WEIGHTS_DIR, load_bundle
-from training.paths import data_root
 
 
 def _crops(values) -> np.ndarray:
@@ -110,12 +107,7 @@ def test_cli_warns_on_a_colour_cast_and_not_on_the_training_lab(tmp_path, capsys
     """40 PBC test exports (5 per class) through `count --single-cell`: as they are, the run
     looks like the training data (no warning); with a strong cyan cast (red x 0.6, one of the
     casts the threshold was checked on), the same cells warn."""
-    rows = list(csv.DictReader(open(data_root() / "pbc" / "splits.csv", newline="")))
-    picked: dict[str, list[str]] = {}
-    for r in rows:
-        if r["split"] == "test" and len(picked.setdefault(r["class"], [])) < 5:
-            picked[r["class"]].append(r["file"])
-    files = [data_root() / "pbc" / f for fs in picked.values() for f in fs]
+    files = pbc_test_files(5)
     cast_dir = tmp_path / "cyan"
     cast_dir.mkdir()
     for i, f in enumerate(files):

@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pandas as pd
-from conftest import needs_data
+from conftest import needs_data, pbc_test_files
 from PIL import Image
 
 from napari_ddrnet import cli
@@ -73,12 +73,7 @@ def test_cli_single_cell_rows_and_errors(smear, tmp_path, capsys):
 def test_cli_single_cell_on_pbc_test_images(tmp_path):
     """The shipped model through `count --single-cell` on real PBC test exports (3 per class):
     in-domain, so nearly all must be right."""
-    rows = list(csv.DictReader(open(data_root() / "pbc" / "splits.csv", newline="")))
-    picked: dict[str, list[str]] = {}
-    for r in rows:
-        if r["split"] == "test" and len(picked.setdefault(r["class"], [])) < 3:
-            picked[r["class"]].append(r["file"])
-    files = [str(data_root() / "pbc" / f) for fs in picked.values() for f in fs]
+    files = [str(f) for f in pbc_test_files(3)]
     cells_csv, counts_csv = tmp_path / "cells.csv", tmp_path / "counts.csv"
     rc = cli.main(["count", "--single-cell", *files, "--cells-csv", str(cells_csv),
                    "--counts-csv", str(counts_csv), "--device", "cpu", "--quiet",

@@ -118,8 +118,8 @@ def export_run(run: Path, out: Path, extra: dict | None = None, config: Path | N
     return export_weights(state, meta, out)
 
 
-def refresh_card_benchmark(weights: Path, bench: dict) -> dict:
-    """Replace ``metrics_benchmark`` in the card of exported ``weights`` (atomically).
+def update_card(weights: Path, key: str, value) -> dict:
+    """Set ``key`` in the card of exported ``weights`` (atomically).
 
     The sha256 covers the tensors only, so they stay valid; every other card field is kept.
     """
@@ -127,11 +127,16 @@ def refresh_card_benchmark(weights: Path, bench: dict) -> dict:
 
     card = metadata_path(weights)
     meta = json.loads(card.read_text())
-    meta["metrics_benchmark"] = benchmark_metrics(bench)
+    meta[key] = value
     tmp = card.with_name(card.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(card)
     return meta
+
+
+def refresh_card_benchmark(weights: Path, bench: dict) -> dict:
+    """Replace ``metrics_benchmark`` in the card of exported ``weights`` (:func:`update_card`)."""
+    return update_card(weights, "metrics_benchmark", benchmark_metrics(bench))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -234,15 +234,11 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
     cell_tables, count_tables, failed = [], [], []
     source = _single_cell_results if args.single_cell else _field_results
     results = source(files, classifier, args, failed, write)
-    sample = CropSample()  # the run's cells, for the "unlike the training data" check
     if args.new_lab:  # needs every cell first: analyse all, adapt, then re-classify
-        results = list(results)
-        for _, result in results:
-            sample.add(result.crops)
-        results = _adapted_to_lab(results, classifier, args, write)
+        results = _adapted_to_lab(list(results), classifier, args, write)
+    sample = CropSample()  # the run's cells (re-classified ones keep their raw crops)
     for name, result in results:
-        if not args.new_lab:
-            sample.add(result.crops)
+        sample.add(result.crops)
         cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
                                        result.pixel_size_um, result.pixel_size_source)
         if result.pixel_size_source == "default" and not args.single_cell:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -337,6 +337,10 @@ class ShiftVerdict:
                 "so classes may be wrong.")
 
 
+def _min_crops(card: dict) -> int:
+    return int(card.get("min_crops", SHIFT_MIN_CROPS))
+
+
 def _card(bundle: ModelBundle) -> dict | None:
     """The weights' ``shift_warning`` entry, checked; ``None`` when they carry none."""
     card = bundle.meta.get("shift_warning")
@@ -371,15 +375,11 @@ def shift_verdict(bundle: ModelBundle, crops: np.ndarray,
     ValueError
         For a card naming a reference this version cannot compute.
     """
-    from .preprocess import crops_to_tensor
-
     card = _card(bundle)
-    if card is None or len(crops) < int(card.get("min_crops", SHIFT_MIN_CROPS)):
+    if card is None or len(crops) < _min_crops(card):  # no forward pass for a small run
         return None
-    x = crops_to_tensor(np.asarray(crops), "cpu", bundle.mean, bundle.std)
-    score = shift_score(bundle.model, x)
-    return ShiftVerdict(score, float(card["threshold"]), len(crops),
-                        int(n_cells if n_cells is not None else len(crops)))
+    verdict = verdict_from_sums(bundle, layer_mean_sums(bundle, crops), len(crops))
+    return verdict if n_cells is None else replace(verdict, n_cells=int(n_cells))
 
 
 def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None) -> np.ndarray | None:
@@ -427,7 +427,7 @@ def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
         ``None`` as for :func:`shift_verdict`.
     """
     card = _card(bundle)
-    if card is None or sums is None or n < int(card.get("min_crops", SHIFT_MIN_CROPS)):
+    if card is None or sums is None or n < _min_crops(card):
         return None
     ref = running_stats(bundle.model)
     flat = torch.as_tensor(np.asarray(sums, np.float64)) / n
