@@ -205,10 +205,10 @@ def test_corrupt_tile_fails_only_that_slide(inputs, serial, tmp_path, monkeypatc
 
     real = pipeline.analyze_tile
 
-    def broken(image, plan, index, classifier):
+    def broken(image, plan, index, classifier, **kwargs):
         if index == 3:
             raise OSError("corrupt tile")
-        return real(image, plan, index, classifier)
+        return real(image, plan, index, classifier, **kwargs)
 
     monkeypatch.setattr(pipeline, "analyze_tile", broken)
     warnings = []

@@ -178,3 +178,38 @@ def test_plain_count_warns_on_a_cast_field(tmp_path, capsys):
     again = capsys.readouterr().err
     assert rc == 0
     assert again[again.index("warning"):] == errs["cyan"][errs["cyan"].index("warning"):]
+
+
+@needs_data("pbc")
+def test_plain_count_checks_a_slide_tile_by_tile(tmp_path, capsys):
+    """A pyramidal slide in plain `count` is analysed as tile tasks that keep no crops: each
+    tile sends its share of the check, and the slide's verdict is the one of all its cells."""
+    import tifffile
+    from conftest import pbc_mosaic
+
+    from napari_ddrnet.pipeline import analyze
+    from napari_ddrnet.shift_score import shift_verdict
+
+    for name, gains in (("plain", (1.0, 1.0, 1.0)), ("cyan", (0.6, 1.0, 1.0))):
+        mosaic = pbc_mosaic(gains)
+        with tifffile.TiffWriter(tmp_path / f"{name}.ome.tif") as tw:
+            tw.write(mosaic, tile=(128, 128), photometric="rgb", subifds=1,
+                     metadata={"axes": "YXS"})
+            tw.write(mosaic[::2, ::2], tile=(128, 128), photometric="rgb", subfiletype=1)
+    errs = {}
+    for name in ("plain", "cyan"):
+        rc = cli.main(["count", str(tmp_path / f"{name}.ome.tif"), "--cells-csv",
+                       str(tmp_path / f"{name}.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+                       "--device", "cpu", "--quiet", "--no-tta", "--tile-size", "256"])
+        assert rc == 0
+        errs[name] = capsys.readouterr().err
+    cells = pd.read_csv(tmp_path / "cyan.csv")
+    assert len(cells) >= 32
+    assert "look unlike the images" not in errs["plain"]
+    assert f"{len(cells)} cells look unlike the images" in errs["cyan"]
+    # The tiles' pooled sums give the score of the same cells' crops taken at once.
+    result = analyze(pbc_mosaic((0.6, 1.0, 1.0)), None, tile_size=256, keep_crops=True,
+                     device="cpu")
+    whole = shift_verdict(load_bundle(DEFAULT_WEIGHTS), result.crops)
+    assert len(result.cells) == len(cells)
+    assert f"shift score {whole.score:.3f} >" in errs["cyan"], (whole.score, errs["cyan"])

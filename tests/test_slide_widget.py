@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import needs_data, pbc_mosaic
 
 if os.environ.get("CI"):
     import napari  # noqa: F401  (CI must fail on a broken napari install, never skip)
@@ -205,3 +206,28 @@ def test_pyramidal_ome_tiff_opens_lazily_and_is_analysed(make_napari_viewer, qtb
     assert len(widget.result.cells) == len(truth)
     masks = viewer.layers[LABELS_NAME]
     assert masks.multiscale and not isinstance(masks.data[0], np.ndarray)
+
+
+@needs_data("pbc")
+def test_slide_run_is_checked_on_a_sample_of_its_crops(make_napari_viewer, qtbot,
+                                                        monkeypatch):
+    """A lazy slide keeps no crops, so the "unlike the training data" check runs on the
+    bounded sample taken while it is classified: 36 real PBC cells as a slide do not warn,
+    the same slide with a strong cyan cast does (and the verdict counts every cell)."""
+    shown: list[str] = []
+    monkeypatch.setattr("napari_ddrnet._widget.show_warning", shown.append)
+    viewer = make_napari_viewer()
+    verdicts = {}
+    for name, gains in (("plain", (1.0, 1.0, 1.0)), ("cyan", (0.6, 1.0, 1.0))):
+        mosaic = pbc_mosaic(gains)
+        levels = [da.from_array(mosaic[::f, ::f], chunks=(256, 256, 3)) for f in (1, 2)]
+        layer = viewer.add_image(levels, rgb=True, multiscale=True, name=name)
+        widget = _dock(viewer, layer)
+        _run(widget, qtbot)
+        assert "on disk" in widget._status.value  # the slide path, not an in-memory one
+        assert widget.result.crops is None and len(widget.result.cells) >= 32
+        verdicts[name] = widget.shift_verdict
+        assert verdicts[name] is not None
+        assert verdicts[name].n_cells == len(widget.result.cells)
+    assert not verdicts["plain"].warns
+    assert verdicts["cyan"].warns and len(shown) == 1

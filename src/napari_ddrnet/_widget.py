@@ -193,7 +193,7 @@ class DifferentialWidget(Container):
         from .pipeline import iter_analyze
         from .region import restrict_result
         from .review import image_key
-        from .shift_score import RecentRuns
+        from .shift_score import CropSample, RecentRuns
         from .single_cell import analyze_single_cell
 
         if self._classifier is None or self._classifier_key != (device, weights):
@@ -202,6 +202,7 @@ class DifferentialWidget(Container):
         if self._shift_runs is None or self._shift_weights != weights:
             self._shift_runs, self._shift_weights = RecentRuns(), weights  # per model
         yield
+        sample = None
         if single:
             result = analyze_single_cell(data, given, self._classifier,
                                          pixel_size_metadata=meta_px, min_confidence=conf)
@@ -212,14 +213,17 @@ class DifferentialWidget(Container):
             if store is not None:
                 _STORES.append(store)
             self._pending_store = store  # removed if the run is cancelled (_on_cancelled)
+            # In-memory images keep their crops for the shift check; a slide's could not
+            # all stay in memory, so it is checked on a bounded sample of them (taken over the
+            # window analysed, which may reach a little beyond a drawn region).
+            sample = CropSample() if on_disk else None
             try:
-                # In-memory images keep their crops for the shift check; a slide's could
-                # not all stay in memory, so slides are not checked.
                 result = yield from _steps(iter_analyze(data, given, self._classifier,
                                                         pixel_size_metadata=meta_px,
                                                         min_confidence=conf,
                                                         labels_out=store,
-                                                        keep_crops=not on_disk))
+                                                        keep_crops=not on_disk,
+                                                        crop_sample=sample))
                 if region is not None:
                     result = restrict_result(result, region)
             except BaseException:  # failed or cancelled (GeneratorExit): drop the half store
@@ -229,15 +233,19 @@ class DifferentialWidget(Container):
         key = image_key(data)
         if region is not None and not region.whole:  # reviews of regions never mix
             key = hashlib.sha256((key + region.key_suffix()).encode()).hexdigest()
-        return result, key, self._check_shift(result, key)
+        return result, key, self._check_shift(result, key, sample)
 
-    def _check_shift(self, result, key: str):
-        """``(verdict, runs)`` of the label-free check for this run (in the worker thread)."""
+    def _check_shift(self, result, key: str, sample=None):
+        """``(verdict, runs)`` of the label-free check for this run (in the worker thread);
+        ``sample``: a slide's :class:`~napari_ddrnet.shift_score.CropSample` (it kept no crops)."""
         from .shift_score import shift_verdict
 
         crops, result.crops = result.crops, None  # sampled here; not kept with the result
+        n_cells = None
+        if sample is not None:
+            crops, n_cells = sample.crops, sample.n_seen
         try:
-            pooled, runs, cells = self._shift_runs.add(key, crops)
+            pooled, runs, cells = self._shift_runs.add(key, crops, n_cells)
             return shift_verdict(self._classifier.bundle, pooled, n_cells=cells), runs
         except Exception as exc:  # a check that only warns must never cost the run
             show_info(f"The 'unlike the training data' check was skipped: {exc}")

@@ -125,7 +125,7 @@ class CohortReport:
     parts_dir : Path
         Folder of the per-image parts.
     shift : napari_ddrnet.shift_score.ShiftVerdict or None
-        The label-free "unlike the training data" check of this run's field cells.
+        The label-free "unlike the training data" check of this run's cells.
     """
 
     images: int
@@ -136,8 +136,8 @@ class CohortReport:
     tasks: int = 0
     parts_dir: Path | None = None
     #: Whether the cells of the run's fields look unlike the training data
-    #: (:mod:`napari_ddrnet.shift_score`); ``None``: no verdict (under 32 field cells, slides
-    #: only, weights without a threshold).
+    #: (:mod:`napari_ddrnet.shift_score`); ``None``: no verdict (under 32 cells, weights
+    #: without a threshold).
     shift: ShiftVerdict | None = None
 
 
@@ -206,7 +206,17 @@ class _Done:
     pixel_size_source: str
     note: str
     #: The image's share of the run's "unlike the training data" score
-    #: (:func:`napari_ddrnet.shift_score.layer_mean_sums`) and its crop count; fields only.
+    #: (:func:`napari_ddrnet.shift_score.layer_mean_sums`) and its crop count (a slide's
+    #: added up over its tiles).
+    shift_sum: np.ndarray | None = None
+    shift_n: int = 0
+
+
+@dataclass
+class _Tile:
+    """One tile's cells and its share of the shift check (the crops stay on the worker)."""
+
+    cells: object  # napari_ddrnet.pipeline.TileCells, without crops
     shift_sum: np.ndarray | None = None
     shift_n: int = 0
 
@@ -223,11 +233,27 @@ class _Planned:
     plan: object
 
 
-def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None) -> _Done:
+def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None,
+            shift_n: int | None = None) -> _Done:
     cells_t, counts_t = csv_tables(name, result.cells, result.counts, classes,
                                    result.pixel_size_um, result.pixel_size_source)
+    if shift_sum is None:
+        shift_n = 0
+    elif shift_n is None:
+        shift_n = len(result.cells)
     return _Done(name, cells_t, counts_t, result.pixel_size_source, result.pixel_size.note,
-                 shift_sum, 0 if shift_sum is None else len(result.cells))
+                 shift_sum, shift_n)
+
+
+def _shift_sums(clf, crops) -> np.ndarray | None:
+    """An image's or tile's :func:`~napari_ddrnet.shift_score.layer_mean_sums`: a few numbers
+    travel back instead of the crops. A check that only warns must never cost the rows."""
+    from .shift_score import layer_mean_sums
+
+    try:
+        return layer_mean_sums(clf.bundle, crops)
+    except Exception:
+        return None
 
 
 def image_task(name: str, settings: CountSettings):
@@ -252,7 +278,6 @@ def image_task(name: str, settings: CountSettings):
 def _analyse_or_plan(name: str, settings: CountSettings):
     from .image_io import read_image
     from .pipeline import analyze, plan_slide
-    from .shift_score import layer_mean_sums
 
     levels, file_px = read_image(name)
     image = levels[0]
@@ -261,17 +286,14 @@ def _analyse_or_plan(name: str, settings: CountSettings):
         result = analyze(image, settings.pixel_size_um, clf, pixel_size_metadata=file_px,
                          min_confidence=settings.min_confidence, return_labels=False,
                          tile_size=settings.tile_size, keep_crops=True)
-        try:  # only a few numbers per image travel back, not the crops (slides: no check)
-            sums = layer_mean_sums(clf.bundle, result.crops)
-        except Exception:  # a check that only warns must never cost the image its rows
-            sums = None
-        return _tables(name, result, clf.classes, sums)
+        return _tables(name, result, clf.classes, _shift_sums(clf, result.crops))
     return _Planned(name, plan_slide(image, settings.pixel_size_um, crop_fov_um=clf.crop_fov_um,
                                      pixel_size_metadata=file_px, tile_size=settings.tile_size))
 
 
 def tile_task(name: str, plan, index: int, settings: CountSettings):
-    """Task for one tile of a planned slide: its cells (slide coordinates) and probabilities."""
+    """Task for one tile of a planned slide: its cells (slide coordinates), probabilities and
+    share of the shift check (:class:`_Tile`)."""
     from .image_input import ImageInputError
     from .pipeline import analyze_tile
 
@@ -280,7 +302,11 @@ def tile_task(name: str, plan, index: int, settings: CountSettings):
     # submitting a graph to the cluster from inside a task.
     try:
         with _synchronous_dask():
-            return analyze_tile(_open_slide(name), plan, index, clf)
+            tile = analyze_tile(_open_slide(name), plan, index, clf, keep_crops=True)
+        sums = _shift_sums(clf, tile.crops)
+        n = len(tile.crops) if sums is not None else 0
+        tile.crops = None  # only the sums travel back
+        return _Tile(tile, sums, n)
     except (ImageInputError, ValueError, MemoryError, OSError) as exc:  # e.g. a corrupt tile
         return _Failed(name, f"tile {index}: {exc}")
     except Exception as exc:  # one bad slide must not stop the cohort
@@ -618,7 +644,7 @@ def _assembler(settings: CountSettings):
     pending: dict[str, tuple] = {}
 
     def start(item: _Planned) -> int:
-        pending[item.name] = (item.plan, [])
+        pending[item.name] = (item.plan, [], [None, 0])
         return len(item.plan.tiles)
 
     def add(name: str, tile) -> _Done | _Failed | None:
@@ -629,14 +655,17 @@ def _assembler(settings: CountSettings):
         if isinstance(tile, _Failed):
             del pending[name]
             return tile
-        plan, got = pending[name]
-        got.append(tile)
+        plan, got, shift = pending[name]
+        got.append(tile.cells)
+        if tile.shift_sum is not None:  # the slide's share: its tiles' sums added
+            shift[0] = tile.shift_sum if shift[0] is None else shift[0] + tile.shift_sum
+            shift[1] += tile.shift_n
         if len(got) < len(plan.tiles):
             return None
         del pending[name]
         clf_classes = _classes(settings)
         result = assemble_tiles(plan, got, clf_classes, settings.min_confidence)
-        return _tables(name, result, clf_classes)
+        return _tables(name, result, clf_classes, shift[0], shift[1])
 
     return start, add
 

@@ -97,7 +97,9 @@ def analyze(
         ``device``, ``batch_size`` (for the default classifier), ``min_confidence`` (cells whose
         top probability is lower are ``unidentified``, default 0.5), ``return_labels`` (build
         the full-size label image, default True), ``keep_crops`` (keep the model's input
-        crops in the result, for :func:`reclassify`), ``tile_size`` (force tiling), ``params``
+        crops in the result, for :func:`reclassify`), ``crop_sample`` (offered every batch of
+        crops instead, e.g. a bounded :class:`~napari_ddrnet.shift_score.CropSample` of a
+        slide), ``tile_size`` (force tiling), ``params``
         (:class:`~napari_ddrnet.segment.SegmentationParams`); see :func:`iter_analyze`.
 
     Returns
@@ -128,6 +130,7 @@ def iter_analyze(
     tile_size: int | None = None,
     params: SegmentationParams | None = None,
     labels_out=None,
+    crop_sample=None,
 ) -> Generator[tuple[int, int], None, AnalysisResult]:
     """:func:`analyze` as a generator: yields ``(done, total)`` steps, returns the result.
 
@@ -137,6 +140,11 @@ def iter_analyze(
     ``labels_out``, when given, is an ``(H, W)`` integer array-like (e.g. a chunked
     ``zarr.Array`` on disk) that each tile's labels are written into, so the label image of a
     whole slide never has to fit in memory; the result's ``labels`` is then that array.
+
+    ``crop_sample``, when given, is any object with an ``add(crops)`` method (e.g.
+    :class:`napari_ddrnet.shift_score.CropSample`): each batch of crops is offered to it as it
+    is classified, so a slide whose crops cannot all be kept can still be checked on a
+    bounded sample of them.
     """
     check_min_confidence(min_confidence)
     lazy = not isinstance(image, np.ndarray)
@@ -205,6 +213,8 @@ def iter_analyze(
             prob_parts.append(classifier.predict_proba(batch))
             if keep_crops:
                 kept.append(batch)
+            if crop_sample is not None:
+                crop_sample.add(batch)
             pending, n_pending = [], 0
         yield i + 1, total
     if pending:
@@ -212,6 +222,8 @@ def iter_analyze(
         prob_parts.append(classifier.predict_proba(batch))
         if keep_crops:
             kept.append(batch)
+        if crop_sample is not None:
+            crop_sample.add(batch)
 
     geo = pd.concat(geo_parts, ignore_index=True) if geo_parts else empty_geometry()
     probs = (np.concatenate(prob_parts) if prob_parts
@@ -290,11 +302,14 @@ class TileCells:
         within the tile (renumbered by :func:`assemble_tiles`).
     probs : numpy.ndarray
         ``(n, n_classes)`` class probabilities of those cells, same order.
+    crops : numpy.ndarray or None
+        The model's input crops of those cells (``analyze_tile(..., keep_crops=True)``).
     """
 
     index: int
     cells: pd.DataFrame
     probs: np.ndarray
+    crops: np.ndarray | None = None
 
 
 def plan_slide(image, pixel_size_um: float | None = None, *, crop_fov_um: float = 0.0,
@@ -329,12 +344,14 @@ def plan_slide(image, pixel_size_um: float | None = None, *, crop_fov_um: float 
                      params)
 
 
-def analyze_tile(image, plan: SlidePlan, index: int, classifier: Classifier) -> TileCells:
+def analyze_tile(image, plan: SlidePlan, index: int, classifier: Classifier,
+                 keep_crops: bool = False) -> TileCells:
     """Segment, crop and classify tile ``index`` of ``plan``; the cells its core owns.
 
     ``image`` is the slide (any array-like; only the tile's window is read). Together with
     :func:`assemble_tiles` this gives the cells, ids and row order of :func:`analyze`'s tiled
-    run, with each tile analysable in a different process.
+    run, with each tile analysable in a different process. ``keep_crops`` returns the tile's
+    crops too (the caller should not send them far: a slide's would not fit in memory).
     """
     h, w = plan.shape
     r0, c0, r1, c1 = plan.tiles[index][:4]
@@ -344,12 +361,14 @@ def analyze_tile(image, plan: SlidePlan, index: int, classifier: Classifier) -> 
     cells = _core_cells(seg.cells, plan.tiles[index])
     if not len(cells):
         return TileCells(index, empty_geometry(),
-                         np.zeros((0, len(classifier.classes)), np.float32))
+                         np.zeros((0, len(classifier.classes)), np.float32),
+                         _kept_crops([], classifier) if keep_crops else None)
     crops = crop_cells(tile, cells, px, classifier.input_size, plan.stats.white,
                        classifier.crop_fov_um)
     probs = classifier.predict_proba(crops)
     cells["cell_id"] = np.arange(1, len(cells) + 1)
-    return TileCells(index, _to_global(cells, r0, c0, h, w), probs)
+    return TileCells(index, _to_global(cells, r0, c0, h, w), probs,
+                     crops if keep_crops else None)
 
 
 def assemble_tiles(plan: SlidePlan, parts, classes, min_confidence: float =

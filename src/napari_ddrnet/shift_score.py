@@ -264,7 +264,8 @@ class RecentRuns:
         # key -> (sampled crops, cells of the run); insertion order = run order
         self._runs: dict[str, tuple[np.ndarray, int]] = {}
 
-    def add(self, key: str, crops: np.ndarray | None) -> tuple[np.ndarray, int, int]:
+    def add(self, key: str, crops: np.ndarray | None,
+            n_cells: int | None = None) -> tuple[np.ndarray, int, int]:
         """Record run ``key`` and return what to judge it on.
 
         Parameters
@@ -272,7 +273,10 @@ class RecentRuns:
         key : str
             Identifies the image (and region) analysed; the same key replaces its entry.
         crops : numpy.ndarray or None
-            The run's ``(N, S, S, 3)`` uint8 crops (``None``: not kept, e.g. a slide).
+            The run's ``(N, S, S, 3)`` uint8 crops, or a sample of them (a slide's
+            :class:`CropSample`); ``None``: none kept, no verdict.
+        n_cells : int, optional
+            Cells of the run when ``crops`` is a sample of them (default ``len(crops)``).
 
         Returns
         -------
@@ -289,7 +293,8 @@ class RecentRuns:
         sample.add(crops)
         if not sample.n_seen:
             return np.zeros((0, 1, 1, 3), np.uint8), 0, 0
-        self._runs[key] = (sample.crops, sample.n_seen)
+        self._runs[key] = (sample.crops, sample.n_seen if n_cells is None
+                           else max(int(n_cells), sample.n_seen))
         pooled, cells = [], 0
         for k in reversed(list(self._runs)):
             if cells >= self.min_cells:
