@@ -50,6 +50,22 @@ def test_crop_sample_is_bounded_uniform_and_reproducible():
     assert CropSample().crops.shape[0] == 0
 
 
+def test_crop_sample_restricted_to_the_kept_cells():
+    crops = np.zeros((300, 4, 4, 3), np.uint8)
+    crops[:, :, :, 0], crops[:, :, :, 1] = (np.arange(300) % 256)[:, None, None], \
+        (np.arange(300) // 256)[:, None, None]  # crop k carries k
+    sample = CropSample(size=50, seed=1)
+    for start in range(0, 300, 60):
+        sample.add(crops[start:start + 60])
+    keep = np.arange(300) % 3 == 0  # e.g. the cells inside a drawn region
+    sample.restrict(keep)
+    assert sample.n_seen == 100
+    ids = sample.crops[:, 0, 0, 0].astype(int) + 256 * sample.crops[:, 0, 0, 1].astype(int)
+    assert 0 < len(ids) < 50 and all(keep[ids])
+    with pytest.raises(ValueError, match="one flag per crop"):
+        sample.restrict(np.ones(7, bool))
+
+
 def test_recent_runs_pool_small_runs_and_forget_old_ones():
     runs = RecentRuns(min_cells=10, max_cells=16)
     crops, n, cells = runs.add("a", _crops([1] * 4))

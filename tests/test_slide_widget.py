@@ -231,3 +231,16 @@ def test_slide_run_is_checked_on_a_sample_of_its_crops(make_napari_viewer, qtbot
         assert verdicts[name].n_cells == len(widget.result.cells)
     assert not verdicts["plain"].warns
     assert verdicts["cyan"].warns and len(shown) == 1
+    # A polygon region of the cast slide: its box is the whole slide, but only the cells inside
+    # count, for the verdict as for the counts (too few alone: pooled with the run before).
+    n_before = len(widget.result.cells)
+    side = widget.result_layer.data[0].shape[0]
+    tri = np.array([[0, 0], [0, side - 1], [side - 1, 0]], float)
+    shapes = viewer.add_shapes([tri], shape_type="polygon", name="area")
+    widget.reset_choices()
+    widget._analyse.value = SHAPES
+    widget._region_layer.value = shapes
+    _run(widget, qtbot)
+    n_region = len(widget.result.cells)
+    assert 0 < n_region < n_before
+    assert widget.shift_verdict.n_cells == n_region + n_before

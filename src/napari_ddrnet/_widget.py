@@ -191,7 +191,7 @@ class DifferentialWidget(Container):
         from .classify import Classifier
         from .label_store import LabelPyramid
         from .pipeline import iter_analyze
-        from .region import restrict_result
+        from .region import cells_kept, restrict_result
         from .review import image_key
         from .shift_score import CropSample, RecentRuns
         from .single_cell import analyze_single_cell
@@ -214,8 +214,7 @@ class DifferentialWidget(Container):
                 _STORES.append(store)
             self._pending_store = store  # removed if the run is cancelled (_on_cancelled)
             # In-memory images keep their crops for the shift check; a slide's could not
-            # all stay in memory, so it is checked on a bounded sample of them (taken over the
-            # window analysed, which may reach a little beyond a drawn region).
+            # all stay in memory, so it is checked on a bounded sample of them.
             sample = CropSample() if on_disk else None
             try:
                 result = yield from _steps(iter_analyze(data, given, self._classifier,
@@ -225,6 +224,8 @@ class DifferentialWidget(Container):
                                                         keep_crops=not on_disk,
                                                         crop_sample=sample))
                 if region is not None:
+                    if sample is not None:  # the region's cells only, like the counts
+                        sample.restrict(cells_kept(result.cells, region))
                     result = restrict_result(result, region)
             except BaseException:  # failed or cancelled (GeneratorExit): drop the half store
                 if store is not None:

@@ -9,8 +9,8 @@
         [--workers N | --scheduler ADDRESS] [--resume] [--parts-dir DIR] [--tile-size PX]
 
 A file that cannot be read or analysed is reported on stderr and skipped; the others finish.
-When the run's cells look unlike the training data (:mod:`napari_ddrnet.shift_score`, fields
-and single-cell images) a warning goes to stderr; the CSVs and the exit code do not change.
+When the run's cells look unlike the training data (:mod:`napari_ddrnet.shift_score`: fields,
+slides and single-cell images) a warning goes to stderr; the CSVs and the exit code do not change.
 The exit code is 1 when any file failed, 2 for unusable arguments or weights, an unreachable
 scheduler, workers dying repeatedly or an unwritable output (results already written are
 kept). CSVs are written atomically, so a crash never leaves a partial file. Each image's rows

@@ -135,9 +135,10 @@ class CohortReport:
     cells: int = 0
     tasks: int = 0
     parts_dir: Path | None = None
-    #: Whether the cells of the run's fields look unlike the training data
+    #: Whether the run's cells (fields and slides) look unlike the training data
     #: (:mod:`napari_ddrnet.shift_score`); ``None``: no verdict (under 32 cells, weights
-    #: without a threshold).
+    #: without a threshold, every check failed, or only images resumed from parts written
+    #: before the check).
     shift: ShiftVerdict | None = None
 
 
@@ -655,6 +656,10 @@ def _assembler(settings: CountSettings):
         if isinstance(tile, _Failed):
             del pending[name]
             return tile
+        if not isinstance(tile, _Tile):  # e.g. a worker of another version on --scheduler
+            del pending[name]
+            return _Failed(name, f"unexpected tile result {type(tile).__name__} (workers "
+                                 f"running another napari-ddrnet version?)")
         plan, got, shift = pending[name]
         got.append(tile.cells)
         if tile.shift_sum is not None:  # the slide's share: its tiles' sums added

@@ -98,7 +98,7 @@ def analyze(
         top probability is lower are ``unidentified``, default 0.5), ``return_labels`` (build
         the full-size label image, default True), ``keep_crops`` (keep the model's input
         crops in the result, for :func:`reclassify`), ``crop_sample`` (offered every batch of
-        crops instead, e.g. a bounded :class:`~napari_ddrnet.shift_score.CropSample` of a
+        crops, e.g. a bounded :class:`~napari_ddrnet.shift_score.CropSample` of a
         slide), ``tile_size`` (force tiling), ``params``
         (:class:`~napari_ddrnet.segment.SegmentationParams`); see :func:`iter_analyze`.
 

@@ -167,6 +167,17 @@ def offset_cells(cells: pd.DataFrame, row: int, col: int) -> pd.DataFrame:
     return out
 
 
+def cells_kept(cells, region: Region) -> np.ndarray:
+    """Which of the cells found in ``region``'s box (box coordinates, in the order found)
+    :func:`restrict_result` keeps: those whose centroid lies inside a polygon (all of them
+    for a box or the whole image)."""
+    if region.whole or not region.polygons:
+        return np.ones(len(cells), bool)
+    moved = offset_cells(cells, *region.offset)
+    return inside_polygons(moved[["centroid_row", "centroid_col"]].to_numpy(float),
+                           region.polygons)
+
+
 def restrict_result(result, region: Region):
     """The analysis of ``region``'s box as a result in image pixels, with its cells only.
 
@@ -182,8 +193,7 @@ def restrict_result(result, region: Region):
     cells = offset_cells(result.cells, *region.offset)
     if not region.polygons:
         return replace(result, cells=cells)
-    keep = inside_polygons(cells[["centroid_row", "centroid_col"]].to_numpy(float),
-                           region.polygons)
+    keep = cells_kept(result.cells, region)
     old_ids = cells["cell_id"].to_numpy(np.int64)
     cells = cells[keep].reset_index(drop=True)
     new_ids = np.arange(1, len(cells) + 1)
@@ -201,6 +211,6 @@ def restrict_result(result, region: Region):
                    crops=crops)
 
 
-__all__ = ["AREA_SHAPES", "Region", "RegionError", "box_region", "inside_polygons",
+__all__ = ["AREA_SHAPES", "Region", "RegionError", "box_region", "cells_kept", "inside_polygons",
            "offset_cells", "polygon_region", "restrict_result", "shape_polygon", "view_box",
            "whole_image"]

@@ -222,6 +222,7 @@ class CropSample:
         self.n_seen = 0
         self._rng = np.random.default_rng(seed)
         self._kept: list[np.ndarray] = []
+        self._order: list[int] = []  # each kept crop's position in the run
 
     def add(self, crops: np.ndarray | None) -> None:
         """Offer crops to the sample.
@@ -236,11 +237,31 @@ class CropSample:
         for crop in crops:
             if len(self._kept) < self.size:
                 self._kept.append(np.array(crop, copy=True))
+                self._order.append(self.n_seen)
             else:
                 j = int(self._rng.integers(0, self.n_seen + 1))
                 if j < self.size:
                     self._kept[j] = np.array(crop, copy=True)
+                    self._order[j] = self.n_seen
             self.n_seen += 1
+
+    def restrict(self, keep: np.ndarray) -> None:
+        """Keep only the run's crops flagged in ``keep`` (e.g. the cells inside a drawn
+        region): a uniform sample of the run, filtered, is a uniform sample of the kept cells.
+
+        Parameters
+        ----------
+        keep : numpy.ndarray
+            ``(n_seen,)`` bool, one flag per crop offered, in run order.
+        """
+        keep = np.asarray(keep, bool)
+        if keep.shape != (self.n_seen,):
+            raise ValueError(f"restrict needs one flag per crop offered ({self.n_seen}), "
+                             f"got {keep.shape}")
+        pairs = [(c, i) for c, i in zip(self._kept, self._order) if keep[i]]
+        self._kept = [c for c, _ in pairs]
+        self._order = [i for _, i in pairs]
+        self.n_seen = int(keep.sum())
 
     @property
     def crops(self) -> np.ndarray:
@@ -387,7 +408,8 @@ def shift_verdict(bundle: ModelBundle, crops: np.ndarray,
     return verdict if n_cells is None else replace(verdict, n_cells=int(n_cells))
 
 
-def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None) -> np.ndarray | None:
+def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None,
+                    batch_size: int = 64) -> np.ndarray | None:
     """What one image contributes to its run's score, small enough to send from a worker.
 
     Parameters
@@ -396,6 +418,9 @@ def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None) -> np.ndarray
         The weights the image was classified with.
     crops : numpy.ndarray or None
         The image's ``(N, S, S, 3)`` uint8 crops.
+    batch_size : int
+        Crops per forward pass (the classifier's default batch: a dense tile's pass then
+        needs no more memory than its classification).
 
     Returns
     -------
@@ -409,7 +434,7 @@ def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None) -> np.ndarray
     if _card(bundle) is None or crops is None or len(crops) == 0:
         return None
     x = crops_to_tensor(np.asarray(crops), "cpu", bundle.mean, bundle.std)
-    means, _ = bn_input_moments(bundle.model, x, squares=False)
+    means, _ = bn_input_moments(bundle.model, x, batch_size, squares=False)
     return torch.cat([m.sum(0) for m in means]).numpy()
 
 
