@@ -667,3 +667,42 @@ def test_pseudo_label_summary_accounts_for_every_cell(tmp_path):
     _, labels, classes, names = load_pack(out)
     assert len(labels) == s["kept"] and all(n.startswith("bcd/") for n in names)
     assert Counter(classes[i] for i in labels) == +Counter(s["kept_by_class"])
+
+
+def test_mixstyle_mixes_statistics_in_training_only():
+    """MixStyle (training/mixstyle.py) re-styles features while training and is the identity
+    at inference; the model's weights and their format do not change."""
+    import torch
+
+    from napari_ddrnet.model import DDRNet, DDRNetConfig
+    from training.mixstyle import MixStyleConfig, attach_mixstyle, mix_style
+
+    x = torch.randn(6, 4, 8, 8) * torch.arange(1, 7).view(6, 1, 1, 1)  # per-sample scales
+    y = mix_style(x, alpha=0.1, generator=torch.Generator().manual_seed(1))
+    assert y.shape == x.shape and not torch.allclose(y, x)
+    # every output's std lies between the smallest and largest input std (a convex mix)
+    s_in, s_out = x.std(dim=(2, 3)), y.std(dim=(2, 3))
+    assert (s_out >= s_in.min() - 1e-4).all() and (s_out <= s_in.max() + 1e-4).all()
+    y2 = mix_style(x, alpha=0.1, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(y, y2)  # reproducible
+    torch.manual_seed(0)
+    model = DDRNet(DDRNetConfig(num_classes=8, norm="batch"))
+    keys = list(model.state_dict())
+    inp = torch.rand(4, 3, 64, 64)
+    model.eval()
+    ref = model(inp)
+    attach_mixstyle(model, MixStyleConfig(p=1.0, layers=("stem", "drdb")), seed=0)
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(model(inp), ref)  # eval: identity
+    model.train()
+    seen = []
+    model.drdb.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    model(inp)  # train: the stem's output reaches the DRDB re-styled
+    with torch.no_grad():  # no gradient: the hooks stay off
+        stem_out = model.stem(inp)
+    assert not torch.allclose(seen[0], stem_out, atol=1e-4)
+    model.eval()
+    import pytest
+
+    with pytest.raises(ValueError, match="not in the model"):
+        attach_mixstyle(model, MixStyleConfig(layers=("nope",)))

@@ -209,6 +209,12 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
     model = build_model(cfg["arch"], k, cfg.get("ddrnet"))
     if cfg.get("init"):  # fine-tune: start from weights (.safetensors or a state-dict .pt)
         load_init(model, Path(cfg["init"]), classes)
+    if cfg.get("mixstyle"):  # training-time hooks only: the weights' format does not change
+        from .mixstyle import MixStyleConfig, attach_mixstyle
+
+        ms = dict(cfg["mixstyle"])
+        ms["layers"] = tuple(ms.get("layers", MixStyleConfig.layers))
+        attach_mixstyle(model, MixStyleConfig(**ms), seed)
     model = model.to(device)
     model = model.to(memory_format=torch.channels_last)
     if distributed:
