@@ -698,8 +698,10 @@ def test_mixstyle_mixes_statistics_in_training_only():
     seen = []
     model.drdb.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
     model(inp)  # train: the stem's output reaches the DRDB re-styled
-    with torch.no_grad():  # no gradient: the hooks stay off
+    with torch.no_grad():  # no gradient (e.g. validation in train mode): the hooks stay off
         stem_out = model.stem(inp)
+        model(inp)
+    torch.testing.assert_close(seen[1], stem_out)  # the no-grad pass reached DRDB unmixed
     assert not torch.allclose(seen[0], stem_out, atol=1e-4)
     model.eval()
     import pytest
