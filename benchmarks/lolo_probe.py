@@ -12,8 +12,10 @@ students before their BatchNorm re-estimation are reported beside (they decide n
 Usage (from the project root)::
 
     python -m benchmarks.lolo_probe [--packs packs30] [--runs runs]
+        [--candidate mixstyle] [--tag lolo_probe]
 
-Writes ``benchmarks/results/lolo_probe.{json,log}``.
+``--candidate`` names the arm compared with ``base`` (``mixstyle``: after the stem and the
+DRDB; ``mixstyle_stem``: the stem only). Writes ``benchmarks/results/<tag>.{json,log}``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from training.packs import load_pack  # noqa: E402
 from .common import machine, write_json  # noqa: E402
 from .cross_source import LISC_CLASSES, lisc_crops, load_model, predict, score  # noqa: E402
 
-ARMS = ("base", "mixstyle")
 SEEDS = (0, 1)
 
 
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--packs", type=Path, default=Path("packs30"))
     ap.add_argument("--runs", type=Path, default=Path("runs"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--candidate", default="mixstyle", help="arm compared with base")
+    ap.add_argument("--tag", default="lolo_probe", help="results file name")
     args = ap.parse_args(argv)
+    arms = ("base", args.candidate)
     torch.set_num_threads(2)
     lines: list[str] = []
 
@@ -80,11 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
             "lisc": (lisc, y_lisc, LISC_CLASSES)}
     models = {"pbc8_only_ddrnet (start)": args.runs / "pbc8_only_ddrnet",
               "ddrnet_wbc8_v5 (saw BCCD)": DEFAULT_WEIGHTS}
-    for arm in ARMS:
+    for arm in arms:
         for seed in SEEDS:
             models[f"{arm} s{seed}"] = args.runs / f"lolo_bccd_{arm}_s{seed}_recal"
     # Reported, deciding nothing: the same students before the BatchNorm re-estimation.
-    for arm in ARMS:
+    for arm in arms:
         for seed in SEEDS:
             models[f"{arm} s{seed} before recal"] = args.runs / f"lolo_bccd_{arm}_s{seed}"
     results = {}
@@ -102,15 +106,16 @@ def main(argv: list[str] | None = None) -> dict:
     def arm_mean(arm: str, key: str, field: str = "accuracy_plain") -> float:
         return float(np.mean([results[f"{arm} s{s}"][key][field] for s in SEEDS]))
 
-    gain = 100 * (arm_mean("mixstyle", "bccd_all") - arm_mean("base", "bccd_all"))
-    pbc_drop = 100 * (arm_mean("base", "pbc_val") - arm_mean("mixstyle", "pbc_val"))
-    lisc_gain = 100 * (arm_mean("mixstyle", "lisc", "accuracy_restricted")
+    cand = args.candidate
+    gain = 100 * (arm_mean(cand, "bccd_all") - arm_mean("base", "bccd_all"))
+    pbc_drop = 100 * (arm_mean("base", "pbc_val") - arm_mean(cand, "pbc_val"))
+    lisc_gain = 100 * (arm_mean(cand, "lisc", "accuracy_restricted")
                        - arm_mean("base", "lisc", "accuracy_restricted"))
     met = gain >= 1.0 and pbc_drop <= 0.5
-    log(f"MixStyle - base, mean of two seeds: BCCD {gain:+.2f} points (need >= +1.0), "
+    log(f"{cand} - base, mean of two seeds: BCCD {gain:+.2f} points (need >= +1.0), "
         f"PBC val {-pbc_drop:+.2f} (need >= -0.5); LISC 5-class {lisc_gain:+.2f} (reported)")
-    log(f"rule: {'met: MixStyle recommended' if met else 'NOT met'}")
-    students = [f"{a} s{s}" for a in ARMS for s in SEEDS]
+    log(f"rule: {f'met: {cand} recommended' if met else 'NOT met'}")
+    students = [f"{a} s{s}" for a in arms for s in SEEDS]
     by_bccd = sorted(students, key=lambda k: -results[k]["bccd_all"]["accuracy_plain"])
     by_lisc = sorted(students, key=lambda k: -results[k]["lisc"]["accuracy_restricted"])
     log(f"students by BCCD: {by_bccd}")
@@ -131,13 +136,14 @@ def main(argv: list[str] | None = None) -> dict:
         rec = results[name]["lisc"]["recall"]
         log(f"LISC recall {name:33s} " + " ".join(f"{c[:4]} {100 * v:5.1f}"
                                                     for c, v in rec.items()))
-    payload = {"machine": machine(), "results": results, "mixstyle_minus_base": {
+    payload = {"machine": machine(), "results": results, "candidate": cand,
+               "candidate_minus_base": {
         "bccd_points": gain, "pbc_val_points": -pbc_drop, "lisc5_points": lisc_gain},
         "rule_met": met, "spearman_bccd_lisc": float(rho),
         "spearman_bccd_lisc_before_recal": float(rho_before)}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "lolo_probe.json", payload)
-    (args.out / "lolo_probe.log").write_text("\n".join(lines) + "\n")
+    write_json(args.out / f"{args.tag}.json", payload)
+    (args.out / f"{args.tag}.log").write_text("\n".join(lines) + "\n")
     return payload
 
 
