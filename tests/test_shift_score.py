@@ -229,3 +229,11 @@ def test_plain_count_checks_a_slide_tile_by_tile(tmp_path, capsys):
     whole = shift_verdict(load_bundle(DEFAULT_WEIGHTS), result.crops)
     assert len(result.cells) == len(cells)
     assert f"shift score {whole.score:.3f} >" in errs["cyan"], (whole.score, errs["cyan"])
+    # On a 2-worker cluster the tiles' shares travel back from the workers: the same verdict.
+    rc = cli.main(["count", str(tmp_path / "cyan.ome.tif"), "--cells-csv",
+                   str(tmp_path / "cyan2.csv"), "--counts-csv", str(tmp_path / "n2.csv"),
+                   "--device", "cpu", "--quiet", "--no-tta", "--tile-size", "256",
+                   "--workers", "2"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert err[err.index("warning"):] == errs["cyan"][errs["cyan"].index("warning"):]

@@ -304,8 +304,8 @@ def tile_task(name: str, plan, index: int, settings: CountSettings):
     try:
         with _synchronous_dask():
             tile = analyze_tile(_open_slide(name), plan, index, clf, keep_crops=True)
-        sums = _shift_sums(clf, tile.crops)
-        n = len(tile.crops) if sums is not None else 0
+        sums = _shift_sums(clf, tile.crops)  # a failed check leaves the tile out of the
+        n = len(tile.crops) if sums is not None else 0  # verdict, never out of the rows
         tile.crops = None  # only the sums travel back
         return _Tile(tile, sums, n)
     except (ImageInputError, ValueError, MemoryError, OSError) as exc:  # e.g. a corrupt tile
