@@ -179,3 +179,39 @@ def test_manifest_is_valid_and_discoverable():
     from importlib.metadata import metadata
 
     assert "Framework :: napari" in metadata("napari-ddrnet").get_all("Classifier")
+
+
+def test_csvs_are_readable_by_the_lab_and_outputs_are_checked_first(files, tmp_path, capsys,
+                                                                     monkeypatch):
+    """CSVs get the permissions of a plain file (not a temporary file's 0600); output paths
+    that would lose a table are refused before any image is analysed; Ctrl-C is one line."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        rc = cli.main(["count", str(files / "a.png"), "--cells-csv", str(tmp_path / "c.csv"),
+                       "--counts-csv", str(tmp_path / "n.csv"), "--device", "cpu", "--quiet",
+                       "--no-tta"])
+    finally:
+        os.umask(old)
+    assert rc == 0
+    for name in ("c.csv", "n.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+    capsys.readouterr()
+    same = ["--cells-csv", str(tmp_path / "x.csv"), "--counts-csv", str(tmp_path / "x.csv")]
+    assert cli.main(["count", str(files / "a.png"), *same, "--device", "cpu"]) == 2
+    assert "name the same file" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    folder = ["--cells-csv", str(tmp_path / "folder"), "--counts-csv", str(tmp_path / "k.csv")]
+    assert cli.main(["count", str(files / "a.png"), *folder, "--device", "cpu"]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_count", interrupted)
+    assert cli.main(["count", str(files / "a.png"), "--cells-csv", str(tmp_path / "c.csv"),
+                     "--counts-csv", str(tmp_path / "n.csv")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Traceback" not in err and len(err.splitlines()) == 1

@@ -98,7 +98,8 @@ def _adapted_to_lab(results: list, classifier, args, write) -> list:
 
 
 _ADVICE = (" Review a few cells per class and adapt the model to your lab (`napari-ddrnet "
-           "adapt`, docs/adaptation.md), or rerun with --new-lab.")
+           "adapt`, docs/adaptation.md); --new-lab (no labels) helps less, needs a run of "
+           "mixed classes and can lower some classes.")
 
 
 def _warn_if_unlike_training(classifier, sample, args, write) -> None:
@@ -393,8 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     c = sub.add_parser("count", help="analyse images and write per-cell and per-class CSVs")
     c.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    c.add_argument("--cells-csv", required=True, type=Path)
-    c.add_argument("--counts-csv", required=True, type=Path)
+    c.add_argument("--cells-csv", required=True, type=Path,
+                   help="one row per white cell: position, class, probabilities")
+    c.add_argument("--counts-csv", required=True, type=Path,
+                   help="the differential: count and percentage per class, per image")
     c.add_argument("--pixel-size", type=float, default=None, metavar="UM",
                    help="micrometres per pixel (default: file metadata, else estimated)")
     c.add_argument("--device", default="auto", choices=DEVICES)
@@ -477,13 +480,34 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("give either --workers or --scheduler, not both")
             if args.tile_size is not None and args.tile_size < 64:
                 raise ValueError("--tile-size must be at least 64")
+            _check_outputs(args.cells_csv, args.counts_csv)
         except ValueError as exc:
             print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
             return 2
-        return _count(args)
-    if args.command == "adapt":
-        return _adapt(args)
-    return _demo(args)
+    try:
+        if args.command == "count":
+            return _count(args)
+        if args.command == "adapt":
+            return _adapt(args)
+        return _demo(args)
+    except KeyboardInterrupt:  # one line, not a traceback; files are written atomically
+        resume = " (plain count: rerun with --resume to go on)" if args.command == "count" \
+            else ""
+        print(f"napari-ddrnet: interrupted; CSVs already written are complete{resume}",
+              file=sys.stderr)
+        return 130
+
+
+def _check_outputs(cells_csv, counts_csv) -> None:
+    """Refuse output paths that would lose a table, before any image is analysed."""
+    cells, counts = Path(cells_csv), Path(counts_csv)
+    if cells.resolve() == counts.resolve():
+        raise ValueError("--cells-csv and --counts-csv name the same file; one table would "
+                         "overwrite the other")
+    for flag, path in (("--cells-csv", cells), ("--counts-csv", counts)):
+        if path.is_dir():
+            raise ValueError(f"{flag} {path} is a folder: give a file name, e.g. "
+                             f"{path / (flag[2:-4] + '.csv')}")
 
 
 if __name__ == "__main__":

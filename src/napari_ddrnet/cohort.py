@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -413,17 +412,9 @@ class _Parts:
 
 def _write_text_atomic(path: Path, chunks) -> None:
     """Write the strings of ``chunks`` to ``path`` through a temporary file, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            for c in chunks:
-                fh.write(c)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .atomic import write_text_atomic
+
+    write_text_atomic(path, lambda fh: fh.writelines(chunks))
 
 
 def _header(columns) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -68,17 +67,9 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     An interrupted write never leaves a partial CSV, and an existing file is only replaced by a
     complete one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False, float_format="%.6g")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from .atomic import write_text_atomic
+
+    return write_text_atomic(path, lambda fh: df.to_csv(fh, index=False, float_format="%.6g"))
 
 
 __all__ = ["COUNT_COLUMNS", "counts_table", "csv_tables", "write_csv_atomic"]
