@@ -163,7 +163,8 @@ def _estimate(image) -> tuple[float | None, str]:
     """Pixel size and, when it is ``None``, the reason."""
     d = red_cell_diameter_px(image)
     if d is None:
-        return None, "too few red cells to measure the pixel size (single-cell image?)."
+        return None, ("too few separate, round red cells to measure the pixel size (a "
+                      "single-cell image, a crowded or blurred field, or no red cells).")
     um = RBC_DIAMETER_UM / d
     if not MIN_PIXEL_SIZE_UM <= um <= MAX_PIXEL_SIZE_UM:
         return None, f"the red-cell estimate ({um:.3g} µm per pixel) is implausible."
