@@ -215,3 +215,18 @@ def test_csvs_are_readable_by_the_lab_and_outputs_are_checked_first(files, tmp_p
                      "--counts-csv", str(tmp_path / "n.csv")]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("mode", [[], ["--single-cell"]])
+def test_a_run_where_every_image_fails_keeps_the_earlier_csvs(files, tmp_path, capsys, mode):
+    """A mistyped path (or only unreadable files) must not replace yesterday's results with
+    empty tables: nothing is written and the exit code is 1."""
+    out = ["--cells-csv", str(tmp_path / "c.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+           "--device", "cpu", "--quiet", "--no-tta"]
+    assert cli.main(["count", str(files / "a.png"), *mode, *out]) == 0
+    before = (tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()
+    assert cli.main(["count", str(files / "c.jpg"), str(tmp_path / "no_such.png"), *mode,
+                     *out]) == 1
+    err = capsys.readouterr().err
+    assert "none of the 2 images could be analysed" in err and "Traceback" not in err
+    assert ((tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()) == before

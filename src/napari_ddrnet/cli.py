@@ -8,7 +8,8 @@
         [--single-cell] [--new-lab] [--weights MODEL.safetensors] [--no-tta]
         [--workers N | --scheduler ADDRESS] [--resume] [--parts-dir DIR] [--tile-size PX]
 
-A file that cannot be read or analysed is reported on stderr and skipped; the others finish.
+A file that cannot be read or analysed is reported on stderr and skipped; the others finish
+(when none can be analysed, the CSVs are not written and earlier files are kept).
 When the run's cells look unlike the training data (:mod:`napari_ddrnet.shift_score`: fields,
 slides and single-cell images) a warning goes to stderr; the CSVs and the exit code do not change.
 The exit code is 1 when any file failed, 2 for unusable arguments or weights, an unreachable
@@ -202,6 +203,11 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
         return 2
     close_bar()
+    if not report.written:
+        print(f"napari-ddrnet: error: none of the {len(files)} images could be analysed; "
+              f"{args.cells_csv} and {args.counts_csv} were not written (files already "
+              "there are left as they were)", file=sys.stderr)
+        return 1
     if report.shift is not None and report.shift.warns:
         write(f"napari-ddrnet: warning: {report.shift.summary()}{_ADVICE}")
     if not args.quiet:
@@ -251,6 +257,11 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
         bar.n = len(cell_tables) + len(failed)
         bar.refresh()
     bar.close()
+    if failed and not count_tables:  # a typo in every path must not wipe earlier results
+        print(f"napari-ddrnet: error: none of the {len(files)} images could be analysed; "
+              f"{args.cells_csv} and {args.counts_csv} were not written (files already "
+              "there are left as they were)", file=sys.stderr)
+        return 1
     cells_all = (pd.concat(cell_tables, ignore_index=True) if cell_tables else
                  pd.DataFrame(columns=cells_csv_columns(classifier.classes)))
     counts_all = (pd.concat(count_tables, ignore_index=True) if count_tables else

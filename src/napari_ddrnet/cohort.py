@@ -139,6 +139,8 @@ class CohortReport:
     #: without a threshold, every check failed, or only images resumed from parts written
     #: before the check).
     shift: ShiftVerdict | None = None
+    #: Whether the CSVs were written: not when every image failed (earlier files are kept).
+    written: bool = False
 
 
 # --- worker side -------------------------------------------------------------------------
@@ -588,13 +590,14 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     report.tasks = runner(client, todo, settings, finish, fail, progress)
     report.failed = [(n, failed[n]) for n in names if n in failed]
     ok = [n for n in names if n not in failed]
-    from .classes import PBC_CLASSES
-
-    classes = _classes(settings) if ok else PBC_CLASSES
+    if not ok:  # nothing analysed (e.g. every path mistyped): keep any earlier CSVs
+        return report
+    classes = _classes(settings)
     try:
         report.cells = parts.assemble(ok, "cells.csv", _header(cells_csv_columns(classes)),
                                       cells_csv)
         parts.assemble(ok, "counts.csv", _header(["image"] + COUNT_COLUMNS), counts_csv)
+        report.written = True
     except OSError as exc:
         raise CohortError(f"cannot write {cells_csv} / {counts_csv}: {exc}; every image's "
                           f"results are kept in {folder}: --resume writes the CSVs again") from exc
