@@ -142,6 +142,12 @@ def _single_cell_results(files, classifier, args, failed, write):
         yield names.pop(id(cell)), result
 
 
+def _bar_off(off: bool) -> bool | None:
+    """tqdm's ``disable``: ``None`` lets it draw only on a terminal, so a log file gets no
+    thousands of carriage-return updates."""
+    return True if off else None
+
+
 def _count(args: argparse.Namespace) -> int:
     from .image_io import list_images
 
@@ -180,8 +186,8 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
 
     def progress(done: int, total: int) -> None:
         if not bars:
-            bars.append(tqdm(total=total, desc="tasks", unit="task", disable=args.quiet or (
-                len(files) < 2 and not (args.workers or args.scheduler))))
+            bars.append(tqdm(total=total, desc="tasks", unit="task", disable=_bar_off(
+                args.quiet or (len(files) < 2 and not (args.workers or args.scheduler)))))
         bars[0].total = total
         bars[0].n = done
         bars[0].refresh()
@@ -233,7 +239,7 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
         return 2
     bar = tqdm(total=len(files), desc="images", unit="image",
-               disable=len(files) < 2 or args.quiet)
+               disable=_bar_off(len(files) < 2 or args.quiet))
 
     def write(msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
@@ -361,7 +367,7 @@ def _adapt(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(desc="adapting", unit="step", disable=args.quiet)
+    bar = tqdm(desc="adapting", unit="step", disable=_bar_off(args.quiet))
 
     def progress(done: int, total: int) -> None:
         bar.total = total
