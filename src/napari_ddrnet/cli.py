@@ -148,6 +148,14 @@ def _bar_off(off: bool) -> bool | None:
     return True if off else None
 
 
+def _nothing_written(files, args: argparse.Namespace) -> int:
+    """Exit 1 when no input could be analysed; the CSVs were not touched."""
+    print(f"napari-ddrnet: error: none of the {len(files)} images could be analysed; "
+          f"{args.cells_csv} and {args.counts_csv} were not written (files already there are "
+          "left as they were)", file=sys.stderr)
+    return 1
+
+
 def _count(args: argparse.Namespace) -> int:
     from .image_io import list_images
 
@@ -210,10 +218,7 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
         return 2
     close_bar()
     if not report.written:
-        print(f"napari-ddrnet: error: none of the {len(files)} images could be analysed; "
-              f"{args.cells_csv} and {args.counts_csv} were not written (files already "
-              "there are left as they were)", file=sys.stderr)
-        return 1
+        return _nothing_written(files, args)
     if report.shift is not None and report.shift.warns:
         write(f"napari-ddrnet: warning: {report.shift.summary()}{_ADVICE}")
     if not args.quiet:
@@ -264,10 +269,7 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
         bar.refresh()
     bar.close()
     if failed and not count_tables:  # a typo in every path must not wipe earlier results
-        print(f"napari-ddrnet: error: none of the {len(files)} images could be analysed; "
-              f"{args.cells_csv} and {args.counts_csv} were not written (files already "
-              "there are left as they were)", file=sys.stderr)
-        return 1
+        return _nothing_written(files, args)
     cells_all = (pd.concat(cell_tables, ignore_index=True) if cell_tables else
                  pd.DataFrame(columns=cells_csv_columns(classifier.classes)))
     counts_all = (pd.concat(count_tables, ignore_index=True) if count_tables else

@@ -215,6 +215,26 @@ class _Done:
 
 
 @dataclass
+class _ShiftTotal:
+    """Added-up :func:`~napari_ddrnet.shift_score.layer_mean_sums` and their crop count (of a
+    slide's tiles, or of a run's images)."""
+
+    sum: np.ndarray | None = None
+    n: int = 0
+
+    def add(self, sums: np.ndarray | None, n: int) -> None:
+        if sums is None:
+            return
+        if self.sum is None:
+            self.sum = sums
+        elif len(sums) == len(self.sum):
+            self.sum = self.sum + sums
+        else:  # parts written with another model: left out, no crash
+            return
+        self.n += n
+
+
+@dataclass
 class _Tile:
     """One tile's cells and its share of the shift check (the crops stay on the worker)."""
 
@@ -548,23 +568,11 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     todo = [n for n in names if not (resume and parts.is_done(n))]
     report.resumed = len(names) - len(todo)
     failed: dict[str, str] = {}
-    shift = {"sum": None, "n": 0}
-
-    def add_shift(sums: np.ndarray | None, n: int) -> None:
-        if sums is None:
-            return
-        if shift["sum"] is None:
-            shift["sum"] = sums
-        elif len(sums) == len(shift["sum"]):  # parts of another model: left out, no crash
-            shift["sum"] = shift["sum"] + sums
-        else:
-            return
-        shift["n"] += n
-
+    shift = _ShiftTotal()
     pending = set(todo)
     for name in names:  # images finished by an earlier run count towards the verdict too
         if name not in pending:
-            add_shift(*(parts.shift_of(name) or (None, 0)))
+            shift.add(*(parts.shift_of(name) or (None, 0)))
 
     def finish(done: _Done) -> None:
         try:
@@ -574,7 +582,7 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
                               f"images already written are kept there, and --resume "
                               f"continues from them") from exc
         report.analysed += 1
-        add_shift(done.shift_sum, done.shift_n)
+        shift.add(done.shift_sum, done.shift_n)
         if done.pixel_size_source == "default":
             warn(f"napari-ddrnet: warning: {done.name}: {done.note}")
 
@@ -601,12 +609,12 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     except OSError as exc:
         raise CohortError(f"cannot write {cells_csv} / {counts_csv}: {exc}; every image's "
                           f"results are kept in {folder}: --resume writes the CSVs again") from exc
-    if shift["sum"] is not None:  # after the CSVs: a check that only warns comes last
+    if shift.sum is not None:  # after the CSVs: a check that only warns comes last
         from .shift_score import verdict_from_sums
 
         try:
-            report.shift = verdict_from_sums(worker_classifier(settings).bundle, shift["sum"],
-                                             shift["n"])
+            report.shift = verdict_from_sums(worker_classifier(settings).bundle, shift.sum,
+                                             shift.n)
         except Exception as exc:  # it can only warn: never a traceback instead of the CSVs
             warn(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: "
                  f"{exc}")
@@ -639,7 +647,7 @@ def _assembler(settings: CountSettings):
     pending: dict[str, tuple] = {}
 
     def start(item: _Planned) -> int:
-        pending[item.name] = (item.plan, [], [None, 0])
+        pending[item.name] = (item.plan, [], _ShiftTotal())
         return len(item.plan.tiles)
 
     def add(name: str, tile) -> _Done | _Failed | None:
@@ -656,15 +664,13 @@ def _assembler(settings: CountSettings):
                                  f"running another napari-ddrnet version?)")
         plan, got, shift = pending[name]
         got.append(tile.cells)
-        if tile.shift_sum is not None:  # the slide's share: its tiles' sums added
-            shift[0] = tile.shift_sum if shift[0] is None else shift[0] + tile.shift_sum
-            shift[1] += tile.shift_n
+        shift.add(tile.shift_sum, tile.shift_n)  # the slide's share: its tiles' sums added
         if len(got) < len(plan.tiles):
             return None
         del pending[name]
         clf_classes = _classes(settings)
         result = assemble_tiles(plan, got, clf_classes, settings.min_confidence)
-        return _tables(name, result, clf_classes, shift[0], shift[1])
+        return _tables(name, result, clf_classes, shift.sum, shift.n)
 
     return start, add
 
