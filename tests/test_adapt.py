@@ -206,3 +206,83 @@ def test_unreviewed_rows_adapt_batchnorm_and_the_model_beats_base_on_other_group
         return float((np.asarray(present)[p[:, present].argmax(1)] == y).mean())
 
     assert accuracy(adapted) >= accuracy(base) + 0.2
+
+
+# -- crop_mode: a CELLS.csv says how its crops were cut --------------------------------------
+
+@pytest.fixture(scope="module")
+def single_cell_csv(tmp_path_factory, smear):
+    """CELLS.csv of `count --single-cell` on 12 single-cell cut-outs of the synthetic smear,
+    every row reviewed (alternating classes: the contract is tested, not the biology)."""
+    image, truth = smear
+    tmp = tmp_path_factory.mktemp("single")
+    d = tmp / "cells"
+    d.mkdir()
+    for k in range(12):
+        r0, c0 = 40 + 30 * (k // 4), 40 + 50 * (k % 4)
+        Image.fromarray(image[r0:r0 + 200, c0:c0 + 200].copy()).save(d / f"c{k:02d}.png")
+    cells_csv = tmp / "cells.csv"
+    rc = cli.main(["count", "--single-cell", str(d), "--cells-csv", str(cells_csv),
+                   "--counts-csv", str(tmp / "counts.csv"), "--device", "cpu", "--quiet",
+                   "--no-tta"])
+    assert rc == 0
+    cells = pd.read_csv(cells_csv)
+    cells["reviewed_class"] = ["neutrophil", "lymphocyte"] * 6
+    cells.to_csv(cells_csv, index=False)
+    return cells_csv
+
+
+def test_cells_csv_records_the_crop_mode(reviewed_csv, single_cell_csv):
+    assert set(pd.read_csv(reviewed_csv)["crop_mode"]) == {"field"}
+    assert set(pd.read_csv(single_cell_csv)["crop_mode"]) == {"single-cell"}
+
+
+def test_adapt_recuts_single_cell_rows_as_counted_without_the_flag(single_cell_csv):
+    """A forgotten --single-cell no longer re-cuts single-cell exports as fields: the rows'
+    crop_mode decides, and the crops equal the ones `count --single-cell` classified."""
+    from napari_ddrnet.adapt import cut_crops, reviewed_cells
+    from napari_ddrnet.crop import crop_centre
+    from napari_ddrnet.image_io import read_image
+
+    bundle = load_bundle()
+    cells = pd.read_csv(single_cell_csv)
+    rows = reviewed_cells(cells, bundle.classes)
+    crops = cut_crops(rows, bundle.input_size, bundle.crop_fov_um, None,
+                      (rows["crop_mode"] == "single-cell").to_numpy())
+    for k in (0, 7):
+        levels, _ = read_image(rows["image"][k])
+        np.testing.assert_array_equal(crops[k], crop_centre(np.asarray(levels[0]),
+                                                            bundle.input_size))
+    # rows written before crop_mode existed follow the flag, as before
+    old = cells.drop(columns="crop_mode")
+    assert set(reviewed_cells(old, bundle.classes, True)["crop_mode"]) == {"single-cell"}
+    with pytest.raises(AdaptError, match="pixel_size_um|centroid"):
+        reviewed_cells(old.drop(columns="pixel_size_um"), bundle.classes)
+
+
+def test_cli_adapt_refuses_single_cell_flag_on_field_rows(reviewed_csv, single_cell_csv,
+                                                          tmp_path, capsys):
+    out = tmp_path / "models" / "m.safetensors"
+    rc = cli.main(["adapt", "--cells-csv", str(reviewed_csv), "--single-cell", "--out",
+                   str(out), "--epochs", "1", "--holdout", "0", "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "counted as fields" in err and "leave out --single-cell" in err
+    assert not out.parent.exists()
+    # both kinds in one run: each row is re-cut its own way
+    rc = cli.main(["adapt", "--cells-csv", str(reviewed_csv), str(single_cell_csv), "--out",
+                   str(out), "--epochs", "1", "--holdout", "0", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    card = json.loads(out.with_suffix(".json").read_text())
+    n = len(pd.read_csv(reviewed_csv)) - 1 + len(pd.read_csv(single_cell_csv))
+    assert sum(card["adaptation"]["cells_per_class"].values()) == n
+    assert card["adaptation"]["single_cell"] is True
+
+
+def test_unknown_crop_mode_is_an_error(single_cell_csv):
+    from napari_ddrnet.adapt import single_cell_rows
+
+    cells = pd.read_csv(single_cell_csv)
+    cells.loc[3, "crop_mode"] = "tile"
+    with pytest.raises(AdaptError, match="unknown crop_mode"):
+        single_cell_rows(cells)

@@ -161,6 +161,20 @@ def test_resume_refuses_other_settings(inputs, tmp_path, capsys):
     assert "other settings" in err and "Traceback" not in err
 
 
+def test_resume_refuses_parts_of_another_version(inputs, tmp_path, capsys):
+    """Parts written before CELLS.csv gained a column would be assembled misaligned."""
+    import json
+
+    count_cohort(inputs[:1], tmp_path / "cells.csv", tmp_path / "counts.csv",
+                 settings=SETTINGS)
+    manifest = tmp_path / "cells.csv.parts" / "cohort.json"
+    old = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**old, "version": cohort.PARTS_VERSION - 1}))
+    assert _count(inputs[:1], tmp_path, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "another version" in err and "Traceback" not in err
+
+
 def test_full_disk_keeps_what_was_written(inputs, serial, tmp_path, monkeypatch, capsys):
     out = tmp_path
     (out / "cells.csv").write_bytes(b"earlier run\n")

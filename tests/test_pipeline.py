@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import needs_data
 
 from napari_ddrnet.classes import PBC_CLASSES, WBC_CLASSES
 from napari_ddrnet.image_input import ImageInputError, to_rgb_uint8
@@ -94,6 +95,55 @@ def test_bad_images_raise_clear_errors(classifier):
         to_rgb_uint8(np.full((32, 32, 3), np.nan, np.float32))
     with pytest.raises(ValueError, match="positive"):
         analyze(np.zeros((64, 64, 3), np.uint8), -1.0, classifier)
+
+
+def test_grey_image_saved_as_rgb_is_an_error_not_zero_cells(classifier, smear, tmp_path):
+    """A grayscale picture stored with three equal channels passes the shape check; it used to
+    give 0 cells without a word. Field, slide (lazy) and single-cell paths all say why."""
+    da = pytest.importorskip("dask.array")
+    from PIL import Image
+
+    from napari_ddrnet import analyze_single_cell
+
+    image, _ = smear
+    grey = np.asarray(Image.fromarray(image).convert("L").convert("RGB"))
+    with pytest.raises(ImageInputError, match="no colour"):
+        analyze(grey, 0.1, classifier)
+    with pytest.raises(ImageInputError, match="no colour"):
+        analyze(da.from_array(grey, chunks=(256, 256, 3)), 0.1, classifier, tile_size=256)
+    with pytest.raises(ImageInputError, match="no colour"):
+        analyze_single_cell(grey[:200, :200], None, classifier)
+    jpeg = tmp_path / "grey.jpg"  # JPEG's chroma noise does not make it colour
+    Image.fromarray(grey).save(jpeg, quality=75)
+    with pytest.raises(ImageInputError, match="no colour"):
+        analyze(np.asarray(Image.open(jpeg).convert("RGB")), 0.1, classifier)
+    assert len(analyze(image, 0.1, classifier).cells) > 0  # the colour original is fine
+
+
+@needs_data("bccd")
+def test_real_smears_have_colour():
+    """The colourless rule leaves stained fields of every source alone (a sample per source;
+    the 99th-percentile channel spread of stained images is >= 58, grey ones 0)."""
+    import glob
+
+    from PIL import Image
+
+    from napari_ddrnet.image_input import check_has_colour
+    from training.paths import data_root
+
+    root = data_root()
+    for pattern in ("bccd/images/*", "lisc/*/*.jpg", "pbc/*/*.jpg", "txlpbc_train/**/*.jpg"):
+        files = sorted(glob.glob(str(root / pattern), recursive=True))[:20]
+        for f in files:
+            check_has_colour(np.asarray(Image.open(f).convert("RGB")))
+
+
+def test_analyze_names_its_own_options(classifier, smear):
+    image, _ = smear
+    with pytest.raises(TypeError, match=r"analyze\(\).*single_cell.*analyze_single_cell"):
+        analyze(image, 0.1, classifier, single_cell=True)
+    with pytest.raises(TypeError, match=r"analyze\(\) got unknown option\(s\) tiles"):
+        analyze(image, 0.1, classifier, tiles=4)
 
 
 def test_empty_field_gives_empty_result(classifier):

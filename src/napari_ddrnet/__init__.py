@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["analyze", "AnalysisResult", "count_cohort", "__version__"]
+__all__ = ["analyze", "analyze_single_cell", "AnalysisResult", "count_cohort", "__version__"]
 
 
 def __getattr__(name: str):
@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "analyze_single_cell":  # an analyser's export: one centred cell per image
+        from . import single_cell
+
+        return single_cell.analyze_single_cell
     if name == "count_cohort":  # many images, serially or on a dask Client
         from . import cohort
 

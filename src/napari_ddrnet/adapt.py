@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from .classes import UNIDENTIFIED
 from .preprocess import normalize
+from .schema import CROP_SINGLE_CELL
 from .weights import ModelBundle, load_bundle, sha256_file
 
 #: CELLS.csv columns adaptation needs (single-cell mode needs only ``image`` and the class).
@@ -149,18 +150,76 @@ class AdaptReport:
 # Reviewed rows and their crops
 
 
-def reviewed_cells(cells: pd.DataFrame, classes, single_cell: bool = False) -> pd.DataFrame:
-    """The rows of ``cells`` a person reviewed (``reviewed_class`` set), checked.
+def single_cell_rows(cells: pd.DataFrame, single_cell: bool | None = None) -> np.ndarray:
+    """Per row of ``cells``, whether its crop is the image's centred square (single-cell).
 
-    Rows whose ``reviewed_class`` is empty or ``unidentified`` (a reviewer's "not a cell I can
-    name") are dropped. Class names are matched case-insensitively.
+    CELLS.csv records how each row's crop was cut (``crop_mode``: ``field`` or
+    ``single-cell``); rows without it (files written before that column existed) follow
+    ``single_cell``, else ``field``.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        CELLS.csv rows.
+    single_cell : bool, optional
+        What the caller says the rows are (``adapt --single-cell``); ``None``: the table
+        decides.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, one per row.
 
     Raises
     ------
     AdaptError
-        When needed columns are missing or a reviewed class is not one of ``classes``.
+        For an unknown ``crop_mode``, or when ``single_cell`` contradicts what a row records
+        (a forgotten or wrong ``--single-cell`` would re-cut the crops differently from the
+        run that was reviewed).
     """
-    need = SINGLE_CELL_COLUMNS if single_cell else FIELD_COLUMNS
+    from .schema import CROP_FIELD, CROP_SINGLE_CELL
+
+    mode = (cells["crop_mode"].fillna("").astype(str).str.strip().str.lower()
+            if "crop_mode" in cells else pd.Series("", index=cells.index, dtype=object))
+    unknown = sorted(set(mode) - {"", "nan", CROP_FIELD, CROP_SINGLE_CELL})
+    if unknown:
+        raise AdaptError(f"unknown crop_mode value(s) {', '.join(unknown)}: expected "
+                         f"{CROP_FIELD} or {CROP_SINGLE_CELL}")
+    if single_cell is not None:
+        other = CROP_FIELD if single_cell else CROP_SINGLE_CELL
+        n = int((mode == other).sum())
+        if n and single_cell:
+            raise AdaptError(f"--single-cell was given, but {n} row(s) of the cells table "
+                             f"were counted as fields (crop_mode = {other}): leave out "
+                             "--single-cell")
+        if n:
+            raise AdaptError(f"{n} row(s) of the cells table were counted as single-cell "
+                             f"images (crop_mode = {other}), but field crops were asked for")
+    single = mode == CROP_SINGLE_CELL
+    single |= mode.isin(["", "nan"]) & bool(single_cell)
+    return single.to_numpy(bool)
+
+
+def reviewed_cells(cells: pd.DataFrame, classes, single_cell: bool | None = None
+                   ) -> pd.DataFrame:
+    """The rows of ``cells`` a person reviewed (``reviewed_class`` set), checked.
+
+    Rows whose ``reviewed_class`` is empty or ``unidentified`` (a reviewer's "not a cell I can
+    name") are dropped. Class names are matched case-insensitively. Each row's ``crop_mode``
+    says how its crop is re-cut (:func:`single_cell_rows`; ``single_cell`` for rows without
+    one); the result has it on every row.
+
+    Raises
+    ------
+    AdaptError
+        When needed columns are missing, a reviewed class is not one of ``classes``, or
+        ``single_cell`` contradicts a row's ``crop_mode``.
+    """
+    from .schema import CROP_FIELD, CROP_SINGLE_CELL
+
+    single = single_cell_rows(cells, single_cell)
+    cells = cells.assign(crop_mode=np.where(single, CROP_SINGLE_CELL, CROP_FIELD))
+    need = SINGLE_CELL_COLUMNS if single.all() else FIELD_COLUMNS
     missing = [c for c in need if c not in cells.columns]
     if missing:
         raise AdaptError(f"the cells table lacks column(s) {', '.join(missing)} (a CELLS.csv "
@@ -175,9 +234,10 @@ def reviewed_cells(cells: pd.DataFrame, classes, single_cell: bool = False) -> p
         raise AdaptError(f"unknown class name(s) in reviewed_class: {', '.join(unknown)}; the "
                          f"model's classes are {', '.join(classes)}")
     out["reviewed_class"] = out["reviewed_class"].map(known)
-    if not single_cell:
-        bad = ~np.isfinite(pd.to_numeric(out["pixel_size_um"], errors="coerce"))
-        if bad.any() or (pd.to_numeric(out["pixel_size_um"], errors="coerce") <= 0).any():
+    field_rows = out.loc[out["crop_mode"] == CROP_FIELD]
+    if len(field_rows):
+        px = pd.to_numeric(field_rows["pixel_size_um"], errors="coerce")
+        if (~np.isfinite(px)).any() or (px <= 0).any():
             raise AdaptError("pixel_size_um must be a positive number on every reviewed row")
     return out.reset_index(drop=True)
 
@@ -194,7 +254,7 @@ def _load_rgb(name: str, images: dict | None) -> np.ndarray:
 
 def cut_crops(cells: pd.DataFrame, input_size: int, crop_fov_um: float,
               images: dict[str, np.ndarray] | None = None,
-              single_cell: bool = False) -> np.ndarray:
+              single_cell: bool | np.ndarray = False) -> np.ndarray:
     """Re-cut the crops of ``cells`` exactly as the pipeline cuts them for the model.
 
     Parameters
@@ -205,9 +265,10 @@ def cut_crops(cells: pd.DataFrame, input_size: int, crop_fov_um: float,
         The model's transforms (from its card).
     images : dict, optional
         ``image`` name -> in-memory array; other names are read from disk.
-    single_cell : bool
+    single_cell : bool or numpy.ndarray
         Each image is one centred cell: its centred square is the crop
-        (:func:`napari_ddrnet.crop.crop_centre`), as in ``count --single-cell``.
+        (:func:`napari_ddrnet.crop.crop_centre`), as in ``count --single-cell``; or one such
+        flag per row (:func:`single_cell_rows`).
 
     Returns
     -------
@@ -223,16 +284,19 @@ def cut_crops(cells: pd.DataFrame, input_size: int, crop_fov_um: float,
     from .image_input import ImageInputError
 
     out = np.empty((len(cells), input_size, input_size, 3), np.uint8)
+    single = np.broadcast_to(np.asarray(single_cell, bool), (len(cells),))
+    cells = cells.assign(_single=single)
     for name, rows in cells.groupby("image", sort=False):
         try:
             rgb = _load_rgb(str(name), images)
         except (ImageInputError, OSError) as exc:
             raise AdaptError(f"cannot read image {name}: {exc}") from exc
-        idx = rows.index.to_numpy()
-        if single_cell:
-            out[idx] = crop_centre(rgb, input_size)
+        whole, field_rows = rows.loc[rows["_single"]], rows.loc[~rows["_single"]]
+        if len(whole):
+            out[whole.index.to_numpy()] = crop_centre(rgb, input_size)
+        if not len(field_rows):  # single-cell tables need no geometry columns
             continue
-        for px, sub in rows.groupby("pixel_size_um", sort=False):
+        for px, sub in field_rows.groupby("pixel_size_um", sort=False):
             out[sub.index.to_numpy()] = crop_cells(rgb, sub, float(px), input_size,
                                                    fov_um=crop_fov_um)
     return out
@@ -424,7 +488,7 @@ def adapt_from_cells(
     *,
     images: dict[str, np.ndarray] | None = None,
     base_weights=None,
-    single_cell: bool = False,
+    single_cell: bool | None = None,
     epochs: int | None = None,
     holdout: float = 0.2,
     seed: int = 0,
@@ -451,8 +515,11 @@ def adapt_from_cells(
         their path.
     base_weights : str or Path, optional
         The model to adapt; default: the shipped one.
-    single_cell : bool
-        Each image is one centred cell (crop = its centred square).
+    single_cell : bool, optional
+        Each image is one centred cell (crop = its centred square). Default: each row's
+        ``crop_mode`` says (CELLS.csv records it), else ``field``; when given, rows without
+        ``crop_mode`` follow it and rows that contradict it are an error
+        (:func:`single_cell_rows`).
     epochs : int, optional
         Passes over the training cells (``ceil(epochs * n_train / batch_size)`` steps);
         default: :meth:`AdaptConfig.default_steps`.
@@ -502,7 +569,8 @@ def adapt_from_cells(
               else np.arange(len(rows)))
     tr, ho = split_holdout(y, groups, holdout, seed)
     _check_enough(rows["reviewed_class"].iloc[tr], "training")
-    crops = cut_crops(rows, bundle.input_size, bundle.crop_fov_um, images, single_cell)
+    single = (rows["crop_mode"] == CROP_SINGLE_CELL).to_numpy()
+    crops = cut_crops(rows, bundle.input_size, bundle.crop_fov_um, images, single)
     timings = {"reviewed_crops": time.perf_counter() - t0}
     if epochs is not None:
         cfg = AdaptConfig(**{**cfg.__dict__,
@@ -538,7 +606,7 @@ def adapt_from_cells(
                          _accuracy(before, y[ho]), _accuracy(after, y[ho]), per_class,
                          n_unlabelled=min(len(unl), MAX_UNLABELLED), timings=timings)
     base_path = Path(base_weights) if base_weights is not None else None
-    card = _card(bundle, base_path, rows, report, cfg, seed, single_cell, source_files)
+    card = _card(bundle, base_path, rows, report, cfg, seed, bool(single.any()), source_files)
     from .weights import export_weights
 
     export_weights(model.state_dict(), card, report.path)
@@ -548,7 +616,8 @@ def adapt_from_cells(
 
 
 def _unreviewed_crops(cells: pd.DataFrame, bundle: ModelBundle,
-                      images: dict[str, np.ndarray] | None, single_cell: bool) -> np.ndarray:
+                      images: dict[str, np.ndarray] | None, single_cell: bool | None
+                      ) -> np.ndarray:
     """Crops of the rows nobody reviewed (empty ``reviewed_class`` or ``unidentified``) whose
     image can be read and, for fields, whose geometry is complete; others are skipped (they
     are optional, unlike the reviewed cells)."""
@@ -557,23 +626,26 @@ def _unreviewed_crops(cells: pd.DataFrame, bundle: ModelBundle,
         return empty
     rc = (cells["reviewed_class"].fillna("").astype(str).str.strip().str.lower()
           if "reviewed_class" in cells else pd.Series("", index=cells.index))
-    rows = cells.loc[rc.isin(["", "nan", UNIDENTIFIED])]
-    if not single_cell:
+    rows = cells.assign(_single=single_cell_rows(cells, single_cell))
+    rows = rows.loc[rc.isin(["", "nan", UNIDENTIFIED])]
+    if not rows["_single"].all():
         if any(c not in rows for c in FIELD_COLUMNS[:-1]):
             return empty
         geom = rows[list(FIELD_COLUMNS[1:-1])].apply(pd.to_numeric, errors="coerce")
         ok = np.isfinite(geom.to_numpy(float)).all(1) & (geom["pixel_size_um"] > 0).to_numpy()
-        rows = rows.loc[ok]
+        rows = rows.loc[ok | rows["_single"].to_numpy()]
     rows = rows.reset_index(drop=True)
     try:  # one call: four times cheaper per single-cell image than one call per image
-        return cut_crops(rows, bundle.input_size, bundle.crop_fov_um, images, single_cell)
+        return cut_crops(rows, bundle.input_size, bundle.crop_fov_um, images,
+                         rows["_single"].to_numpy())
     except AdaptError:
         pass
     parts = []
     for _, sub in rows.groupby("image", sort=False):  # some image is unreadable: skip it
+        sub = sub.reset_index(drop=True)
         try:
-            parts.append(cut_crops(sub.reset_index(drop=True), bundle.input_size,
-                                   bundle.crop_fov_um, images, single_cell))
+            parts.append(cut_crops(sub, bundle.input_size, bundle.crop_fov_um, images,
+                                   sub["_single"].to_numpy()))
         except AdaptError:
             continue
     return np.concatenate(parts) if parts else empty
@@ -604,7 +676,8 @@ def _card(bundle: ModelBundle, base_path: Path | None, rows: pd.DataFrame,
         "holdout_per_class": {c: v["holdout"] for c, v in report.per_class.items()},
         "source_files": [str(f) for f in source_files or []],
         "images": sorted(set(rows["image"].astype(str))),
-        "single_cell": bool(single_cell),
+        "single_cell": bool(single_cell),  # some rows were single-cell images
+        "crop_modes": {str(k): int(v) for k, v in rows["crop_mode"].value_counts().items()},
         "unlabelled_crops": int(report.n_unlabelled),
         "seed": int(seed),
         "config": {**cfg.__dict__},

@@ -378,7 +378,8 @@ def _adapt(args: argparse.Namespace) -> int:
 
     try:
         report = adapt_from_cells(cells, args.out, base_weights=args.weights,
-                                  single_cell=args.single_cell, epochs=args.epochs,
+                                  single_cell=True if args.single_cell else None,
+                                  epochs=args.epochs,
                                   holdout=args.holdout, seed=args.seed, progress=progress,
                                   source_files=[str(p) for p in args.cells_csv],
                                   unreviewed=args.with_unreviewed)
@@ -458,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapted weights (card written beside them); default: a new file in "
                         "the user's model folder")
     a.add_argument("--single-cell", action="store_true",
-                   help="each image is one centred cell (as for count --single-cell)")
+                   help="each image is one centred cell (as for count --single-cell); only "
+                        "needed for older CSVs without a crop_mode column (newer ones record how "
+                        "each row was cut)")
     a.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="passes over the training cells (default: 300-400 steps)")
     a.add_argument("--weights", type=Path, default=None, metavar="BASE.safetensors",

@@ -47,7 +47,8 @@ from .schema import cells_csv_columns
 if TYPE_CHECKING:
     from .shift_score import ShiftVerdict
 
-PARTS_VERSION = 1
+#: Bumped whenever a part's columns change (2: CELLS.csv gained ``crop_mode``).
+PARTS_VERSION = 2
 #: Files of the parts folder a fresh run may delete (nothing else there is touched).
 _PART_NAME = re.compile(r"[0-9a-f]{16}\.(cells\.csv|counts\.csv|done)")
 #: How long to wait for a scheduler given by address before giving up, seconds.
@@ -366,6 +367,10 @@ class _Parts:
                 old = json.loads(mpath.read_text())
             except (OSError, ValueError) as exc:
                 raise CohortError(f"cannot read {mpath}: {exc}") from exc
+            if old.get("version") != PARTS_VERSION:
+                raise CohortError(
+                    f"--resume: the parts in {folder} were written by another version of "
+                    "napari-ddrnet (other columns); run without --resume to start again")
             if old != manifest:
                 raise CohortError(
                     f"--resume: the parts in {folder} were made with other settings "

@@ -9,6 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 MIN_SIDE = 16
+#: An image whose red, green and blue differ by at most this much (99th percentile of each
+#: pixel's channel spread, 8-bit) carries no stain colour: a grayscale picture saved as RGB.
+#: Stained smears read 58 or more (BCCD, PBC, LISC, TXL-PBC, Kaggle: 200 images each), grey
+#: images saved as RGB (JPEG too) 0.
+COLOURLESS_SPREAD = 8
+#: ... but only if it shows something (intensity range, 1st to 99th percentile): a blank,
+#: uniform field is an empty result, not an error.
+COLOURLESS_MIN_CONTRAST = 20
 
 
 class ImageInputError(ValueError):
@@ -29,6 +37,30 @@ def check_rgb_shape(shape: tuple[int, ...]) -> None:
         )
     if min(shape[:2]) < MIN_SIDE:
         raise ImageInputError(f"The image is too small ({shape[0]}x{shape[1]} px).")
+
+
+def check_has_colour(rgb: np.ndarray) -> None:
+    """Raise :class:`ImageInputError` for a grey image stored as RGB (or RGBA).
+
+    Such an image passes the shape check, but the white-cell detection reads the stain's
+    colour, so it would silently find no cell. A blank field is left alone: it is empty.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        ``(H, W, 3)`` uint8, the image or a sample of it (e.g. windows of a slide).
+    """
+    step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / 100_000))))  # ~100k pixels
+    px = rgb[::step, ::step, :3].reshape(-1, 3)
+    spread = px.max(axis=1).astype(np.int16) - px.min(axis=1)
+    if np.percentile(spread, 99) > COLOURLESS_SPREAD:
+        return
+    lo, hi = np.percentile(px[:, 1], [1, 99])
+    if hi - lo >= COLOURLESS_MIN_CONTRAST:
+        raise ImageInputError(
+            "The image has no colour (its red, green and blue channels are equal): it looks "
+            "like a grayscale picture saved as RGB. White-cell detection relies on the colour "
+            "of the Romanowsky stain: open the colour image of the smear.")
 
 
 def value_range(samples) -> tuple[float, float] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import pandas as pd
 from .classes import DEFAULT_MIN_CONFIDENCE
 from .classify import Classifier, check_min_confidence, probabilities_to_table
 from .crop import crop_cells
-from .image_input import check_rgb_shape, to_rgb_uint8, value_range
+from .image_input import check_has_colour, check_rgb_shape, to_rgb_uint8, value_range
 from .report import counts_table
 from .sampling import sample_windows
 from .scale import PixelSize, resolve_pixel_size
@@ -106,6 +107,11 @@ def analyze(
     -------
     AnalysisResult
     """
+    unknown = sorted(set(options) - _ITER_OPTIONS)
+    if unknown:  # else Python's error would name iter_analyze, which the caller never called
+        hint = (" For an image of one centred cell use napari_ddrnet.analyze_single_cell."
+                if "single_cell" in unknown else "")
+        raise TypeError(f"analyze() got unknown option(s) {', '.join(unknown)}.{hint}")
     gen = iter_analyze(image, pixel_size_um, classifier, **options)
     while True:
         try:
@@ -159,6 +165,7 @@ def iter_analyze(
     else:
         rgb = to_rgb_uint8(image)
         vrange = sample = None
+    check_has_colour(rgb if rgb is not None else sample)
     source_image = rgb if rgb is not None else image
     px_info = resolve_pixel_size(source_image, given=pixel_size_um, metadata=pixel_size_metadata)
     px = px_info.um
@@ -337,6 +344,7 @@ def plan_slide(image, pixel_size_um: float | None = None, *, crop_fov_um: float 
     windows = sample_windows(image)
     vrange = value_range(windows)
     sample = np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1)
+    check_has_colour(sample)
     px_info = resolve_pixel_size(image, given=pixel_size_um, metadata=pixel_size_metadata)
     h, w = image.shape[:2]
     tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px_info.um, crop_fov_um))
@@ -432,6 +440,12 @@ def _overlap_px(px_um: float, crop_fov_um: float = 0.0) -> int:
     """Overlap that shows every cell whole and its crop (half the model's field of view
     around the centroid) with real pixels, as an untiled run would."""
     return int(np.ceil(max(MAX_CELL_UM, crop_fov_um / 2) / px_um)) + 8
+
+
+#: The keyword-only options :func:`analyze` passes on to :func:`iter_analyze`.
+_ITER_OPTIONS = frozenset(
+    n for n, p in inspect.signature(iter_analyze).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def _tiles(h: int, w: int, size: int, overlap: int):

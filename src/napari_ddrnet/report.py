@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import DISPLAY_ORDER, PER_100_WBC, WBC_CLASSES
-from .schema import cells_csv_columns, with_review_defaults
+from .schema import CROP_FIELD, cells_csv_columns, with_review_defaults
 
 COUNT_COLUMNS = ["class", "count", "percent", "basis"]
 
@@ -48,13 +48,15 @@ def csv_tables(image_name: str, cells: pd.DataFrame, counts: pd.DataFrame, class
     ``pixel_size_um`` goes on every cell row, so the geometry can be re-cut from the image later
     (e.g. to adapt the model from reviewed cells), with ``pixel_size_source`` (``given``,
     ``metadata``, ``estimated`` or ``default``) so a reader can tell a measured scale from a
-    fallback. The review columns (``model_class``,
-    ``reviewed_class``, ``reviewed``) are taken from ``cells`` when it has them, else they say
-    "not reviewed".
+    fallback, and ``crop_mode`` (``field`` unless ``cells`` says otherwise). The review
+    columns (``model_class``, ``reviewed_class``, ``reviewed``) are taken from ``cells`` when
+    it has them, else they say "not reviewed".
     """
     cells_out = with_review_defaults(cells).assign(image=image_name,
                                                    pixel_size_um=float(pixel_size_um),
                                                    pixel_size_source=pixel_size_source)
+    if "crop_mode" not in cells_out:  # single-cell results carry their own
+        cells_out["crop_mode"] = CROP_FIELD
     cells_out = cells_out.reindex(columns=cells_csv_columns(classes))
     counts_out = counts.copy()
     counts_out.insert(0, "image", image_name)

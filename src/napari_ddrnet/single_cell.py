@@ -19,10 +19,10 @@ import pandas as pd
 from .classes import DEFAULT_MIN_CONFIDENCE
 from .classify import Classifier, check_min_confidence, probabilities_to_table
 from .crop import crop_centre
-from .image_input import to_rgb_uint8
+from .image_input import check_has_colour, to_rgb_uint8
 from .report import counts_table
 from .scale import PixelSize, resolve_pixel_size
-from .schema import GEOMETRY_COLUMNS, with_geometry_dtypes
+from .schema import CROP_SINGLE_CELL, GEOMETRY_COLUMNS, with_geometry_dtypes
 from .segment import segment_wbc
 
 #: Largest side accepted as one cell's image; anything bigger is a field, not an export.
@@ -67,6 +67,7 @@ def prepare_single_cell(image, input_size: int, pixel_size_um: float | None = No
             f"{h}x{w} px is too large for a single-cell image (at most "
             f"{MAX_SINGLE_CELL_SIDE} px a side): analyse it as a field instead.")
     rgb = to_rgb_uint8(np.asarray(image))
+    check_has_colour(rgb)
     h, w = rgb.shape[:2]
     px = resolve_pixel_size(rgb, given=pixel_size_um, metadata=pixel_size_metadata)
     cells = segment_wbc(rgb, px.um, pixel_size_source=px.source).cells
@@ -99,7 +100,7 @@ def classify_single_cells(items: Iterable[SingleCell], classifier: Classifier,
         probs = classifier.predict_proba(np.stack([c.crop for c in batch]))
         for cell, p in zip(batch, probs):
             pred = probabilities_to_table(p[None], classifier.classes, min_confidence)
-            table = pd.concat([cell.geometry, pred], axis=1)
+            table = pd.concat([cell.geometry, pred], axis=1).assign(crop_mode=CROP_SINGLE_CELL)
             yield cell, AnalysisResult(table, counts_table(table["class"]), None,
                                        cell.pixel_size, tuple(classifier.classes),
                                        crops=cell.crop[None])
