@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import needs_data, pbc_test_files
 from PIL import Image
 
 from napari_ddrnet import cli
@@ -14,7 +15,7 @@ from napari_ddrnet._writer import write_points, write_shapes
 from napari_ddrnet.classes import PBC_CLASSES
 from napari_ddrnet.image_input import ImageInputError
 from napari_ddrnet.image_io import read_image
-from napari_ddrnet.report import write_csv_atomic
+from napari_ddrnet.report import counts_table, write_csv_atomic
 
 CELL_COLS = ["image", "cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
              "max_row", "max_col", "class", "confidence"] + [f"prob_{c}" for c in PBC_CLASSES]
@@ -202,6 +203,10 @@ def test_csvs_are_readable_by_the_lab_and_outputs_are_checked_first(files, tmp_p
     same = ["--cells-csv", str(tmp_path / "x.csv"), "--counts-csv", str(tmp_path / "x.csv")]
     assert cli.main(["count", str(files / "a.png"), *same, "--device", "cpu"]) == 2
     assert "name the same file" in capsys.readouterr().err
+    clash = ["--cells-csv", str(tmp_path / "y.csv"), "--counts-csv", str(tmp_path / "n2.csv"),
+             "--summary-csv", str(tmp_path / "y.csv")]
+    assert cli.main(["count", str(files / "a.png"), *clash, "--device", "cpu"]) == 2
+    assert "--cells-csv and --summary-csv name the same file" in capsys.readouterr().err
     (tmp_path / "folder").mkdir()
     folder = ["--cells-csv", str(tmp_path / "folder"), "--counts-csv", str(tmp_path / "k.csv")]
     assert cli.main(["count", str(files / "a.png"), *folder, "--device", "cpu"]) == 2
@@ -230,3 +235,57 @@ def test_a_run_where_every_image_fails_keeps_the_earlier_csvs(files, tmp_path, c
     err = capsys.readouterr().err
     assert "none of the 2 images could be analysed" in err and "Traceback" not in err
     assert ((tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()) == before
+
+
+def test_summary_csv_pools_each_input(files, tmp_path, capsys):
+    """--summary-csv: one differential per input as given. A folder of fields pools its
+    images (the unreadable one is not counted among them); a file given alone is its own."""
+    out = tmp_path / "out"
+    alone = tmp_path / "other" / "z.png"
+    alone.parent.mkdir()
+    alone.write_bytes((files / "a.png").read_bytes())
+    rc = cli.main(["count", str(files), str(alone), "--cells-csv",
+                   str(out / "cells.csv"), "--counts-csv", str(out / "counts.csv"),
+                   "--summary-csv", str(out / "summary.csv"), "--pixel-size", "0.1",
+                   "--device", "cpu", "--no-tta"])
+    assert rc == 1  # c.jpg is not an image
+    assert "summary.csv" in capsys.readouterr().err
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == ["input", "images", "class", "count", "percent", "basis"]
+    cells = pd.read_csv(out / "cells.csv")
+    folder = summary[summary["input"] == str(files)]
+    assert set(folder["images"]) == {3}  # a.png, b.tif, empty.png
+    assert folder["count"].sum() == (cells["image"] != str(alone)).sum() == 8
+    single = summary[summary["input"] == str(alone)]
+    assert set(single["images"]) == {1} and single["count"].sum() == 4
+    pd.testing.assert_frame_equal(  # pooled, not summed per image: same percent basis
+        folder[["class", "count"]].reset_index(drop=True),
+        counts_table(cells.loc[cells["image"] != str(alone), "class"])[["class", "count"]])
+    wbc = folder[folder["basis"] == "% of WBC"]
+    if wbc["count"].sum():
+        assert wbc["percent"].sum() == pytest.approx(100.0)
+
+
+@needs_data("pbc")
+def test_summary_csv_gives_a_patients_differential_from_single_cell_exports(tmp_path):
+    """Two 'patients', each a folder of single-cell exports (PBC test images): the summary
+    pools each folder's rows, equal to the differential of its rows in CELLS.csv."""
+    picked = pbc_test_files(2)
+    patients = {"p1": picked[:6], "p2": picked[6:16]}
+    for p, fs in patients.items():
+        (tmp_path / p).mkdir()
+        for f in fs:
+            (tmp_path / p / f"{f.parent.name}_{f.name}").symlink_to(f)
+    out = tmp_path / "out"
+    rc = cli.main(["count", "--single-cell", str(tmp_path / "p1"), str(tmp_path / "p2"),
+                   "--cells-csv", str(out / "cells.csv"), "--counts-csv",
+                   str(out / "counts.csv"), "--summary-csv", str(out / "summary.csv"),
+                   "--device", "cpu", "--quiet", "--no-tta"])
+    assert rc == 0
+    cells, summary = pd.read_csv(out / "cells.csv"), pd.read_csv(out / "summary.csv")
+    for p, fs in patients.items():
+        mine = summary[summary["input"] == str(tmp_path / p)].reset_index(drop=True)
+        assert set(mine["images"]) == {len(fs)} and mine["count"].sum() == len(fs)
+        rows = cells[cells["image"].str.startswith(str(tmp_path / p) + "/")]
+        expect = counts_table(rows["class"])
+        pd.testing.assert_frame_equal(mine[["class", "count"]], expect[["class", "count"]])

@@ -7,6 +7,7 @@
         [--pixel-size UM] [--device auto|cpu|cuda|mps] [--batch-size N] [--min-confidence P]
         [--single-cell] [--new-lab] [--weights MODEL.safetensors] [--no-tta]
         [--workers N | --scheduler ADDRESS] [--resume] [--parts-dir DIR] [--tile-size PX]
+        [--summary-csv SUMMARY.csv]
 
 A file that cannot be read or analysed is reported on stderr and skipped; the others finish
 (when none can be analysed, the CSVs are not written and earlier files are kept).
@@ -42,7 +43,7 @@ from pathlib import Path
 import pandas as pd
 
 from .devices import DEVICES
-from .report import COUNT_COLUMNS, csv_tables, write_csv_atomic
+from .report import COUNT_COLUMNS, counts_table, csv_tables, write_csv_atomic
 from .schema import cells_csv_columns
 
 
@@ -156,6 +157,36 @@ def _nothing_written(files, args: argparse.Namespace) -> int:
     return 1
 
 
+def _write_summary(args: argparse.Namespace) -> str:
+    """Write ``--summary-csv``: one differential per input as given (a folder of one smear's
+    fields or one patient's single-cell exports pools all its cells), read back from the
+    CSVs just written so that every count path gives the same table. Returns the text the
+    final message adds ("" without ``--summary-csv``)."""
+    if args.summary_csv is None:
+        return ""
+    from .image_io import list_images
+
+    owner: dict[str, str] = {}
+    for inp in args.inputs:  # an image given twice belongs to the first input naming it
+        for f in list_images([inp]):
+            owner.setdefault(str(f), str(inp))
+    cells = pd.read_csv(args.cells_csv, usecols=["image", "class"], dtype=str,
+                        keep_default_na=False)
+    analysed = pd.read_csv(args.counts_csv, usecols=["image"], dtype=str,
+                           keep_default_na=False)["image"].unique()
+    images: dict[str, list[str]] = {str(i): [] for i in args.inputs}
+    for name in analysed:
+        images[owner.get(name, name)].append(name)
+    parts = []
+    for inp, names in images.items():
+        table = counts_table(cells.loc[cells["image"].isin(names), "class"])
+        table.insert(0, "images", len(names))
+        table.insert(0, "input", inp)
+        parts.append(table)
+    write_csv_atomic(pd.concat(parts, ignore_index=True), args.summary_csv)
+    return f" and {args.summary_csv}"
+
+
 def _count(args: argparse.Namespace) -> int:
     from .image_io import list_images
 
@@ -221,10 +252,11 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
         return _nothing_written(files, args)
     if report.shift is not None and report.shift.warns:
         write(f"napari-ddrnet: warning: {report.shift.summary()}{_ADVICE}")
+    summary = _write_summary(args)
     if not args.quiet:
         resumed = f" ({report.resumed} from earlier parts)" if report.resumed else ""
         print(f"{len(files) - len(report.failed)}/{len(files)} images analysed{resumed}, "
-              f"{report.cells} cells; wrote {args.cells_csv} and {args.counts_csv}",
+              f"{report.cells} cells; wrote {args.cells_csv} and {args.counts_csv}{summary}",
               file=sys.stderr)
     return 1 if report.failed else 0
 
@@ -276,11 +308,12 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
                   pd.DataFrame(columns=["image"] + COUNT_COLUMNS))
     write_csv_atomic(cells_all, args.cells_csv)
     write_csv_atomic(counts_all, args.counts_csv)
+    summary = _write_summary(args)
     _warn_if_unlike_training(classifier, sample, args, write)
     ok = len(files) - len(failed)
     if not args.quiet:
         print(f"{ok}/{len(files)} images analysed, {len(cells_all)} cells; "
-              f"wrote {args.cells_csv} and {args.counts_csv}", file=sys.stderr)
+              f"wrote {args.cells_csv} and {args.counts_csv}{summary}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -418,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one row per white cell: position, class, probabilities")
     c.add_argument("--counts-csv", required=True, type=Path,
                    help="the differential: count and percentage per class, per image")
+    c.add_argument("--summary-csv", type=Path, default=None, metavar="SUMMARY.csv",
+                   help="also one pooled differential per input as given: a folder (one "
+                        "smear's fields, one patient's single-cell exports) or a file")
     c.add_argument("--pixel-size", type=float, default=None, metavar="UM",
                    help="micrometres per pixel (default: file metadata, else estimated)")
     c.add_argument("--device", default="auto", choices=DEVICES)
@@ -502,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("give either --workers or --scheduler, not both")
             if args.tile_size is not None and args.tile_size < 64:
                 raise ValueError("--tile-size must be at least 64")
-            _check_outputs(args.cells_csv, args.counts_csv)
+            _check_outputs(args.cells_csv, args.counts_csv, args.summary_csv)
         except ValueError as exc:
             print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
             return 2
@@ -520,13 +556,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _check_outputs(cells_csv, counts_csv) -> None:
+def _check_outputs(cells_csv, counts_csv, summary_csv=None) -> None:
     """Refuse output paths that would lose a table, before any image is analysed."""
-    cells, counts = Path(cells_csv), Path(counts_csv)
-    if cells.resolve() == counts.resolve():
-        raise ValueError("--cells-csv and --counts-csv name the same file; one table would "
-                         "overwrite the other")
-    for flag, path in (("--cells-csv", cells), ("--counts-csv", counts)):
+    outs = [("--cells-csv", Path(cells_csv)), ("--counts-csv", Path(counts_csv))]
+    if summary_csv is not None:
+        outs.append(("--summary-csv", Path(summary_csv)))
+    for i, (flag_a, a) in enumerate(outs):
+        for flag_b, b in outs[i + 1:]:
+            if a.resolve() == b.resolve():
+                raise ValueError(f"{flag_a} and {flag_b} name the same file; one table would "
+                                 "overwrite the other")
+    for flag, path in outs:
         if path.is_dir():
             raise ValueError(f"{flag} {path} is a folder: give a file name, e.g. "
                              f"{path / (flag[2:-4] + '.csv')}")
