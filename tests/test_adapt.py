@@ -260,23 +260,39 @@ def test_adapt_recuts_single_cell_rows_as_counted_without_the_flag(single_cell_c
         reviewed_cells(old.drop(columns="pixel_size_um"), bundle.classes)
 
 
-def test_cli_adapt_refuses_single_cell_flag_on_field_rows(reviewed_csv, single_cell_csv,
+def test_cli_adapt_recuts_each_row_as_its_crop_mode_says(reviewed_csv, single_cell_csv,
                                                           tmp_path, capsys):
-    out = tmp_path / "models" / "m.safetensors"
-    rc = cli.main(["adapt", "--cells-csv", str(reviewed_csv), "--single-cell", "--out",
-                   str(out), "--epochs", "1", "--holdout", "0", "--quiet"])
+    """A row's crop_mode always decides; --single-cell only covers rows without one (CSVs of
+    older versions), so an older single-cell CSV can be mixed with a newer field CSV."""
+    n_field = len(pd.read_csv(reviewed_csv)) - 1  # one row is unreviewed
+    n_single = len(pd.read_csv(single_cell_csv))
+    old_single = tmp_path / "old_single.csv"
+    pd.read_csv(single_cell_csv).drop(columns="crop_mode").to_csv(old_single, index=False)
+    runs = {"flag_on_new_field_rows": (["--single-cell"], [reviewed_csv]),
+            "both_new": ([], [reviewed_csv, single_cell_csv]),
+            "old_single_with_flag": (["--single-cell"], [reviewed_csv, old_single])}
+    for name, (flag, csvs) in runs.items():
+        out = tmp_path / name / "m.safetensors"
+        rc = cli.main(["adapt", "--cells-csv", *map(str, csvs), *flag, "--out", str(out),
+                       "--epochs", "1", "--holdout", "0", "--quiet"])
+        assert rc == 0, (name, capsys.readouterr().err)
+        modes = json.loads(out.with_suffix(".json").read_text())["adaptation"]["crop_modes"]
+        expect = {"field": n_field} if len(csvs) == 1 else {"field": n_field,
+                                                             "single-cell": n_single}
+        assert modes == expect, name
+
+
+def test_a_review_in_the_class_column_gets_a_hint(reviewed_csv, tmp_path, capsys):
+    cells = pd.read_csv(reviewed_csv)
+    cells["class"] = cells["reviewed_class"]  # corrected in the wrong column
+    cells["reviewed_class"] = None
+    bad = tmp_path / "class_only.csv"
+    cells.to_csv(bad, index=False)
+    rc = cli.main(["adapt", "--cells-csv", str(bad), "--out", str(tmp_path / "m.safetensors"),
+                   "--epochs", "1", "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "counted as fields" in err and "leave out --single-cell" in err
-    assert not out.parent.exists()
-    # both kinds in one run: each row is re-cut its own way
-    rc = cli.main(["adapt", "--cells-csv", str(reviewed_csv), str(single_cell_csv), "--out",
-                   str(out), "--epochs", "1", "--holdout", "0", "--quiet"])
-    assert rc == 0, capsys.readouterr().err
-    card = json.loads(out.with_suffix(".json").read_text())
-    n = len(pd.read_csv(reviewed_csv)) - 1 + len(pd.read_csv(single_cell_csv))
-    assert sum(card["adaptation"]["cells_per_class"].values()) == n
-    assert card["adaptation"]["single_cell"] is True
+    assert "too few" in err and f"{len(cells)} row(s) are marked reviewed" in err
 
 
 def test_unknown_crop_mode_is_an_error(single_cell_csv):

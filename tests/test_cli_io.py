@@ -207,6 +207,20 @@ def test_csvs_are_readable_by_the_lab_and_outputs_are_checked_first(files, tmp_p
              "--summary-csv", str(tmp_path / "y.csv")]
     assert cli.main(["count", str(files / "a.png"), *clash, "--device", "cpu"]) == 2
     assert "--cells-csv and --summary-csv name the same file" in capsys.readouterr().err
+    parts = ["--cells-csv", str(tmp_path / "p.csv"), "--counts-csv", str(tmp_path / "q.csv"),
+             "--parts-dir", str(tmp_path / "p.csv")]
+    assert cli.main(["count", str(files / "a.png"), *parts, "--device", "cpu"]) == 2
+    assert "--cells-csv and --parts-dir name the same" in capsys.readouterr().err
+    image_bytes = (files / "a.png").read_bytes()
+    onto = ["--cells-csv", str(tmp_path / "r.csv"), "--counts-csv", str(files / "a.png")]
+    assert cli.main(["count", str(files), *onto, "--device", "cpu"]) == 2
+    assert "is one of the input images" in capsys.readouterr().err
+    assert (files / "a.png").read_bytes() == image_bytes
+    twice = ["--cells-csv", str(tmp_path / "s.csv"), "--counts-csv", str(tmp_path / "t.csv")]
+    for mode in ([], ["--single-cell"]):  # a cell counted twice would skew the differential
+        assert cli.main(["count", str(files / "a.png"), str(files), *mode, *twice]) == 2
+        assert "listed twice" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
     (tmp_path / "folder").mkdir()
     folder = ["--cells-csv", str(tmp_path / "folder"), "--counts-csv", str(tmp_path / "k.csv")]
     assert cli.main(["count", str(files / "a.png"), *folder, "--device", "cpu"]) == 2

@@ -159,6 +159,7 @@ def test_resume_refuses_other_settings(inputs, tmp_path, capsys):
     assert _count(inputs[:1], tmp_path, "--resume", "--min-confidence", "0.9") == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "Traceback" not in err
+    assert "min_confidence 0.5 -> 0.9" in err  # says which setting changed
 
 
 def test_resume_refuses_parts_of_another_version(inputs, tmp_path, capsys):

@@ -154,16 +154,15 @@ def single_cell_rows(cells: pd.DataFrame, single_cell: bool | None = None) -> np
     """Per row of ``cells``, whether its crop is the image's centred square (single-cell).
 
     CELLS.csv records how each row's crop was cut (``crop_mode``: ``field`` or
-    ``single-cell``); rows without it (files written before that column existed) follow
-    ``single_cell``, else ``field``.
+    ``single-cell``), and a row's own record always wins. Rows without one (files written
+    before that column existed) are single-cell images if ``single_cell`` says so, else fields.
 
     Parameters
     ----------
     cells : pandas.DataFrame
         CELLS.csv rows.
     single_cell : bool, optional
-        What the caller says the rows are (``adapt --single-cell``); ``None``: the table
-        decides.
+        What rows without ``crop_mode`` are (``adapt --single-cell`` for older CSVs).
 
     Returns
     -------
@@ -173,9 +172,7 @@ def single_cell_rows(cells: pd.DataFrame, single_cell: bool | None = None) -> np
     Raises
     ------
     AdaptError
-        For an unknown ``crop_mode``, or when ``single_cell`` contradicts what a row records
-        (a forgotten or wrong ``--single-cell`` would re-cut the crops differently from the
-        run that was reviewed).
+        For an unknown ``crop_mode``.
     """
     from .schema import CROP_FIELD, CROP_SINGLE_CELL
 
@@ -185,16 +182,6 @@ def single_cell_rows(cells: pd.DataFrame, single_cell: bool | None = None) -> np
     if unknown:
         raise AdaptError(f"unknown crop_mode value(s) {', '.join(unknown)}: expected "
                          f"{CROP_FIELD} or {CROP_SINGLE_CELL}")
-    if single_cell is not None:
-        other = CROP_FIELD if single_cell else CROP_SINGLE_CELL
-        n = int((mode == other).sum())
-        if n and single_cell:
-            raise AdaptError(f"--single-cell was given, but {n} row(s) of the cells table "
-                             f"were counted as fields (crop_mode = {other}): leave out "
-                             "--single-cell")
-        if n:
-            raise AdaptError(f"{n} row(s) of the cells table were counted as single-cell "
-                             f"images (crop_mode = {other}), but field crops were asked for")
     single = mode == CROP_SINGLE_CELL
     single |= mode.isin(["", "nan"]) & bool(single_cell)
     return single.to_numpy(bool)
@@ -212,8 +199,7 @@ def reviewed_cells(cells: pd.DataFrame, classes, single_cell: bool | None = None
     Raises
     ------
     AdaptError
-        When needed columns are missing, a reviewed class is not one of ``classes``, or
-        ``single_cell`` contradicts a row's ``crop_mode``.
+        When needed columns are missing or a reviewed class is not one of ``classes``.
     """
     from .schema import CROP_FIELD, CROP_SINGLE_CELL
 
@@ -516,10 +502,8 @@ def adapt_from_cells(
     base_weights : str or Path, optional
         The model to adapt; default: the shipped one.
     single_cell : bool, optional
-        Each image is one centred cell (crop = its centred square). Default: each row's
-        ``crop_mode`` says (CELLS.csv records it), else ``field``; when given, rows without
-        ``crop_mode`` follow it and rows that contradict it are an error
-        (:func:`single_cell_rows`).
+        Rows without a ``crop_mode`` (older CSVs) are single-cell images (crop = the image's
+        centred square); rows with one are re-cut as it says (:func:`single_cell_rows`).
     epochs : int, optional
         Passes over the training cells (``ceil(epochs * n_train / batch_size)`` steps);
         default: :meth:`AdaptConfig.default_steps`.
@@ -562,7 +546,10 @@ def adapt_from_cells(
     bundle = load_bundle(base_weights)
     rows = reviewed_cells(cells, bundle.classes, single_cell)
     cfg = config or AdaptConfig()
-    _check_enough(rows["reviewed_class"], "reviewed")
+    try:
+        _check_enough(rows["reviewed_class"], "reviewed")
+    except AdaptError as exc:
+        raise AdaptError(f"{exc}{_review_hint(cells)}") from None
     cls_index = {c: i for i, c in enumerate(bundle.classes)}
     y = rows["reviewed_class"].map(cls_index).to_numpy()
     groups = (rows["cell_group"].astype(str).to_numpy() if "cell_group" in rows
@@ -649,6 +636,21 @@ def _unreviewed_crops(cells: pd.DataFrame, bundle: ModelBundle,
         except AdaptError:
             continue
     return np.concatenate(parts) if parts else empty
+
+
+def _review_hint(cells: pd.DataFrame) -> str:
+    """A hint when rows are marked reviewed but carry no ``reviewed_class`` (e.g. a reviewer
+    who corrected the ``class`` column in a spreadsheet), else ""."""
+    if "reviewed" not in cells:
+        return ""
+    marked = cells["reviewed"].astype(str).str.strip().str.lower().isin(("true", "1"))
+    rc = (cells["reviewed_class"].fillna("").astype(str).str.strip()
+          if "reviewed_class" in cells else pd.Series("", index=cells.index))
+    n = int((marked & rc.isin(["", "nan"])).sum())
+    if not n:
+        return ""
+    return (f"; {n} row(s) are marked reviewed but have an empty reviewed_class: put the class "
+            "you decided in reviewed_class (the class column is only read as the model's call)")
 
 
 def _check_enough(classes: pd.Series, what: str) -> None:

@@ -157,26 +157,28 @@ def _nothing_written(files, args: argparse.Namespace) -> int:
     return 1
 
 
-def _write_summary(args: argparse.Namespace) -> str:
+def input_of(inputs) -> dict[str, str]:
+    """Image name (as the CSVs write it) -> the input, as given, it was listed from."""
+    from .image_io import list_images
+
+    return {str(f): str(inp) for inp in inputs for f in list_images([inp])}
+
+
+def _write_summary(args: argparse.Namespace, owner: dict[str, str]) -> str:
     """Write ``--summary-csv``: one differential per input as given (a folder of one smear's
     fields or one patient's single-cell exports pools all its cells), read back from the
-    CSVs just written so that every count path gives the same table. Returns the text the
+    CSVs just written so that every count path gives the same table. ``owner`` maps each
+    image to its input (:func:`input_of`, made when the run started). Returns the text the
     final message adds ("" without ``--summary-csv``)."""
     if args.summary_csv is None:
         return ""
-    from .image_io import list_images
-
-    owner: dict[str, str] = {}
-    for inp in args.inputs:  # an image given twice belongs to the first input naming it
-        for f in list_images([inp]):
-            owner.setdefault(str(f), str(inp))
     cells = pd.read_csv(args.cells_csv, usecols=["image", "class"], dtype=str,
                         keep_default_na=False)
     analysed = pd.read_csv(args.counts_csv, usecols=["image"], dtype=str,
                            keep_default_na=False)["image"].unique()
     images: dict[str, list[str]] = {str(i): [] for i in args.inputs}
     for name in analysed:
-        images[owner.get(name, name)].append(name)
+        images.setdefault(owner.get(name, name), []).append(name)
     parts = []
     for inp, names in images.items():
         table = counts_table(cells.loc[cells["image"].isin(names), "class"])
@@ -185,6 +187,30 @@ def _write_summary(args: argparse.Namespace) -> str:
         parts.append(table)
     write_csv_atomic(pd.concat(parts, ignore_index=True), args.summary_csv)
     return f" and {args.summary_csv}"
+
+
+def _inputs_problem(files, args: argparse.Namespace) -> str | None:
+    """Why the inputs cannot be counted as given (checked before any image is analysed), or
+    ``None``: an image listed twice would count its cells twice, and an output CSV that is one
+    of the input images would replace the image."""
+    seen: set[str] = set()
+    for f in files:
+        if str(f) in seen:
+            return f"{f} is listed twice in the inputs (its cells would be counted twice)"
+        seen.add(str(f))
+    images = {p for f in files for p in (Path(f).absolute(), Path(f).resolve())}
+    for flag, path in _outputs(args):
+        if path.absolute() in images or path.resolve() in images:
+            return f"{flag} {path} is one of the input images: writing it would replace the image"
+    return None
+
+
+def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """``(flag, path)`` of every CSV a ``count`` run writes."""
+    outs = [("--cells-csv", Path(args.cells_csv)), ("--counts-csv", Path(args.counts_csv))]
+    if args.summary_csv is not None:
+        outs.append(("--summary-csv", Path(args.summary_csv)))
+    return outs
 
 
 def _count(args: argparse.Namespace) -> int:
@@ -200,12 +226,17 @@ def _count(args: argparse.Namespace) -> int:
     if not files:
         print("napari-ddrnet: error: no image files found in the inputs", file=sys.stderr)
         return 2
+    problem = _inputs_problem(files, args)
+    if problem:
+        print(f"napari-ddrnet: error: {problem}", file=sys.stderr)
+        return 2
+    owner = input_of(args.inputs)
     if not whole_run:
-        return _count_cohort(files, args)
-    return _count_whole_run(files, args)
+        return _count_cohort(files, args, owner)
+    return _count_whole_run(files, args, owner)
 
 
-def _count_cohort(files, args: argparse.Namespace) -> int:
+def _count_cohort(files, args: argparse.Namespace, owner: dict[str, str]) -> int:
     """Fields and slides, serially or on dask.distributed, restartable (napari_ddrnet.cohort)."""
     from tqdm import tqdm
 
@@ -252,7 +283,7 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
         return _nothing_written(files, args)
     if report.shift is not None and report.shift.warns:
         write(f"napari-ddrnet: warning: {report.shift.summary()}{_ADVICE}")
-    summary = _write_summary(args)
+    summary = _write_summary(args, owner)
     if not args.quiet:
         resumed = f" ({report.resumed} from earlier parts)" if report.resumed else ""
         print(f"{len(files) - len(report.failed)}/{len(files)} images analysed{resumed}, "
@@ -261,7 +292,7 @@ def _count_cohort(files, args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def _count_whole_run(files, args: argparse.Namespace) -> int:
+def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> int:
     """--single-cell (crops batched across images) and --new-lab (adapts on all cells)."""
     from tqdm import tqdm
 
@@ -308,7 +339,7 @@ def _count_whole_run(files, args: argparse.Namespace) -> int:
                   pd.DataFrame(columns=["image"] + COUNT_COLUMNS))
     write_csv_atomic(cells_all, args.cells_csv)
     write_csv_atomic(counts_all, args.counts_csv)
-    summary = _write_summary(args)
+    summary = _write_summary(args, owner)
     _warn_if_unlike_training(classifier, sample, args, write)
     ok = len(files) - len(failed)
     if not args.quiet:
@@ -495,9 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapted weights (card written beside them); default: a new file in "
                         "the user's model folder")
     a.add_argument("--single-cell", action="store_true",
-                   help="each image is one centred cell (as for count --single-cell); only "
-                        "needed for older CSVs without a crop_mode column (newer ones record how "
-                        "each row was cut)")
+                   help="rows without a crop_mode column (CSVs of older versions) are "
+                        "single-cell images, as for count --single-cell; newer CSVs record how "
+                        "each row was cut and are re-cut that way")
     a.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="passes over the training cells (default: 300-400 steps)")
     a.add_argument("--weights", type=Path, default=None, metavar="BASE.safetensors",
@@ -538,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("give either --workers or --scheduler, not both")
             if args.tile_size is not None and args.tile_size < 64:
                 raise ValueError("--tile-size must be at least 64")
-            _check_outputs(args.cells_csv, args.counts_csv, args.summary_csv)
+            _check_outputs(args)
         except ValueError as exc:
             print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
             return 2
@@ -556,18 +587,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _check_outputs(cells_csv, counts_csv, summary_csv=None) -> None:
+def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse output paths that would lose a table, before any image is analysed."""
-    outs = [("--cells-csv", Path(cells_csv)), ("--counts-csv", Path(counts_csv))]
-    if summary_csv is not None:
-        outs.append(("--summary-csv", Path(summary_csv)))
+    outs = _outputs(args)
+    if args.parts_dir is not None:
+        outs.append(("--parts-dir", Path(args.parts_dir)))
     for i, (flag_a, a) in enumerate(outs):
         for flag_b, b in outs[i + 1:]:
             if a.resolve() == b.resolve():
-                raise ValueError(f"{flag_a} and {flag_b} name the same file; one table would "
+                raise ValueError(f"{flag_a} and {flag_b} name the same file; one would "
                                  "overwrite the other")
     for flag, path in outs:
-        if path.is_dir():
+        if flag != "--parts-dir" and path.is_dir():
             raise ValueError(f"{flag} {path} is a folder: give a file name, e.g. "
                              f"{path / (flag[2:-4] + '.csv')}")
 

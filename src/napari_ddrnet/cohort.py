@@ -372,9 +372,14 @@ class _Parts:
                     f"--resume: the parts in {folder} were written by another version of "
                     "napari-ddrnet (other columns); run without --resume to start again")
             if old != manifest:
+                was, now = old.get("settings") or {}, manifest["settings"]
+                changed = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}"
+                                    for k in sorted(set(was) | set(now))
+                                    if was.get(k) != now.get(k))
                 raise CohortError(
                     f"--resume: the parts in {folder} were made with other settings "
-                    f"({old.get('settings')}); run without --resume to start again")
+                    f"({changed}); run with the same settings, or without --resume to start "
+                    "again")
             return
         folder.mkdir(parents=True, exist_ok=True)
         if not resume:  # a fresh run: parts of an earlier run must not leak into this one

@@ -165,7 +165,8 @@ def iter_analyze(
     else:
         rgb = to_rgb_uint8(image)
         vrange = sample = None
-    check_has_colour(rgb if rgb is not None else sample)
+    if rgb is not None:  # a slide's sampled windows may all be glass: not judged on them
+        check_has_colour(rgb)
     source_image = rgb if rgb is not None else image
     px_info = resolve_pixel_size(source_image, given=pixel_size_um, metadata=pixel_size_metadata)
     px = px_info.um
@@ -344,7 +345,6 @@ def plan_slide(image, pixel_size_um: float | None = None, *, crop_fov_um: float 
     windows = sample_windows(image)
     vrange = value_range(windows)
     sample = np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1)
-    check_has_colour(sample)
     px_info = resolve_pixel_size(image, given=pixel_size_um, metadata=pixel_size_metadata)
     h, w = image.shape[:2]
     tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px_info.um, crop_fov_um))
