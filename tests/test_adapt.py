@@ -302,3 +302,22 @@ def test_unknown_crop_mode_is_an_error(single_cell_csv):
     cells.loc[3, "crop_mode"] = "tile"
     with pytest.raises(AdaptError, match="unknown crop_mode"):
         single_cell_rows(cells)
+
+
+def test_cli_adapt_device_and_progress_off_a_terminal(reviewed_csv, tmp_path, capsys):
+    """`adapt --device`: an absent GPU is a clear error before any work; off a terminal (as
+    here, a captured stderr) the progress comes as a few plain lines, not a bar."""
+    import torch
+
+    out = tmp_path / "m.safetensors"
+    if not torch.cuda.is_available():
+        rc = cli.main(["adapt", "--cells-csv", str(reviewed_csv), "--out", str(out),
+                       "--device", "cuda", "--epochs", "1"])
+        assert rc == 2 and "no CUDA GPU" in capsys.readouterr().err
+        assert not out.exists()
+    rc = cli.main(["adapt", "--cells-csv", str(reviewed_csv), "--out", str(out), "--device",
+                   "cpu", "--epochs", "8", "--holdout", "0"])
+    assert rc == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("adapting: ")]
+    assert 2 <= len(lines) <= 11 and lines[-1].split()[1].split("/")[0] == \
+        lines[-1].split()[1].split("/")[1]

@@ -339,10 +339,11 @@ def reestimate_batchnorm(model: nn.Module, x: torch.Tensor, chunk: int = 256) ->
         bn.reset_running_stats()
         bn.momentum = None
         bn.train()
+    dev = next(model.parameters()).device
     for i in range(0, len(x), chunk):
         part = x[i:i + chunk]
         if len(part) >= 2:
-            model(part)
+            model(part.to(dev))
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
@@ -369,11 +370,12 @@ def predict_proba(model: nn.Module, crops: np.ndarray, mean, std, batch: int = 2
     """Softmax probabilities of an (unfused) model, averaged over the 8 rotations/flips as the
     plugin's :class:`~napari_ddrnet.classify.Classifier` does by default."""
     model.eval()
+    dev = next(model.parameters()).device
     out = []
     for i in range(0, len(crops), batch):
-        x = normalize(_to_unit(crops[i:i + batch]), mean, std)
+        x = normalize(_to_unit(crops[i:i + batch]).to(dev), mean, std)
         views = _dihedral(x) if tta else [x]
-        out.append(sum(torch.softmax(model(v), 1) for v in views) / len(views))
+        out.append((sum(torch.softmax(model(v), 1) for v in views) / len(views)).cpu())
     if not out:
         return np.zeros((0, model.fc.out_features if hasattr(model, "fc") else 0), np.float32)
     return torch.cat(out).numpy()
@@ -382,7 +384,7 @@ def predict_proba(model: nn.Module, crops: np.ndarray, mean, std, batch: int = 2
 def fine_tune(bundle: ModelBundle, crops: np.ndarray, labels: np.ndarray,
               config: AdaptConfig | None = None, seed: int = 0,
               progress: Callable[[int, int], None] | None = None,
-              unlabelled: np.ndarray | None = None) -> nn.Module:
+              unlabelled: np.ndarray | None = None, device: str = "cpu") -> nn.Module:
     """AdaBN, then L2-SP-regularised fine-tuning of a copy of ``bundle.model``.
 
     Parameters
@@ -401,16 +403,22 @@ def fine_tune(bundle: ModelBundle, crops: np.ndarray, labels: np.ndarray,
         ``(M, S, S, 3) uint8`` other crops of the same lab, without labels: with
         ``config.lab_adabn`` they join the AdaBN estimate (at most :data:`MAX_UNLABELLED`,
         a seeded random subset beyond).
+    device : str
+        Where to train (``auto``, ``cpu``, ``cuda``, ``mps``). The random draws are made on
+        the CPU, so a seed picks the same cells and augmentations on every device.
 
     Returns
     -------
     torch.nn.Module
-        The adapted model, in eval mode.
+        The adapted model, in eval mode, on the CPU.
     """
+    from .devices import resolve_device
+
+    dev = resolve_device(device)
     cfg = config or AdaptConfig()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = copy.deepcopy(bundle.model).float().cpu()
+    model = copy.deepcopy(bundle.model).float().to(dev)
     x_all = _to_unit(crops)
     y_all = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if cfg.adabn:
@@ -439,8 +447,9 @@ def fine_tune(bundle: ModelBundle, crops: np.ndarray, labels: np.ndarray,
             m.eval()
     for step in range(steps):
         idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=gen)
-        x = normalize(_augment(x_all[idx], cfg, gen), bundle.mean, bundle.std)
-        loss = F.cross_entropy(model(x), y_all[idx], label_smoothing=cfg.label_smoothing)
+        x = normalize(_augment(x_all[idx], cfg, gen).to(dev), bundle.mean, bundle.std)
+        loss = F.cross_entropy(model(x), y_all[idx].to(dev),
+                               label_smoothing=cfg.label_smoothing)
         if cfg.l2sp > 0:
             loss = loss + 0.5 * cfg.l2sp * sum(((p - b) ** 2).sum() for p, b in zip(params, base))
         opt.zero_grad(set_to_none=True)
@@ -449,7 +458,7 @@ def fine_tune(bundle: ModelBundle, crops: np.ndarray, labels: np.ndarray,
         sched.step()
         if progress is not None:
             progress(step + 1, steps)
-    return model.eval()
+    return model.cpu().eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,6 +492,7 @@ def adapt_from_cells(
     source_files: list[str] | None = None,
     unreviewed: bool = False,
     unlabelled_crops: np.ndarray | None = None,
+    device: str = "auto",
 ) -> AdaptReport:
     """Fine-tune the classifier on a lab's reviewed cells and save it as a user model.
 
@@ -524,6 +534,8 @@ def adapt_from_cells(
         did not measurably help (``docs/adaptation.md``).
     unlabelled_crops : numpy.ndarray, optional
         ``(M, S, S, 3) uint8`` further crops of the same lab, cut as for the model.
+    device : str
+        Where to fine-tune: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``mps``.
 
     Returns
     -------
@@ -539,6 +551,12 @@ def adapt_from_cells(
         When the base weights cannot be loaded.
     """
     t0 = time.perf_counter()
+    from .devices import resolve_device
+
+    try:
+        resolve_device(device)  # an absent GPU fails here, before any image is read
+    except ValueError as exc:
+        raise AdaptError(str(exc)) from None
     if not 0.0 <= holdout < 1.0:
         raise AdaptError(f"holdout must be in [0, 1), got {holdout!r}")
     if epochs is not None and epochs < 1:
@@ -574,7 +592,7 @@ def adapt_from_cells(
     timings["unreviewed_crops"] = time.perf_counter() - t0 - sum(timings.values())
 
     model = fine_tune(bundle, crops[tr], y[tr], cfg, seed, progress,
-                      unlabelled=unl if len(unl) else None)
+                      unlabelled=unl if len(unl) else None, device=device)
     timings["fine_tune"] = time.perf_counter() - t0 - sum(timings.values())
 
     before = after = np.zeros(0, int)

@@ -23,6 +23,7 @@ complete there.
 
     napari-ddrnet adapt --cells-csv REVIEWED.csv [MORE.csv ...] [--out MODEL.safetensors]
         [--single-cell] [--epochs N] [--weights BASE.safetensors] [--holdout F] [--seed N]
+        [--device auto|cpu|cuda|mps]
         [--with-unreviewed]
 
 REVIEWED.csv is a CELLS.csv with a ``reviewed_class`` column; rows where it is empty are not
@@ -434,11 +435,18 @@ def _adapt(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     bar = tqdm(desc="adapting", unit="step", disable=_bar_off(args.quiet))
+    tenths: set[int] = set()
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.n = done
         bar.refresh()
+        # Off a terminal (a log, nohup) the bar is silent: a line every tenth of the steps
+        # says the minutes-long fine-tuning is alive.
+        tenth = 10 * done // max(total, 1)
+        if bar.disable and not args.quiet and tenth not in tenths:
+            tenths.add(tenth)
+            print(f"adapting: {done}/{total} steps", file=sys.stderr, flush=True)
 
     try:
         report = adapt_from_cells(cells, args.out, base_weights=args.weights,
@@ -446,7 +454,7 @@ def _adapt(args: argparse.Namespace) -> int:
                                   epochs=args.epochs,
                                   holdout=args.holdout, seed=args.seed, progress=progress,
                                   source_files=[str(p) for p in args.cells_csv],
-                                  unreviewed=args.with_unreviewed)
+                                  unreviewed=args.with_unreviewed, device=args.device)
     except (AdaptError, WeightsError) as exc:
         bar.close()
         return error(exc)
@@ -529,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows without a crop_mode column (CSVs of older versions) are "
                         "single-cell images, as for count --single-cell; newer CSVs record how "
                         "each row was cut and are re-cut that way")
+    a.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where to fine-tune (default auto: a GPU when there is one)")
     a.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="passes over the training cells (default: 300-400 steps)")
     a.add_argument("--weights", type=Path, default=None, metavar="BASE.safetensors",
