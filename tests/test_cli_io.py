@@ -265,7 +265,9 @@ def test_summary_csv_pools_each_input(files, tmp_path, capsys):
     assert rc == 1  # c.jpg is not an image
     assert "summary.csv" in capsys.readouterr().err
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["input", "images", "class", "count", "percent", "basis"]
+    assert list(summary.columns) == ["input", "images", "class", "count", "percent", "basis",
+                                     "shift_score", "unlike_training"]
+    assert summary["unlike_training"].isna().all()  # 8 and 4 cells: too few for a verdict
     cells = pd.read_csv(out / "cells.csv")
     folder = summary[summary["input"] == str(files)]
     assert set(folder["images"]) == {3}  # a.png, b.tif, empty.png

@@ -237,3 +237,47 @@ def test_plain_count_checks_a_slide_tile_by_tile(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0
     assert err[err.index("warning"):] == errs["cyan"][errs["cyan"].index("warning"):]
+
+
+@needs_data("pbc")
+def test_summary_checks_each_input_so_a_shifted_patient_is_named(tmp_path, capsys):
+    """With --summary-csv, each input (a patient's folder) gets its own check: in one run of a
+    clean patient and a cyan-cast one, the summary marks the cast one, stderr names it, and
+    each input's score equals the score of that input counted alone. Both count paths."""
+    from conftest import pbc_mosaic
+
+    files = pbc_test_files(5)
+    clean, cyan = tmp_path / "clean", tmp_path / "cyan"
+    for d in (clean, cyan):
+        d.mkdir()
+    for i, f in enumerate(files):
+        rgb = np.asarray(Image.open(f).convert("RGB"))
+        Image.fromarray(rgb).save(clean / f"{i:02d}.png")
+        cast = rgb.astype(np.float32) * np.asarray([0.6, 1.0, 1.0], np.float32)
+        Image.fromarray(cast.round().astype(np.uint8)).save(cyan / f"{i:02d}.png")
+
+    def run(mode, inputs, tag):
+        rc = cli.main(["count", *mode, *map(str, inputs), "--cells-csv",
+                       str(tmp_path / f"{tag}.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+                       "--summary-csv", str(tmp_path / f"{tag}_summary.csv"), "--device",
+                       "cpu", "--quiet", "--no-tta"])
+        assert rc == 0
+        summary = pd.read_csv(tmp_path / f"{tag}_summary.csv").groupby("input").first()
+        return summary, capsys.readouterr().err
+
+    summary, err = run(["--single-cell"], [clean, cyan], "both")
+    assert not summary.loc[str(clean), "unlike_training"]
+    assert summary.loc[str(cyan), "unlike_training"]
+    assert "1 of 2 inputs look unlike" in err and f"{cyan} (score" in err
+    alone, _ = run(["--single-cell"], [cyan], "alone")
+    assert alone.loc[str(cyan), "shift_score"] == pytest.approx(
+        summary.loc[str(cyan), "shift_score"], abs=2e-4)
+
+    fields = {"plain": tmp_path / "f_plain", "cast": tmp_path / "f_cast"}
+    for d, gains in zip(fields.values(), [(1.0, 1.0, 1.0), (0.6, 1.0, 1.0)]):
+        d.mkdir()
+        Image.fromarray(pbc_mosaic(gains)).save(d / "field.png")
+    summary, err = run([], fields.values(), "fields")  # the per-image, restartable path
+    assert not summary.loc[str(fields["plain"]), "unlike_training"]
+    assert summary.loc[str(fields["cast"]), "unlike_training"]
+    assert f"{fields['cast']} (score" in err

@@ -105,21 +105,81 @@ _ADVICE = (" Review a few cells per class and adapt the model to your lab (`napa
            "mixed classes and can lower some classes.")
 
 
-def _warn_if_unlike_training(classifier, sample, args, write) -> None:
+def _warn_if_unlike_training(classifier, sample, args, write) -> bool:
     """Say on stderr when the run's cells look unlike the training data (label-free; see
-    :mod:`napari_ddrnet.shift_score`); silent for weights without a threshold or small runs."""
+    :mod:`napari_ddrnet.shift_score`); silent for weights without a threshold or small runs.
+    Returns whether it warned."""
     from .shift_score import shift_verdict
 
     try:
         verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
     except Exception as exc:  # comes after the CSVs: it can only warn, never crash
         write(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: {exc}")
-        return
+        return False
     if verdict is None or not verdict.warns:
-        return
+        return False
     advice = (" --new-lab was applied; review some cells to check its classes."
               if args.new_lab else _ADVICE)
     write(f"napari-ddrnet: warning: {verdict.summary()}{advice}")
+    return True
+
+
+def _warn_per_input(verdicts: dict, run_warned: bool, args, write) -> None:
+    """With ``--summary-csv`` and several inputs: name the inputs (patients, smears) whose
+    cells look unlike the training data, since one shifted input can hide in a pooled run."""
+    if len(verdicts) < 2:
+        return
+    shifted = [(inp, v) for inp, v in verdicts.items() if v is not None and v.warns]
+    if not shifted:
+        return
+    names = "; ".join(f"{inp} (score {v.score:.3f} > {v.threshold:.3f}, {v.n_cells} cells)"
+                      for inp, v in shifted)
+    advice = "" if run_warned or args.new_lab else _ADVICE
+    write(f"napari-ddrnet: warning: {len(shifted)} of {len(verdicts)} inputs look unlike the "
+          f"images the classifier learned from (summary column unlike_training): {names}."
+          f"{advice}")
+
+
+class _InputShift:
+    """Per input, the added :func:`~napari_ddrnet.shift_score.layer_mean_sums` of its crops,
+    fed image by image in input order (crops are batched up to 64 within an input)."""
+
+    def __init__(self, bundle, owner: dict[str, str]) -> None:
+        from .shift_score import ShiftSums
+
+        self.bundle, self.owner = bundle, owner
+        self.sums: dict[str, ShiftSums] = {}
+        self._new = ShiftSums
+        self._group: str | None = None
+        self._buffer: list = []
+
+    def add(self, name: str, crops) -> None:
+        if crops is None or not len(crops):
+            return
+        group = self.owner.get(name, name)
+        if group != self._group:
+            self.flush()
+            self._group = group
+        self._buffer.append(crops)
+        if sum(len(c) for c in self._buffer) >= 64:
+            self.flush()
+
+    def flush(self) -> None:
+        import numpy as np
+
+        from .shift_score import layer_mean_sums
+
+        if self._buffer and self._group is not None:
+            crops = np.concatenate(self._buffer)
+            self.sums.setdefault(self._group, self._new()).add(
+                layer_mean_sums(self.bundle, crops), len(crops))
+        self._buffer = []
+
+    def verdicts(self) -> dict:
+        from .shift_score import verdict_from_sums
+
+        self.flush()
+        return {g: verdict_from_sums(self.bundle, t.sum, t.n) for g, t in self.sums.items()}
 
 
 def _single_cell_results(files, classifier, args, failed, write):
@@ -165,14 +225,18 @@ def input_of(inputs) -> dict[str, str]:
     return {str(f): str(inp) for inp in inputs for f in list_images([inp])}
 
 
-def _write_summary(args: argparse.Namespace, owner: dict[str, str]) -> str:
+def _write_summary(args: argparse.Namespace, owner: dict[str, str],
+                   verdicts: dict | None = None) -> str:
     """Write ``--summary-csv``: one differential per input as given (a folder of one smear's
     fields or one patient's single-cell exports pools all its cells), read back from the
     CSVs just written so that every count path gives the same table. ``owner`` maps each
-    image to its input (:func:`input_of`, made when the run started). Returns the text the
-    final message adds ("" without ``--summary-csv``)."""
+    image to its input (:func:`input_of`, made when the run started); ``verdicts`` holds each
+    input's "unlike the training data" check (``shift_score``, ``unlike_training``; empty
+    under 32 cells or for weights without a threshold). Returns the text the final message
+    adds ("" without ``--summary-csv``)."""
     if args.summary_csv is None:
         return ""
+    verdicts = verdicts or {}
     cells = pd.read_csv(args.cells_csv, usecols=["image", "class"], dtype=str,
                         keep_default_na=False)
     analysed = pd.read_csv(args.counts_csv, usecols=["image"], dtype=str,
@@ -185,6 +249,9 @@ def _write_summary(args: argparse.Namespace, owner: dict[str, str]) -> str:
         table = counts_table(cells.loc[cells["image"].isin(names), "class"])
         table.insert(0, "images", len(names))
         table.insert(0, "input", inp)
+        verdict = verdicts.get(inp)
+        table["shift_score"] = round(verdict.score, 4) if verdict is not None else None
+        table["unlike_training"] = verdict.warns if verdict is not None else None
         parts.append(table)
     write_csv_atomic(pd.concat(parts, ignore_index=True), args.summary_csv)
     return f" and {args.summary_csv}"
@@ -274,7 +341,8 @@ def _count_cohort(files, args: argparse.Namespace, owner: dict[str, str]) -> int
         with cluster(args.workers, args.scheduler) as client:
             report = count_cohort(files, args.cells_csv, args.counts_csv, client=client,
                                   settings=settings, resume=args.resume,
-                                  parts_dir=args.parts_dir, progress=progress, warn=write)
+                                  parts_dir=args.parts_dir, progress=progress, warn=write,
+                                  groups=owner if args.summary_csv else None)
     except CohortError as exc:
         close_bar()
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
@@ -282,9 +350,11 @@ def _count_cohort(files, args: argparse.Namespace, owner: dict[str, str]) -> int
     close_bar()
     if not report.written:
         return _nothing_written(files, args)
-    if report.shift is not None and report.shift.warns:
+    warned = report.shift is not None and report.shift.warns
+    if warned:
         write(f"napari-ddrnet: warning: {report.shift.summary()}{_ADVICE}")
-    summary = _write_summary(args, owner)
+    _warn_per_input(report.group_shift, warned, args, write)
+    summary = _write_summary(args, owner, report.group_shift)
     if not args.quiet:
         resumed = f" ({report.resumed} from earlier parts)" if report.resumed else ""
         print(f"{len(files) - len(report.failed)}/{len(files)} images analysed{resumed}, "
@@ -319,8 +389,11 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
     if args.new_lab:  # needs every cell first: analyse all, adapt, then re-classify
         results = _adapted_to_lab(list(results), classifier, args, write)
     sample = CropSample()  # the run's cells (re-classified ones keep their raw crops)
+    per_input = _InputShift(classifier.bundle, owner) if args.summary_csv else None
     for name, result in results:
         sample.add(result.crops)
+        if per_input is not None:
+            per_input.add(name, result.crops)
         cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
                                        result.pixel_size_um, result.pixel_size_source)
         if result.pixel_size_source == "default" and not args.single_cell:
@@ -340,8 +413,16 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
                   pd.DataFrame(columns=["image"] + COUNT_COLUMNS))
     write_csv_atomic(cells_all, args.cells_csv)
     write_csv_atomic(counts_all, args.counts_csv)
-    summary = _write_summary(args, owner)
-    _warn_if_unlike_training(classifier, sample, args, write)
+    verdicts = {}
+    if per_input is not None:
+        try:
+            verdicts = per_input.verdicts()
+        except Exception as exc:  # it can only warn: never a traceback instead of the CSVs
+            write(f"napari-ddrnet: warning: the per-input 'unlike the training data' check "
+                  f"was skipped: {exc}")
+    summary = _write_summary(args, owner, verdicts)
+    warned = _warn_if_unlike_training(classifier, sample, args, write)
+    _warn_per_input(verdicts, warned, args, write)
     ok = len(files) - len(failed)
     if not args.quiet:
         print(f"{ok}/{len(files)} images analysed, {len(cells_all)} cells; "

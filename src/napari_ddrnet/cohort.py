@@ -32,7 +32,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +43,7 @@ import pandas as pd
 from .classes import DEFAULT_MIN_CONFIDENCE
 from .report import COUNT_COLUMNS, csv_tables, write_csv_atomic
 from .schema import cells_csv_columns
+from .shift_score import ShiftSums
 
 if TYPE_CHECKING:
     from .shift_score import ShiftVerdict
@@ -126,6 +127,9 @@ class CohortReport:
         Folder of the per-image parts.
     shift : napari_ddrnet.shift_score.ShiftVerdict or None
         The label-free "unlike the training data" check of this run's cells.
+    group_shift : dict
+        The same check per group of images (``count_cohort(groups=...)``): group -> verdict,
+        ``None`` where the group has too few cells for one.
     """
 
     images: int
@@ -140,6 +144,8 @@ class CohortReport:
     #: without a threshold, every check failed, or only images resumed from parts written
     #: before the check).
     shift: ShiftVerdict | None = None
+    #: The same check per group of images (``count_cohort(groups=...)``).
+    group_shift: dict = field(default_factory=dict)
     #: Whether the CSVs were written: not when every image failed (earlier files are kept).
     written: bool = False
 
@@ -213,26 +219,6 @@ class _Done:
     #: added up over its tiles).
     shift_sum: np.ndarray | None = None
     shift_n: int = 0
-
-
-@dataclass
-class _ShiftTotal:
-    """Added-up :func:`~napari_ddrnet.shift_score.layer_mean_sums` and their crop count (of a
-    slide's tiles, or of a run's images)."""
-
-    sum: np.ndarray | None = None
-    n: int = 0
-
-    def add(self, sums: np.ndarray | None, n: int) -> None:
-        if sums is None:
-            return
-        if self.sum is None:
-            self.sum = sums
-        elif len(sums) == len(self.sum):
-            self.sum = self.sum + sums
-        else:  # parts written with another model: left out, no crash
-            return
-        self.n += n
 
 
 @dataclass
@@ -530,7 +516,8 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
                  settings: CountSettings | None = None, resume: bool = False,
                  parts_dir: str | os.PathLike | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 warn: Callable[[str], None] | None = None) -> CohortReport:
+                 warn: Callable[[str], None] | None = None,
+                 groups: Mapping[str, str] | None = None) -> CohortReport:
     """Analyse many images and write the cells and counts CSVs, restartably.
 
     Parameters
@@ -552,6 +539,9 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
         ``progress(done, total)`` over tasks; ``total`` grows as slides are planned.
     warn : callable, optional
         Called with a message per skipped image or default pixel size.
+    groups : mapping, optional
+        Image name -> group (e.g. the folder it was listed from): the "unlike the training
+        data" check is then also made per group (:attr:`CohortReport.group_shift`).
 
     Returns
     -------
@@ -578,11 +568,18 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     todo = [n for n in names if not (resume and parts.is_done(n))]
     report.resumed = len(names) - len(todo)
     failed: dict[str, str] = {}
-    shift = _ShiftTotal()
+    shift = ShiftSums()
+    by_group: dict[str, ShiftSums] = {}
+
+    def add_shift(name: str, sums, n: int) -> None:
+        shift.add(sums, n)
+        if groups is not None:
+            by_group.setdefault(groups.get(name, name), ShiftSums()).add(sums, n)
+
     pending = set(todo)
     for name in names:  # images finished by an earlier run count towards the verdict too
         if name not in pending:
-            shift.add(*(parts.shift_of(name) or (None, 0)))
+            add_shift(name, *(parts.shift_of(name) or (None, 0)))
 
     def finish(done: _Done) -> None:
         try:
@@ -592,7 +589,7 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
                               f"images already written are kept there, and --resume "
                               f"continues from them") from exc
         report.analysed += 1
-        shift.add(done.shift_sum, done.shift_n)
+        add_shift(done.name, done.shift_sum, done.shift_n)
         if done.pixel_size_source == "default":
             warn(f"napari-ddrnet: warning: {done.name}: {done.note}")
 
@@ -623,8 +620,10 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
         from .shift_score import verdict_from_sums
 
         try:
-            report.shift = verdict_from_sums(worker_classifier(settings).bundle, shift.sum,
-                                             shift.n)
+            bundle = worker_classifier(settings).bundle
+            report.shift = verdict_from_sums(bundle, shift.sum, shift.n)
+            report.group_shift = {g: verdict_from_sums(bundle, t.sum, t.n)
+                                  for g, t in by_group.items()}
         except Exception as exc:  # it can only warn: never a traceback instead of the CSVs
             warn(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: "
                  f"{exc}")
@@ -657,7 +656,7 @@ def _assembler(settings: CountSettings):
     pending: dict[str, tuple] = {}
 
     def start(item: _Planned) -> int:
-        pending[item.name] = (item.plan, [], _ShiftTotal())
+        pending[item.name] = (item.plan, [], ShiftSums())
         return len(item.plan.tiles)
 
     def add(name: str, tile) -> _Done | _Failed | None:

@@ -438,6 +438,28 @@ def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None,
     return torch.cat([m.sum(0) for m in means]).numpy()
 
 
+@dataclass
+class ShiftSums:
+    """Added-up :func:`layer_mean_sums` and their crop count: of a slide's tiles, a run's
+    images, or a group of images (one patient's folder); :func:`verdict_from_sums` judges
+    them."""
+
+    sum: np.ndarray | None = None
+    n: int = 0
+
+    def add(self, sums: np.ndarray | None, n: int) -> None:
+        """Add one image's (or tile's) sums over ``n`` crops; ``None`` adds nothing."""
+        if sums is None:
+            return
+        if self.sum is None:
+            self.sum = sums
+        elif len(sums) == len(self.sum):
+            self.sum = self.sum + sums
+        else:  # parts written with another model: left out, no crash
+            return
+        self.n += n
+
+
 def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
                       n: int) -> ShiftVerdict | None:
     """The run's verdict from the added :func:`layer_mean_sums` of all its crops.
