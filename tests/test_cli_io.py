@@ -249,6 +249,10 @@ def test_a_run_where_every_image_fails_keeps_the_earlier_csvs(files, tmp_path, c
     err = capsys.readouterr().err
     assert "none of the 2 images could be analysed" in err and "Traceback" not in err
     assert ((tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()) == before
+    fresh = ["--cells-csv", str(tmp_path / "new" / "c.csv"), "--counts-csv",
+             str(tmp_path / "new" / "n.csv"), "--device", "cpu", "--quiet"]
+    assert cli.main(["count", str(tmp_path / "no_such.png"), *mode, *fresh]) == 1
+    assert not (tmp_path / "new" / "c.csv.parts").exists()  # no empty parts folder left
 
 
 def test_summary_csv_pools_each_input(files, tmp_path, capsys):
@@ -265,15 +269,17 @@ def test_summary_csv_pools_each_input(files, tmp_path, capsys):
     assert rc == 1  # c.jpg is not an image
     assert "summary.csv" in capsys.readouterr().err
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == ["input", "images", "class", "count", "percent", "basis",
-                                     "shift_score", "unlike_training"]
+    assert list(summary.columns) == ["input", "images", "images_failed", "class", "count",
+                                     "percent", "basis", "shift_score", "unlike_training"]
     assert summary["unlike_training"].isna().all()  # 8 and 4 cells: too few for a verdict
     cells = pd.read_csv(out / "cells.csv")
     folder = summary[summary["input"] == str(files)]
     assert set(folder["images"]) == {3}  # a.png, b.tif, empty.png
+    assert set(folder["images_failed"]) == {1}  # c.jpg
     assert folder["count"].sum() == (cells["image"] != str(alone)).sum() == 8
     single = summary[summary["input"] == str(alone)]
     assert set(single["images"]) == {1} and single["count"].sum() == 4
+    assert set(single["images_failed"]) == {0}
     pd.testing.assert_frame_equal(  # pooled, not summed per image: same percent basis
         folder[["class", "count"]].reset_index(drop=True),
         counts_table(cells.loc[cells["image"] != str(alone), "class"])[["class", "count"]])

@@ -244,9 +244,13 @@ def _write_summary(args: argparse.Namespace, owner: dict[str, str],
     images: dict[str, list[str]] = {str(i): [] for i in args.inputs}
     for name in analysed:
         images.setdefault(owner.get(name, name), []).append(name)
+    listed: dict[str, int] = {}
+    for inp in owner.values():
+        listed[inp] = listed.get(inp, 0) + 1
     parts = []
     for inp, names in images.items():
         table = counts_table(cells.loc[cells["image"].isin(names), "class"])
+        table.insert(0, "images_failed", max(listed.get(inp, 0) - len(names), 0))
         table.insert(0, "images", len(names))
         table.insert(0, "input", inp)
         verdict = verdicts.get(inp)
@@ -550,6 +554,10 @@ def _adapt(args: argparse.Namespace) -> int:
         for c, v in report.per_class.items():
             print(f"  {c:14s} train {v['train']:4d}  held out {v['holdout']:4d}  "
                   f"{pct(v['before'])} -> {pct(v['after'])}", file=sys.stderr)
+        if 0 < report.n_holdout < 50:  # 2 cells per class can only read 0, 50 or 100 %
+            print(f"  ({report.n_holdout} held-out cells: a rough check, not a measurement; "
+                  "review more cells, or give a cell_group column so near-copies of one "
+                  "cell stay on one side)", file=sys.stderr)
         print(f"wrote {report.path} (use: napari-ddrnet count --weights {report.path} ...)",
               file=sys.stderr)
     if (report.after_accuracy is not None

@@ -367,12 +367,25 @@ class _Parts:
                     f"({changed}); run with the same settings, or without --resume to start "
                     "again")
             return
+        self.created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         if not resume:  # a fresh run: parts of an earlier run must not leak into this one
             for p in folder.iterdir():
                 if _PART_NAME.fullmatch(p.name) or p.name == "cohort.json":
                     p.unlink()
         _write_text_atomic(mpath, [json.dumps(manifest, indent=1)])
+
+    def remove_if_unused(self) -> None:
+        """Remove the folder when this run made it and wrote nothing but its manifest (every
+        image failed): no empty ``.parts`` folder is left behind."""
+        if not getattr(self, "created", False):
+            return
+        try:
+            if [p.name for p in self.folder.iterdir()] == ["cohort.json"]:
+                (self.folder / "cohort.json").unlink()
+                self.folder.rmdir()
+        except OSError:
+            pass
 
     def _path(self, name: str, kind: str) -> Path:
         return self.folder / f"{part_key(name)}.{kind}"
@@ -606,6 +619,7 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     report.failed = [(n, failed[n]) for n in names if n in failed]
     ok = [n for n in names if n not in failed]
     if not ok:  # nothing analysed (e.g. every path mistyped): keep any earlier CSVs
+        parts.remove_if_unused()
         return report
     classes = _classes(settings)
     try:

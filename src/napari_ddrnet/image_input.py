@@ -66,7 +66,7 @@ def check_has_colour(rgb: np.ndarray) -> None:
         raise ImageInputError(
             "The image has no colour (its red, green and blue channels are equal): it looks "
             "like a grayscale picture saved as RGB. White-cell detection relies on the colour "
-            "of the Romanowsky stain: open the colour image of the smear.")
+            "of the Romanowsky stain: open the colour image.")
 
 
 def value_range(samples) -> tuple[float, float] | None:
