@@ -221,6 +221,10 @@ def test_csvs_are_readable_by_the_lab_and_outputs_are_checked_first(files, tmp_p
         assert cli.main(["count", str(files / "a.png"), str(files), *mode, *twice]) == 2
         assert "listed twice" in capsys.readouterr().err
     assert not (tmp_path / "s.csv").exists()
+    (tmp_path / "link").symlink_to(files)  # the same file under another spelling
+    for other in (str((files / "a.png").absolute()), str(tmp_path / "link" / "a.png")):
+        assert cli.main(["count", str(files / "a.png"), other, "--single-cell", *twice]) == 2
+        assert "listed twice" in capsys.readouterr().err
     (tmp_path / "folder").mkdir()
     folder = ["--cells-csv", str(tmp_path / "folder"), "--counts-csv", str(tmp_path / "k.csv")]
     assert cli.main(["count", str(files / "a.png"), *folder, "--device", "cpu"]) == 2
@@ -286,6 +290,31 @@ def test_summary_csv_pools_each_input(files, tmp_path, capsys):
     wbc = folder[folder["basis"] == "% of WBC"]
     if wbc["count"].sum():
         assert wbc["percent"].sum() == pytest.approx(100.0)
+
+
+def test_a_failing_per_input_check_never_costs_the_csvs(files, tmp_path, capsys,
+                                                        monkeypatch):
+    """--summary-csv scores each input as images are classified; if that check fails (here:
+    forced), the run still writes all three CSVs and says the check was skipped."""
+    from napari_ddrnet import shift_score
+
+    def broken(*a, **k):
+        raise ValueError("unknown shift-score reference 'running_v2'")
+
+    monkeypatch.setattr(shift_score, "layer_mean_sums", broken)
+    cells = tmp_path / "big"
+    cells.mkdir()
+    for k in range(34):  # enough single-cell images in one input to be scored
+        (cells / f"{k:02d}.png").write_bytes((files / "a.png").read_bytes())
+    out = ["--cells-csv", str(tmp_path / "c.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+           "--summary-csv", str(tmp_path / "s.csv"), "--device", "cpu", "--quiet", "--no-tta"]
+    assert cli.main(["count", "--single-cell", str(cells), *out]) == 0
+    err = capsys.readouterr().err
+    assert "per-input 'unlike the training data' check was skipped" in err
+    assert "Traceback" not in err
+    for name in ("c.csv", "n.csv", "s.csv"):
+        assert (tmp_path / name).is_file()
+    assert pd.read_csv(tmp_path / "s.csv")["unlike_training"].isna().all()
 
 
 @needs_data("pbc")

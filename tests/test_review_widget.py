@@ -241,7 +241,8 @@ def test_adapt_runs_in_worker_and_refreshes_model_list(make_napari_viewer, qtbot
 
     def fake_adapt(cells, out=None, *, images=None, base_weights=None, single_cell=False,
                    progress=None, **kw):
-        calls.update(cells=cells, images=images, base=base_weights, single=single_cell)
+        calls.update(cells=cells, images=images, base=base_weights, single=single_cell,
+                     device=kw.get("device"))
         for i in range(3):
             progress(i + 1, 3)
         path = user_models_dir() / "adapted-test.safetensors"
@@ -267,6 +268,7 @@ def test_adapt_runs_in_worker_and_refreshes_model_list(make_napari_viewer, qtbot
     assert {"image", "pixel_size_um", "min_row", "reviewed_class"} <= set(cells.columns)
     assert calls["images"][widget.review.image_name] is widget.result_data
     assert calls["base"] == widget.weights_used and calls["single"] is False
+    assert calls["device"] == widget.device == "cpu"  # the device chosen for the analysis
     assert "0 % before, 100 % after" in gallery._adapt_label.text()
     # The widget's model list now offers it (choices are the weights paths): the shipped
     # default first, then the package's other models, then the user's.

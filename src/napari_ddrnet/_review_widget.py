@@ -436,7 +436,7 @@ class ReviewWidget(QWidget):
                       "the before/after check.")
             return None
         worker = create_worker(_adapt_steps, cells, {s.image_name: diff.result_data},
-                               diff.weights_used, diff.result_single,
+                               diff.weights_used, diff.result_single, diff.device,
                                _start_thread=False)
         worker.yielded.connect(self._adapt_progress)
         worker.returned.connect(self._adapt_done)
@@ -513,9 +513,10 @@ class ReviewWidget(QWidget):
             self._thumb_worker = None
 
 
-def _adapt_steps(cells, images, base_weights, single_cell):
-    """Run :func:`~napari_ddrnet.adapt.adapt_from_cells`, yielding its ``(done, total)``
-    steps (a generator worker reports them to the Qt thread) and returning its report."""
+def _adapt_steps(cells, images, base_weights, single_cell, device="auto"):
+    """Run :func:`~napari_ddrnet.adapt.adapt_from_cells` on the device chosen for the
+    analysis, yielding its ``(done, total)`` steps (a generator worker reports them to the Qt
+    thread) and returning its report."""
     from .adapt import adapt_from_cells
 
     steps: queue.Queue = queue.Queue()
@@ -524,7 +525,7 @@ def _adapt_steps(cells, images, base_weights, single_cell):
     def run():
         try:
             out["report"] = adapt_from_cells(cells, images=images, base_weights=base_weights,
-                                             single_cell=single_cell,
+                                             single_cell=single_cell, device=device,
                                              progress=lambda d, t: steps.put((d, t)))
         except BaseException as exc:  # re-raised in the worker: napari's errored signal
             out["error"] = exc

@@ -473,6 +473,12 @@ class DifferentialWidget(Container):
         self._gallery = gallery
         return gallery
 
+    @property
+    def device(self) -> str:
+        """The device chosen in the widget: for the analysis, and for adapting the model from
+        the review (a GPU when there is one on ``auto``)."""
+        return str(self._device.value)
+
     # -- export ------------------------------------------------------------------------------
     def export_csv(self, path: str | Path) -> tuple[Path, Path]:
         """Write the counts to ``path`` and the per-cell table to ``<stem>_cells.csv``.

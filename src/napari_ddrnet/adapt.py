@@ -612,6 +612,7 @@ def adapt_from_cells(
                          n_unlabelled=min(len(unl), MAX_UNLABELLED), timings=timings)
     base_path = Path(base_weights) if base_weights is not None else None
     card = _card(bundle, base_path, rows, report, cfg, seed, bool(single.any()), source_files)
+    card["adaptation"]["device"] = str(resolve_device(device))  # GPU sums differ in the last bits
     from .weights import export_weights
 
     export_weights(model.state_dict(), card, report.path)

@@ -105,14 +105,16 @@ _ADVICE = (" Review a few cells per class and adapt the model to your lab (`napa
            "mixed classes and can lower some classes.")
 
 
-def _warn_if_unlike_training(classifier, sample, args, write) -> bool:
+def _warn_if_unlike_training(classifier, sample, args, write, verdict=None) -> bool:
     """Say on stderr when the run's cells look unlike the training data (label-free; see
     :mod:`napari_ddrnet.shift_score`); silent for weights without a threshold or small runs.
-    Returns whether it warned."""
+    ``verdict``, when given, is the run's verdict from all its crops (with ``--summary-csv``)
+    instead of the sample's. Returns whether it warned."""
     from .shift_score import shift_verdict
 
     try:
-        verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
+        if verdict is None:
+            verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
     except Exception as exc:  # comes after the CSVs: it can only warn, never crash
         write(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: {exc}")
         return False
@@ -142,21 +144,33 @@ def _warn_per_input(verdicts: dict, run_warned: bool, args, write) -> None:
 
 class _InputShift:
     """Per input, the added :func:`~napari_ddrnet.shift_score.layer_mean_sums` of its crops,
-    fed image by image in input order (crops are batched up to 64 within an input)."""
+    fed image by image in input order (crops are batched up to 64 within an input). A check
+    that fails stops (:attr:`error`) and is reported after the CSVs: it never costs them."""
 
-    def __init__(self, bundle, owner: dict[str, str]) -> None:
-        from .shift_score import ShiftSums
+    def __init__(self, bundle, owner: dict[str, str], single_cell: bool) -> None:
+        from .shift_score import SHIFT_MIN_CROPS, ShiftSums
 
         self.bundle, self.owner = bundle, owner
         self.sums: dict[str, ShiftSums] = {}
+        self.error: Exception | None = None
+        self.partial = False
         self._new = ShiftSums
         self._group: str | None = None
         self._buffer: list = []
+        # One cell per single-cell image: an input of fewer images can never get a verdict.
+        files = {}
+        for inp in owner.values():
+            files[inp] = files.get(inp, 0) + 1
+        self._skip = ({inp for inp, k in files.items() if k < SHIFT_MIN_CROPS}
+                      if single_cell else set())
 
     def add(self, name: str, crops) -> None:
-        if crops is None or not len(crops):
+        if crops is None or not len(crops) or self.error is not None:
             return
         group = self.owner.get(name, name)
+        if group in self._skip:
+            self.partial = True  # the run's verdict then comes from its sample instead
+            return
         if group != self._group:
             self.flush()
             self._group = group
@@ -169,17 +183,34 @@ class _InputShift:
 
         from .shift_score import layer_mean_sums
 
-        if self._buffer and self._group is not None:
+        if self._buffer and self._group is not None and self.error is None:
             crops = np.concatenate(self._buffer)
-            self.sums.setdefault(self._group, self._new()).add(
-                layer_mean_sums(self.bundle, crops), len(crops))
+            try:
+                sums = layer_mean_sums(self.bundle, crops)
+            except Exception as exc:  # e.g. weights whose card the check cannot read
+                self.error = exc
+            else:
+                self.sums.setdefault(self._group, self._new()).add(sums, len(crops))
         self._buffer = []
 
-    def verdicts(self) -> dict:
+    def verdicts(self) -> tuple[dict, object]:
+        """Per-input verdicts and the run's, from all crops (``({}, None)`` after a failure)."""
         from .shift_score import verdict_from_sums
 
         self.flush()
-        return {g: verdict_from_sums(self.bundle, t.sum, t.n) for g, t in self.sums.items()}
+        if self.error is not None:
+            return {}, None
+        total = self._new()
+        for t in self.sums.values():
+            total.add(t.sum, t.n)
+        try:
+            return ({g: verdict_from_sums(self.bundle, t.sum, t.n)
+                     for g, t in self.sums.items()},
+                    None if self.partial else verdict_from_sums(self.bundle, total.sum,
+                                                                total.n))
+        except Exception as exc:
+            self.error = exc
+            return {}, None
 
 
 def _single_cell_results(files, classifier, args, failed, write):
@@ -265,11 +296,13 @@ def _inputs_problem(files, args: argparse.Namespace) -> str | None:
     """Why the inputs cannot be counted as given (checked before any image is analysed), or
     ``None``: an image listed twice would count its cells twice, and an output CSV that is one
     of the input images would replace the image."""
-    seen: set[str] = set()
+    seen: dict[Path, Path] = {}
     for f in files:
-        if str(f) in seen:
-            return f"{f} is listed twice in the inputs (its cells would be counted twice)"
-        seen.add(str(f))
+        real = Path(f).resolve()  # also the same file under two spellings or through a link
+        if real in seen:
+            same = "" if Path(seen[real]) == Path(f) else f" (also as {seen[real]})"
+            return f"{f} is listed twice in the inputs{same}: its cells would be counted twice"
+        seen[real] = Path(f)
     images = {p for f in files for p in (Path(f).absolute(), Path(f).resolve())}
     for flag, path in _outputs(args):
         if path.absolute() in images or path.resolve() in images:
@@ -393,7 +426,8 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
     if args.new_lab:  # needs every cell first: analyse all, adapt, then re-classify
         results = _adapted_to_lab(list(results), classifier, args, write)
     sample = CropSample()  # the run's cells (re-classified ones keep their raw crops)
-    per_input = _InputShift(classifier.bundle, owner) if args.summary_csv else None
+    per_input = (_InputShift(classifier.bundle, owner, args.single_cell)
+                 if args.summary_csv else None)
     for name, result in results:
         sample.add(result.crops)
         if per_input is not None:
@@ -417,15 +451,13 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
                   pd.DataFrame(columns=["image"] + COUNT_COLUMNS))
     write_csv_atomic(cells_all, args.cells_csv)
     write_csv_atomic(counts_all, args.counts_csv)
-    verdicts = {}
-    if per_input is not None:
-        try:
-            verdicts = per_input.verdicts()
-        except Exception as exc:  # it can only warn: never a traceback instead of the CSVs
-            write(f"napari-ddrnet: warning: the per-input 'unlike the training data' check "
-                  f"was skipped: {exc}")
+    verdicts, run_verdict = per_input.verdicts() if per_input is not None else ({}, None)
     summary = _write_summary(args, owner, verdicts)
-    warned = _warn_if_unlike_training(classifier, sample, args, write)
+    if per_input is not None and per_input.error is not None:
+        write(f"napari-ddrnet: warning: the per-input 'unlike the training data' check was "
+              f"skipped: {per_input.error}")
+    # With the summary, the run is judged on all its crops, as each input is (same numbers).
+    warned = _warn_if_unlike_training(classifier, sample, args, write, run_verdict)
     _warn_per_input(verdicts, warned, args, write)
     ok = len(files) - len(failed)
     if not args.quiet:

@@ -141,8 +141,7 @@ class CohortReport:
     parts_dir: Path | None = None
     #: Whether the run's cells (fields and slides) look unlike the training data
     #: (:mod:`napari_ddrnet.shift_score`); ``None``: no verdict (under 32 cells, weights
-    #: without a threshold, every check failed, or only images resumed from parts written
-    #: before the check).
+    #: without a threshold, or every check failed).
     shift: ShiftVerdict | None = None
     #: The same check per group of images (``count_cohort(groups=...)``).
     group_shift: dict = field(default_factory=dict)
