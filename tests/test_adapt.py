@@ -321,3 +321,15 @@ def test_cli_adapt_device_and_progress_off_a_terminal(reviewed_csv, tmp_path, ca
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("adapting: ")]
     assert 2 <= len(lines) <= 11 and lines[-1].split()[1].split("/")[0] == \
         lines[-1].split()[1].split("/")[1]
+
+
+def test_an_image_named_like_a_missing_value_is_a_name(reviewed_csv, tmp_path, capsys):
+    """pandas reads a bare "NA" as missing; adapt must treat it as the file name it is."""
+    cells = pd.read_csv(reviewed_csv)
+    cells.loc[2, "image"] = "NA"
+    bad = tmp_path / "na.csv"
+    cells.to_csv(bad, index=False)
+    rc = cli.main(["adapt", "--cells-csv", str(bad), "--out", str(tmp_path / "m.safetensors"),
+                   "--epochs", "1", "--holdout", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot read image NA" in err and "Traceback" not in err

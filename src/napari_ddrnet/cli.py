@@ -512,6 +512,9 @@ def _read_reviewed(paths: list[Path]) -> pd.DataFrame:
     for csv in paths:
         try:
             df = pd.read_csv(csv, dtype={"image": str, "reviewed_class": str})
+            if "image" in df:  # a file named e.g. "NA" or "null" is a name, not a missing value
+                df["image"] = pd.read_csv(csv, usecols=["image"], dtype=str,
+                                          keep_default_na=False)["image"]
         except (OSError, ValueError) as exc:
             raise AdaptError(f"cannot read {csv}: {exc}") from exc
         if "image" in df:
