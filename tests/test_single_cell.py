@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import needs_data, pbc_test_files
 from PIL import Image
 
@@ -127,3 +128,38 @@ def test_new_lab_mode_needs_enough_cells(smear, tmp_path, capsys):
                    "--pixel-size", "0.1", "--new-lab"])
     assert rc == 0 and len(pd.read_csv(tmp_path / "c.csv")) == 4
     assert "--new-lab not applied" in capsys.readouterr().err
+
+
+@needs_data("lisc")
+def test_a_folder_of_exports_shares_its_pooled_pixel_size(tmp_path):
+    """count --single-cell: the images of one folder (one analyser) share the median of their
+    red-cell estimates, so no export falls back to the 0.1 default and areas are comparable;
+    a typed pixel size still wins, and a folder of too few images keeps each image's own."""
+    root = data_root() / "lisc" / "neutrophil"
+    files = sorted(root.glob("*.jpg"))[:45]
+    big, small = tmp_path / "big", tmp_path / "small"
+    big.mkdir()
+    small.mkdir()
+    for f in files[:40]:
+        (big / f.name).symlink_to(f)
+    for f in files[40:]:  # other files: one image listed twice is refused
+        (small / f.name).symlink_to(f)
+
+    def run(*extra):
+        cells_csv = tmp_path / "cells.csv"
+        rc = cli.main(["count", "--single-cell", *extra, "--cells-csv", str(cells_csv),
+                       "--counts-csv", str(tmp_path / "counts.csv"), "--device", "cpu",
+                       "--quiet", "--no-tta"])
+        assert rc == 0
+        return pd.read_csv(cells_csv)
+
+    cells = run(str(big), str(small))
+    mine = cells[cells["image"].str.startswith(str(big))]
+    assert len(mine) == 40 and mine["pixel_size_um"].nunique() == 1
+    assert set(mine["pixel_size_source"]) == {"estimated"}
+    assert 0.14 < mine["pixel_size_um"].iloc[0] < 0.20
+    few = cells[cells["image"].str.startswith(str(small))]
+    assert few["pixel_size_um"].nunique() > 1  # 5 images: each keeps its own estimate
+    typed = run(str(big), "--pixel-size", "0.15")
+    assert set(typed["pixel_size_source"]) == {"given"}
+    assert typed["pixel_size_um"].tolist() == pytest.approx([0.15] * 40)

@@ -213,23 +213,55 @@ class _InputShift:
             return {}, None
 
 
-def _single_cell_results(files, classifier, args, failed, write):
-    """``(name, AnalysisResult)`` per single-cell image, classified in batches."""
+def _single_cell_results(files, classifier, args, failed, write, owner):
+    """``(name, AnalysisResult)`` per single-cell image, classified in batches. Without
+    ``--pixel-size``, each input folder's images are measured first and those whose own
+    pixel size was only estimated (or the default) share the folder's median estimate
+    (:func:`napari_ddrnet.single_cell.pooled_pixel_size`)."""
     from .image_io import read_image
-    from .single_cell import classify_single_cells, prepare_single_cell
+    from .single_cell import (
+        classify_single_cells,
+        image_pixel_size,
+        pooled_pixel_size,
+        prepare_single_cell,
+    )
 
     names: dict[int, str] = {}
+    groups: dict[str, list] = {}
+    for path in files:  # inputs in order, each input's images together
+        groups.setdefault(owner.get(str(path), str(path)), []).append(path)
+
+    def own_sizes(paths) -> dict:
+        out = {}
+        for path in paths:
+            def measure(p=path):
+                levels, file_px = read_image(p)
+                return image_pixel_size(levels[0], args.pixel_size, file_px)
+            px = _attempt(str(path), measure, failed, write)
+            if px is not None:
+                out[path] = px
+        return out
 
     def prepared():
-        for path in files:
-            def run(p=path):
-                levels, file_px = read_image(p)
-                return prepare_single_cell(levels[0], classifier.input_size, args.pixel_size,
-                                           file_px)
-            cell = _attempt(str(path), run, failed, write)
-            if cell is not None:
-                names[id(cell)] = str(path)
-                yield cell
+        for paths in groups.values():
+            sizes = own_sizes(paths) if args.pixel_size is None else None
+            pooled = pooled_pixel_size(sizes.values()) if sizes else None
+            for path in paths:
+                if sizes is not None and path not in sizes:
+                    continue  # unreadable: reported once, when measured
+                px = None
+                if sizes is not None:
+                    own = sizes[path]
+                    px = pooled if pooled and own.source in ("estimated", "default") else own
+
+                def run(p=path, px=px):
+                    levels, file_px = read_image(p)
+                    return prepare_single_cell(levels[0], classifier.input_size,
+                                               args.pixel_size, file_px, pixel_size=px)
+                cell = _attempt(str(path), run, failed, write)
+                if cell is not None:
+                    names[id(cell)] = str(path)
+                    yield cell
 
     for cell, result in classify_single_cells(prepared(), classifier, args.min_confidence):
         yield names.pop(id(cell)), result
@@ -421,8 +453,10 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
         tqdm.write(msg, file=sys.stderr)
 
     cell_tables, count_tables, failed = [], [], []
-    source = _single_cell_results if args.single_cell else _field_results
-    results = source(files, classifier, args, failed, write)
+    if args.single_cell:
+        results = _single_cell_results(files, classifier, args, failed, write, owner)
+    else:
+        results = _field_results(files, classifier, args, failed, write)
     if args.new_lab:  # needs every cell first: analyse all, adapt, then re-classify
         results = _adapted_to_lab(list(results), classifier, args, write)
     sample = CropSample()  # the run's cells (re-classified ones keep their raw crops)
