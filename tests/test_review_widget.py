@@ -253,6 +253,8 @@ def test_adapt_runs_in_worker_and_refreshes_model_list(make_napari_viewer, qtbot
 
     monkeypatch.setattr(adapt, "adapt_from_cells", fake_adapt)
     monkeypatch.setattr(adapt, "MIN_CELLS", 3)
+    # The stand-in lives in this process; the real job runs in a spawned one (next test).
+    monkeypatch.setattr("napari_ddrnet._review_widget.ADAPT_IN_SUBPROCESS", False)
     viewer = make_napari_viewer()
     widget = analysed(viewer, qtbot)
     gallery = gallery_of(widget, qtbot)
@@ -279,6 +281,42 @@ def test_adapt_runs_in_worker_and_refreshes_model_list(make_napari_viewer, qtbot
     assert choices[0] == str(widget.weights_used)
     assert len(packaged) >= 2 and choices[1:-1] == packaged
     assert choices[-1] == str(user_home / "models" / "adapted-test.safetensors")
+
+
+def test_adapt_runs_in_its_own_process_beside_a_drawn_canvas(make_napari_viewer, qtbot,
+                                                             user_home):
+    """The real fine-tuning, from the gallery, while napari's canvas is on screen: PyTorch's
+    optimiser loads triton's LLVM, which crashed napari's process (segmentation fault) once
+    Mesa's OpenGL had loaded its own; it now runs in a spawned process, and the model it writes
+    is offered in the Model list and loads."""
+    from conftest import pbc_mosaic
+
+    from napari_ddrnet.weights import load_bundle
+    from training.paths import has_dataset
+
+    if not has_dataset("pbc"):
+        pytest.skip("dataset 'pbc' not found (set DDRNET_DATA)")
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(pbc_mosaic(), rgb=True, name="mosaic")
+    widget = DifferentialWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="WBC differential")
+    widget._image.reset_choices()
+    widget._image.value = layer
+    widget._device.value = "cpu"
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    ids = widget.review.cells["cell_id"].tolist()
+    assert len(ids) >= 16
+    for k, cell_id in enumerate(ids[:16]):  # the contract, not the biology
+        widget.review.reassign(cell_id, "neutrophil" if k % 2 else "lymphocyte")
+    gallery = gallery_of(widget, qtbot)
+    gallery.adapt_epochs = 1
+    assert gallery.adapt() is not None
+    qtbot.waitUntil(lambda: gallery._adapt_worker is None, timeout=300_000)
+    report = gallery.adapt_report
+    assert report is not None and report.path.is_file(), gallery._adapt_label.text()
+    assert str(report.path) in [str(c) for c in widget._model.choices]
+    assert load_bundle(report.path).classes == widget.result.classes
 
 
 def test_review_file_beside_the_image_names_it(make_napari_viewer, qtbot, tmp_path):

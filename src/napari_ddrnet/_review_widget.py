@@ -114,6 +114,9 @@ class ReviewWidget(QWidget):
         self._adapt_label = QLabel("")
         self._adapt_label.setWordWrap(True)
         self._adapt_worker = None
+        #: Passes over the reviewed cells for "Adapt to my lab" (``None``: the default
+        #: schedule, :meth:`napari_ddrnet.adapt.AdaptConfig.default_steps`).
+        self.adapt_epochs: int | None = None
         self.adapt_report = None
 
         layout = QVBoxLayout(self)
@@ -437,7 +440,7 @@ class ReviewWidget(QWidget):
             return None
         worker = create_worker(_adapt_steps, cells, {s.image_name: diff.result_data},
                                diff.weights_used, diff.result_single, diff.device,
-                               _start_thread=False)
+                               self.adapt_epochs, _start_thread=False)
         worker.yielded.connect(self._adapt_progress)
         worker.returned.connect(self._adapt_done)
         worker.errored.connect(self._adapt_failed)
@@ -513,10 +516,59 @@ class ReviewWidget(QWidget):
             self._thumb_worker = None
 
 
-def _adapt_steps(cells, images, base_weights, single_cell, device="auto"):
+#: Run "Adapt to my lab" in a separate (spawned) process: see
+#: :func:`napari_ddrnet.adapt.run_adapt_job` for why. Tests that replace the adaptation with a
+#: stand-in in this process switch it off.
+ADAPT_IN_SUBPROCESS = True
+
+
+def _adapt_steps(cells, images, base_weights, single_cell, device="auto", epochs=None):
     """Run :func:`~napari_ddrnet.adapt.adapt_from_cells` on the device chosen for the
     analysis, yielding its ``(done, total)`` steps (a generator worker reports them to the Qt
-    thread) and returning its report."""
+    thread) and returning its report. Closing the generator (cancel, napari closing) stops
+    the adaptation's process."""
+    kwargs = dict(images=images, base_weights=base_weights, single_cell=single_cell,
+                  device=device, epochs=epochs)
+    if ADAPT_IN_SUBPROCESS:
+        return (yield from _adapt_in_process(cells, kwargs))
+    return (yield from _adapt_in_thread(cells, kwargs))
+
+
+def _adapt_in_process(cells, kwargs):
+    import multiprocessing
+
+    from .adapt import run_adapt_job
+
+    ctx = multiprocessing.get_context("spawn")  # a fork would inherit napari's OpenGL libraries
+    messages = ctx.Queue()
+    job = ctx.Process(target=run_adapt_job, args=(messages, cells, kwargs),
+                      name="napari-ddrnet-adapt", daemon=True)
+    job.start()
+    try:
+        while True:
+            try:
+                msg = messages.get(timeout=0.5)
+            except queue.Empty:
+                if not job.is_alive():
+                    raise RuntimeError(f"the adaptation stopped unexpectedly (exit code "
+                                       f"{job.exitcode}); nothing was written") from None
+                continue
+            if msg[0] == "progress":
+                yield msg[1], msg[2]
+            elif msg[0] == "done":
+                return msg[1]
+            else:
+                err = msg[1]
+                raise err if isinstance(err, BaseException) else RuntimeError(err)
+    finally:
+        if job.is_alive():  # cancelled or failed: stop it (a done job exits by itself)
+            job.join(timeout=5)
+            if job.is_alive():
+                job.terminate()
+        job.join(timeout=5)
+
+
+def _adapt_in_thread(cells, kwargs):
     from .adapt import adapt_from_cells
 
     steps: queue.Queue = queue.Queue()
@@ -524,9 +576,8 @@ def _adapt_steps(cells, images, base_weights, single_cell, device="auto"):
 
     def run():
         try:
-            out["report"] = adapt_from_cells(cells, images=images, base_weights=base_weights,
-                                             single_cell=single_cell, device=device,
-                                             progress=lambda d, t: steps.put((d, t)))
+            out["report"] = adapt_from_cells(cells, progress=lambda d, t: steps.put((d, t)),
+                                             **kwargs)
         except BaseException as exc:  # re-raised in the worker: napari's errored signal
             out["error"] = exc
         finally:

@@ -621,6 +621,39 @@ def adapt_from_cells(
     return report
 
 
+def run_adapt_job(messages, cells: pd.DataFrame, kwargs: dict) -> None:
+    """Entry point of a separate process running :func:`adapt_from_cells` for the widget.
+
+    A process of its own, started with ``spawn``, so that PyTorch's optimiser (which imports
+    torch._dynamo and triton, with triton's own LLVM) never loads into napari's process after
+    its OpenGL canvas has loaded Mesa's LLVM: the two clash and napari dies with a segmentation
+    fault (seen under Xvfb/Mesa). It also keeps the fine-tuning off napari's GIL.
+
+    Parameters
+    ----------
+    messages : multiprocessing.Queue
+        Receives ``("progress", done, total)`` tuples, then ``("done", AdaptReport)`` or
+        ``("error", exception)`` (``("error", "Type: message")`` when the exception cannot be
+        pickled).
+    cells : pandas.DataFrame
+        As for :func:`adapt_from_cells`.
+    kwargs : dict
+        Further keyword arguments of :func:`adapt_from_cells` (not ``progress``).
+    """
+    import pickle
+
+    try:
+        report = adapt_from_cells(
+            cells, progress=lambda d, t: messages.put(("progress", d, t)), **kwargs)
+        messages.put(("done", report))
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the widget
+        try:
+            pickle.dumps(exc)
+            messages.put(("error", exc))
+        except Exception:
+            messages.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
 def _unreviewed_crops(cells: pd.DataFrame, bundle: ModelBundle,
                       images: dict[str, np.ndarray] | None, single_cell: bool | None
                       ) -> np.ndarray:
