@@ -260,3 +260,48 @@ def test_run_warns_once_when_cells_look_unlike_the_training_data(make_napari_vie
     assert len(shown) == 1 and "Adapt to my lab" in shown[0]
     run_on(plain)
     assert not widget.shift_verdict.warns and "Warning" not in widget._status.value
+
+
+def test_results_stay_named_after_their_own_image(make_napari_viewer, qtbot, monkeypatch,
+                                                  tmp_path):
+    """After a failed or refused run the earlier result stays on screen: the status says whose
+    it is and Export proposes its image's name, not the new one's; a layer removed while its
+    run is in flight drops that result instead of a traceback and a stuck 'Running…'. Result
+    layers take the image's units (µm from a calibrated file), and the status names the
+    model."""
+    viewer = make_napari_viewer()
+    data, meta, _ = make_sample_smear()[0]
+    smear = viewer.add_image(data, **meta)
+    widget = _dock(viewer, smear)
+    _run(widget, qtbot)
+    assert f"model {widget._classifier.bundle.meta['name']}" in widget._status.value
+    for name in ("WBC masks", "WBC classes", "WBC boxes"):
+        if name in viewer.layers and hasattr(smear, "units"):
+            assert tuple(viewer.layers[name].units) == tuple(smear.units)
+    shown = []
+    monkeypatch.setattr("napari_ddrnet._widget.show_error", shown.append)
+    grey = np.repeat(np.asarray(data).mean(-1, keepdims=True), 3, -1).astype(np.uint8)
+    widget._image.reset_choices()
+    widget._image.value = viewer.add_image(grey, rgb=True, name="grey copy")
+    _run(widget, qtbot)  # fails in the worker: no colour
+    assert shown and "no colour" in shown[-1]
+    assert f"still those of '{smear.name}'" in widget._status.value
+    asked = []
+
+    def dialog(parent, title, proposed, filt):
+        asked.append(proposed)
+        return "", ""
+
+    monkeypatch.setattr("qtpy.QtWidgets.QFileDialog.getSaveFileName", dialog)
+    widget._ask_export()
+    assert asked == [f"{smear.name}_counts.csv"]
+    widget._image.value = viewer.add_image(np.zeros((32, 32), np.uint8), name="flat")
+    assert widget.run() is None  # refused before it starts: the status says so too
+    assert "not an RGB image" in widget._status.value
+    widget._image.value = smear
+    worker = widget.run()
+    assert worker is not None
+    viewer.layers.remove(smear)  # while its run is in flight
+    _wait(widget, qtbot)
+    assert "was removed during the analysis" in widget._status.value
+    assert "Running" not in widget._status.value and widget._run_btn.enabled

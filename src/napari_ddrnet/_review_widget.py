@@ -436,7 +436,9 @@ class ReviewWidget(QWidget):
             show_info(f"Too few reviewed cells to adapt the model: {n} in {k} class(es). "
                       f"Review at least {MIN_CELLS} cells in {MIN_CLASSES} classes (confirmed "
                       "or moved; 'unidentified' does not count), plus some to hold out for "
-                      "the before/after check.")
+                      "the before/after check. Images of one or two cells each (single-cell "
+                      "exports, sparse fields): review several, then adapt from all their "
+                      "review files at once: napari-ddrnet adapt --cells-csv *.review.csv")
             return None
         worker = create_worker(_adapt_steps, cells, {s.image_name: diff.result_data},
                                diff.weights_used, diff.result_single, diff.device,

@@ -130,15 +130,15 @@ class DifferentialWidget(Container):
         """Start the analysis in a worker thread; returns the worker (or ``None``)."""
         layer = self._image.value
         if layer is None:
-            show_error("No image layer selected: open a smear image first.")
+            self._refuse("No image layer selected: open a smear image first.")
             return None
         if self._worker is not None:
             show_info("An analysis is already running.")
             return None
         data = layer.data[0] if layer.multiscale else layer.data
         if not layer.rgb:
-            show_error(f"'{layer.name}' is not an RGB image. White-cell detection needs the "
-                       "colour of the stain: open the RGB smear image.")
+            self._refuse(f"'{layer.name}' is not an RGB image. White-cell detection needs the "
+                         "colour of the stain: open the RGB smear image.")
             return None
         from .memory import check_fits, estimate_bytes, return_tile_buffers_to_os
         from .pipeline import count_steps
@@ -148,8 +148,7 @@ class DifferentialWidget(Container):
         try:  # a single-cell image is always classified whole
             region = whole_image(data.shape) if single else self.region_for(layer, data)
         except RegionError as exc:
-            self._status.value = str(exc)
-            show_error(str(exc))
+            self._refuse(str(exc))
             return None
         sub = region.slice_of(data)  # a view or a lazy slice: nothing is read yet
         # Label images that do not fit in memory (or of lazy images) go to a zarr pyramid.
@@ -157,15 +156,13 @@ class DifferentialWidget(Container):
         if not single:
             refused = check_fits(estimate_bytes(sub, labels_in_memory=not on_disk))
             if refused:
-                self._status.value = refused
-                show_error(refused)
+                self._refuse(refused)
                 return None
             if on_disk:  # a slide, tile after tile: keep resident memory bounded by a tile
                 return_tile_buffers_to_os()
         given, meta_px = self.pixel_size_for(layer)
         device, conf = self._device.value, float(self._conf.value)
         weights = self._model.value
-        self.image_name = layer.name
         # Errors are handled by _on_error (a notification), not re-raised as tracebacks.
         steps = 2 if single else count_steps(sub) + 1
         worker = create_worker(self._work, sub, given, meta_px, device, conf, single, weights,
@@ -262,7 +259,7 @@ class DifferentialWidget(Container):
         if self._pending_store is not None:
             self._pending_store.remove()
             self._pending_store = None
-        self._status.value = "Cancelled."
+        self._status.value = "Cancelled." + self._still_shown()
 
     def _finished(self):
         self._worker = None
@@ -270,8 +267,19 @@ class DifferentialWidget(Container):
         self._cancel_btn.enabled = False
 
     def _on_error(self, exc: Exception):
-        self._status.value = f"Failed: {exc}"
+        self._status.value = f"Failed: {exc}{self._still_shown()}"
         show_error(f"WBC differential failed: {exc}")
+
+    def _refuse(self, message: str) -> None:
+        """A run refused before it starts: the status says so too (not the previous run's)."""
+        self._status.value = message + self._still_shown()
+        show_error(message)
+
+    def _still_shown(self) -> str:
+        """What the status adds while an earlier result stays on screen after a failed,
+        refused or cancelled run (its layers, table and Export still belong to that image)."""
+        return (f" (The results shown are still those of '{self.image_name}'.)"
+                if self.result is not None and self.image_name else "")
 
     # -- results -----------------------------------------------------------------------------
     def _show(self, result, layer, data=None, key: str = "", weights: str | None = None,
@@ -283,7 +291,17 @@ class DifferentialWidget(Container):
 
         region = region or whole_image(layer.data[0].shape if layer.multiscale
                                        else layer.data.shape)
+        if layer not in self._viewer.layers:  # removed while the analysis ran
+            store, self._pending_store = self._pending_store, None
+            if store is not None:
+                store.remove()
+            self._status.value = (f"'{layer.name}' was removed during the analysis: its "
+                                  f"result is not shown.{self._still_shown()}")
+            show_info(f"napari-ddrnet: '{layer.name}' was removed during the analysis; its "
+                      "result was dropped.")
+            return
         self._pending_store = None
+        self.image_name = layer.name  # the shown result's: Export proposes its name
         self.result = result
         self.result_region = region
         self.result_layer, self.result_data = layer, data
@@ -307,14 +325,18 @@ class DifferentialWidget(Container):
         if self._label_store is not None:  # the replaced masks' store on disk
             self._label_store.remove()
         self._label_store = None if isinstance(result.labels, np.ndarray) else result.labels
+        units = tuple(layer.units[-2:]) if hasattr(layer, "units") else None
         for ldata, meta, kind in layer_data(result, scale, translate, review.cells,
-                                            labels_offset=region.offset):
+                                            labels_offset=region.offset, units=units):
             getattr(self._viewer, f"add_{kind}")(ldata, **meta)
         self._viewer.layers.selection.active = layer
         self._refresh_table()
         where = "" if single else f" in the {region.description}"
-        status = (f"{len(result.cells)} cells{where}; pixel size "
-                  f"{pixel_size_text(result.pixel_size)}.")
+        n = len(result.cells)
+        status = (f"{n} {'cell' if n == 1 else 'cells'}{where}; pixel size "
+                  f"{pixel_size_text(result.pixel_size)}; model {self.model_name}.")
+        if single and n and int(result.cells["nucleus_area_px"].iloc[0]) == 0:
+            status += " No cell was found: the whole image was classified as one."
         if self._label_store is not None:
             status += " Masks kept on disk and drawn lazily (a multiscale zarr pyramid)."
         if restored:
@@ -472,6 +494,14 @@ class DifferentialWidget(Container):
                                             tabify=False)
         self._gallery = gallery
         return gallery
+
+    @property
+    def model_name(self) -> str:
+        """The name of the model the latest result was classified with (its card's name)."""
+        clf = self._classifier
+        if clf is None:
+            return "?"
+        return str(clf.bundle.meta.get("name") or Path(str(self.weights_used or "")).stem)
 
     @property
     def device(self) -> str:

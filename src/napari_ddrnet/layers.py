@@ -111,16 +111,20 @@ def labels_layer_data(labels) -> tuple[object, bool]:
 def layer_data(result: AnalysisResult, scale: tuple[float, float] = (1.0, 1.0),
                translate: tuple[float, float] = (0.0, 0.0),
                cells: pd.DataFrame | None = None,
-               labels_offset: tuple[int, int] = (0, 0)) -> list[tuple]:
+               labels_offset: tuple[int, int] = (0, 0),
+               units: tuple | None = None) -> list[tuple]:
     """napari ``LayerDataTuple`` list: Labels (masks), Points (centroids), Shapes (boxes).
 
     ``cells``: the review table to show (see :func:`features_table`). ``labels_offset``: image
     pixel of the label image's top-left corner when it covers only a region of the image
-    (points and boxes are always in image pixels).
+    (points and boxes are always in image pixels). ``units``: the image layer's (e.g. µm from a
+    calibrated TIFF), so napari sees one unit across layers and keeps its scale bar in µm.
     """
     feats = features_table(result, cells)
     colors = [class_color(c) for c in feats["class"]]
     common = {"scale": scale, "translate": translate}
+    if units is not None:
+        common["units"] = units
     out: list[tuple] = []
     if result.labels is not None:
         data, multiscale = labels_layer_data(result.labels)
@@ -128,7 +132,8 @@ def layer_data(result: AnalysisResult, scale: tuple[float, float] = (1.0, 1.0),
                       for t, o, s in zip(translate, labels_offset, scale, strict=True))
         out.append((data, {"name": LABELS_NAME, "opacity": 0.35, "multiscale": multiscale,
                            "features": label_features(feats), "scale": scale,
-                           "translate": shift}, "labels"))
+                           "translate": shift,
+                           **({"units": units} if units is not None else {})}, "labels"))
     cells = result.cells
     centroids = cells[["centroid_row", "centroid_col"]].to_numpy(float).reshape(-1, 2)
     size = float(np.median(np.maximum(cells["max_row"] - cells["min_row"],
