@@ -100,6 +100,8 @@ def test_widget_runs_on_sample_and_adds_layers(docked, qtbot, tmp_path):
     assert df["count"].sum() == 4 and set(df["image"]) == {layer.name}
     cells = pd.read_csv(cells_csv)
     assert len(cells) == 4 and cells["pixel_size_um"].tolist() == pytest.approx([0.1] * 4)
+    assert set(cells["model"]) == {widget.model_name} and widget.model_name
+    assert set(cells["crop_mode"]) == {"field"}
 
 
 def test_hover_shows_the_cell_under_the_cursor(docked, qtbot):

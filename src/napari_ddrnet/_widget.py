@@ -311,7 +311,7 @@ class DifferentialWidget(Container):
         # (as the CLI does), so `napari-ddrnet adapt` can re-cut the reviewed cells from them.
         review = ReviewSession(result.cells, result.classes, image_name=src or layer.name,
                                key=key, path=default_review_path(layer.name, key, src),
-                               pixel_size_um=result.pixel_size_um)
+                               pixel_size_um=result.pixel_size_um, model=self.model_name)
         restored = review.restore()
         review.target = TARGET_CHOICES[self._target.value]
         review.listeners.append(self._on_review_change)
@@ -500,8 +500,8 @@ class DifferentialWidget(Container):
         """The name of the model the latest result was classified with (its card's name)."""
         clf = self._classifier
         if clf is None:
-            return "?"
-        return str(clf.bundle.meta.get("name") or Path(str(self.weights_used or "")).stem)
+            return ""
+        return clf.bundle.name or Path(str(self.weights_used or "")).stem
 
     @property
     def device(self) -> str:
@@ -523,7 +523,7 @@ class DifferentialWidget(Container):
                                               image_name=self.image_name)
         cells, counts = csv_tables(review.image_name, review.cells, review.counts(),
                                    self.result.classes, self.result.pixel_size_um,
-                                   self.result.pixel_size_source)
+                                   self.result.pixel_size_source, self.model_name)
         cells_path = path.with_name(path.stem + "_cells.csv")
         write_csv_atomic(counts, path)
         write_csv_atomic(cells, cells_path)

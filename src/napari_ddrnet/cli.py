@@ -467,7 +467,8 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
         if per_input is not None:
             per_input.add(name, result.crops)
         cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
-                                       result.pixel_size_um, result.pixel_size_source)
+                                       result.pixel_size_um, result.pixel_size_source,
+                                       classifier.bundle.name)
         if result.pixel_size_source == "default" and not args.single_cell:
             # Field crops are cut at the model's field of view in µm: a guessed scale can
             # mis-size every crop, so say so rather than bury it in the CSV.
@@ -520,11 +521,14 @@ def _demo(args: argparse.Namespace) -> int:
         widget.run()
         napari.run()
         return 0
-    result = analyze(image, px, device=args.device)
+    from .classify import Classifier
+
+    classifier = Classifier(device=args.device)
+    result = analyze(image, px, classifier)
     out = Path(args.out)
     cells_t, counts_t = csv_tables("synthetic-smear", result.cells, result.counts,
                                    result.classes, result.pixel_size_um,
-                                   result.pixel_size_source)
+                                   result.pixel_size_source, classifier.bundle.name)
     write_csv_atomic(cells_t, out / "cells.csv")
     write_csv_atomic(counts_t, out / "counts.csv")
     print(f"Synthetic smear: {len(result.cells)} white cells found "

@@ -48,8 +48,8 @@ from .shift_score import ShiftSums
 if TYPE_CHECKING:
     from .shift_score import ShiftVerdict
 
-#: Bumped whenever a part's columns change (2: CELLS.csv gained ``crop_mode``).
-PARTS_VERSION = 2
+#: Bumped whenever a part's columns change (2: CELLS.csv gained ``crop_mode``; 3: ``model``).
+PARTS_VERSION = 3
 #: Files of the parts folder a fresh run may delete (nothing else there is touched).
 _PART_NAME = re.compile(r"[0-9a-f]{16}\.(cells\.csv|counts\.csv|done)")
 #: How long to wait for a scheduler given by address before giving up, seconds.
@@ -242,9 +242,9 @@ class _Planned:
 
 
 def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None,
-            shift_n: int | None = None) -> _Done:
+            shift_n: int | None = None, model: str = "") -> _Done:
     cells_t, counts_t = csv_tables(name, result.cells, result.counts, classes,
-                                   result.pixel_size_um, result.pixel_size_source)
+                                   result.pixel_size_um, result.pixel_size_source, model)
     if shift_sum is None:
         shift_n = 0
     elif shift_n is None:
@@ -294,7 +294,8 @@ def _analyse_or_plan(name: str, settings: CountSettings):
         result = analyze(image, settings.pixel_size_um, clf, pixel_size_metadata=file_px,
                          min_confidence=settings.min_confidence, return_labels=False,
                          tile_size=settings.tile_size, keep_crops=True)
-        return _tables(name, result, clf.classes, _shift_sums(clf, result.crops))
+        return _tables(name, result, clf.classes, _shift_sums(clf, result.crops),
+                       model=clf.bundle.name)
     return _Planned(name, plan_slide(image, settings.pixel_size_um, crop_fov_um=clf.crop_fov_um,
                                      pixel_size_metadata=file_px, tile_size=settings.tile_size))
 
@@ -692,7 +693,8 @@ def _assembler(settings: CountSettings):
         del pending[name]
         clf_classes = _classes(settings)
         result = assemble_tiles(plan, got, clf_classes, settings.min_confidence)
-        return _tables(name, result, clf_classes, shift.sum, shift.n)
+        return _tables(name, result, clf_classes, shift.sum, shift.n,
+                       model=worker_classifier(settings).bundle.name)
 
     return start, add
 

@@ -41,20 +41,22 @@ def counts_table(classes: Iterable[str]) -> pd.DataFrame:
 
 
 def csv_tables(image_name: str, cells: pd.DataFrame, counts: pd.DataFrame, classes,
-               pixel_size_um: float, pixel_size_source: str = ""
+               pixel_size_um: float, pixel_size_source: str = "", model: str = ""
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CELLS.csv and COUNTS.csv rows of one image (docs/csv-formats.md), ``image`` column first.
 
     ``pixel_size_um`` goes on every cell row, so the geometry can be re-cut from the image later
     (e.g. to adapt the model from reviewed cells), with ``pixel_size_source`` (``given``,
     ``metadata``, ``estimated`` or ``default``) so a reader can tell a measured scale from a
-    fallback, and ``crop_mode`` (``field`` unless ``cells`` says otherwise). The review
+    fallback, ``crop_mode`` (``field`` unless ``cells`` says otherwise) and ``model`` (the
+    name of the weights that made the calls, for traceability). The review
     columns (``model_class``, ``reviewed_class``, ``reviewed``) are taken from ``cells`` when
     it has them, else they say "not reviewed".
     """
     cells_out = with_review_defaults(cells).assign(image=image_name,
                                                    pixel_size_um=float(pixel_size_um),
-                                                   pixel_size_source=pixel_size_source)
+                                                   pixel_size_source=pixel_size_source,
+                                                   model=model)
     if "crop_mode" not in cells_out:  # single-cell results carry their own
         cells_out["crop_mode"] = CROP_FIELD
     cells_out = cells_out.reindex(columns=cells_csv_columns(classes))

@@ -121,11 +121,13 @@ class ReviewSession:
         Review file; ``None`` disables autosave (tests, or a session only shown).
     pixel_size_um : float
         Written on every row, like CELLS.csv.
+    model : str
+        Name of the model that made the calls (CELLS.csv's ``model`` column).
     """
 
     def __init__(self, cells: pd.DataFrame, classes: Iterable[str], *, image_name: str = "",
                  key: str = "", path: str | os.PathLike | None = None,
-                 pixel_size_um: float = float("nan")):
+                 pixel_size_um: float = float("nan"), model: str = ""):
         self.classes = tuple(classes)
         table = with_review_defaults(cells.reset_index(drop=True))
         table["model_class"] = table["model_class"].astype(object)
@@ -135,6 +137,7 @@ class ReviewSession:
         self.key = key
         self.path = Path(path) if path is not None else None
         self.pixel_size_um = float(pixel_size_um)
+        self.model = model
         self.target: int | None = None
         self.margin = margins(self.cells, self.classes)
         self._row = {int(c): i for i, c in enumerate(self.cells["cell_id"])}
@@ -300,7 +303,7 @@ class ReviewSession:
     def table_for_csv(self) -> pd.DataFrame:
         """CELLS.csv rows (``class`` = current call, review columns filled)."""
         cells, _ = csv_tables(self.image_name, self.cells, self.counts(None), self.classes,
-                              self.pixel_size_um)
+                              self.pixel_size_um, model=self.model)
         return cells
 
     def save(self) -> Path | None:

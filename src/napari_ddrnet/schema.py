@@ -41,7 +41,7 @@ REVIEW_COLUMNS: list[str] = list(REVIEW_DTYPES)
 CSV_HEAD_COLUMNS: list[str] = ["cell_id", "centroid_row", "centroid_col", "min_row", "min_col",
                                "max_row", "max_col", *PREDICTION_COLUMNS]
 CSV_TAIL_COLUMNS: list[str] = ["area_um2", "nucleus_area_um2", "touches_border",
-                               "pixel_size_um", "pixel_size_source", "crop_mode",
+                               "pixel_size_um", "pixel_size_source", "crop_mode", "model",
                                *REVIEW_COLUMNS]
 #: ``crop_mode`` values: how the model's crop of a row was cut, so that adapting from a
 #: reviewed CELLS.csv re-cuts it the same way. ``field``: around the cell, at the model's field

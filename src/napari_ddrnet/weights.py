@@ -57,6 +57,12 @@ class ModelBundle:
     std: tuple[float, float, float]
     meta: dict
 
+    @property
+    def name(self) -> str:
+        """The model's name from its card (``ddrnet_wbc8_v5``, ``adapted-…``), as CELLS.csv's
+        ``model`` column and the widget's status report it."""
+        return str(self.meta.get("name", ""))
+
 
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file."""
