@@ -151,7 +151,7 @@ def test_single_cell_mode_is_proposed_then_gives_one_row(make_napari_viewer, qtb
     layer = viewer.add_image(cell, rgb=True, name="export", scale=(0.1, 0.1))
     widget = _dock(viewer, layer)
     _run(widget, qtbot)
-    assert "looks like a single-cell export" in widget._status.value
+    assert "If this image is one cell exported by an analyser" in widget._status.value
     assert LABELS_NAME in viewer.layers
     widget._single.value = True
     _run(widget, qtbot)
