@@ -317,6 +317,15 @@ def test_adapt_runs_in_its_own_process_beside_a_drawn_canvas(make_napari_viewer,
     assert report is not None and report.path.is_file(), gallery._adapt_label.text()
     assert str(report.path) in [str(c) for c in widget._model.choices]
     assert load_bundle(report.path).classes == widget.result.classes
+    # A failure in the process (here: base weights gone) is reported, and the gallery is free
+    # again: a RuntimeError (WeightsError) from the worker used to leave it busy for good.
+    gallery.adapt_report = None
+    widget.weights_used = str(user_home / "gone.safetensors")
+    assert gallery.adapt() is not None
+    qtbot.waitUntil(lambda: gallery._adapt_worker is None, timeout=120_000)
+    assert gallery.adapt_report is None
+    assert "Adaptation failed" in gallery._adapt_label.text()
+    assert gallery._adapt_btn.isEnabled()
 
 
 def test_review_file_beside_the_image_names_it(make_napari_viewer, qtbot, tmp_path):

@@ -160,6 +160,9 @@ def test_a_folder_of_exports_shares_its_pooled_pixel_size(tmp_path):
     assert 0.14 < mine["pixel_size_um"].iloc[0] < 0.20
     few = cells[cells["image"].str.startswith(str(small))]
     assert few["pixel_size_um"].nunique() > 1  # 5 images: each keeps its own estimate
+    globbed = run(*sorted(str(p) for p in big.iterdir()))  # a shell glob: one folder still
+    assert globbed["pixel_size_um"].nunique() == 1
+    assert globbed["image"].tolist() == sorted(str(p) for p in big.iterdir())  # input order
     typed = run(str(big), "--pixel-size", "0.15")
     assert set(typed["pixel_size_source"]) == {"given"}
     assert typed["pixel_size_um"].tolist() == pytest.approx([0.15] * 40)

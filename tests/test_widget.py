@@ -264,6 +264,27 @@ def test_run_warns_once_when_cells_look_unlike_the_training_data(make_napari_vie
     assert not widget.shift_verdict.warns and "Warning" not in widget._status.value
 
 
+def test_a_model_that_cannot_load_fails_the_run_cleanly(docked, qtbot, monkeypatch):
+    """A deleted or corrupt model file raises a RuntimeError (WeightsError) in the worker:
+    napari's generator worker would send no signal for it, leaving 'Running…' for good."""
+    from napari_ddrnet import classify
+    from napari_ddrnet.weights import WeightsError
+
+    viewer, widget, layer = docked
+
+    def broken(self, *a, **k):
+        raise WeightsError("weights file not found: gone.safetensors")
+
+    monkeypatch.setattr(classify.Classifier, "__init__", broken)
+    widget._classifier = None
+    shown = []
+    monkeypatch.setattr("napari_ddrnet._widget.show_error", shown.append)
+    widget.run()
+    _wait(widget, qtbot, 60_000)
+    assert shown and "gone.safetensors" in shown[0]
+    assert widget._status.value.startswith("Failed:") and widget._run_btn.enabled
+
+
 def test_results_stay_named_after_their_own_image(make_napari_viewer, qtbot, monkeypatch,
                                                   tmp_path):
     """After a failed or refused run the earlier result stays on screen: the status says whose

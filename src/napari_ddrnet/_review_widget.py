@@ -440,12 +440,14 @@ class ReviewWidget(QWidget):
                       "exports, sparse fields): review several, then adapt from all their "
                       "review files at once: napari-ddrnet adapt --cells-csv *.review.csv")
             return None
+        # errored goes through _connect: connected later, napari would also re-raise the
+        # error into Qt's event loop (a traceback dump on top of our notification).
         worker = create_worker(_adapt_steps, cells, {s.image_name: diff.result_data},
                                diff.weights_used, diff.result_single, diff.device,
-                               self.adapt_epochs, _start_thread=False)
+                               self.adapt_epochs, _connect={"errored": self._adapt_failed},
+                               _start_thread=False)
         worker.yielded.connect(self._adapt_progress)
         worker.returned.connect(self._adapt_done)
-        worker.errored.connect(self._adapt_failed)
         worker.finished.connect(self._adapt_finished)
         self._adapt_worker = worker
         self._adapt_btn.setEnabled(False)
@@ -527,22 +529,55 @@ ADAPT_IN_SUBPROCESS = True
 def _adapt_steps(cells, images, base_weights, single_cell, device="auto", epochs=None):
     """Run :func:`~napari_ddrnet.adapt.adapt_from_cells` on the device chosen for the
     analysis, yielding its ``(done, total)`` steps (a generator worker reports them to the Qt
-    thread) and returning its report. Closing the generator (cancel, napari closing) stops
-    the adaptation's process."""
+    thread) and returning its report. The process is a daemon: it ends with napari.
+
+    Every failure is re-raised as an :class:`~napari_ddrnet.adapt.AdaptError`: napari's
+    worker treats a ``RuntimeError`` from a generator as "worker deleted" and would send no
+    signal at all, leaving the gallery busy for good."""
+    from .adapt import AdaptError
+
     kwargs = dict(images=images, base_weights=base_weights, single_cell=single_cell,
                   device=device, epochs=epochs)
-    if ADAPT_IN_SUBPROCESS:
-        return (yield from _adapt_in_process(cells, kwargs))
-    return (yield from _adapt_in_thread(cells, kwargs))
+    try:
+        if ADAPT_IN_SUBPROCESS:
+            return (yield from _adapt_in_process(cells, kwargs))
+        return (yield from _adapt_in_thread(cells, kwargs))
+    except AdaptError:
+        raise
+    except Exception as exc:
+        raise AdaptError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _sendable(images: dict) -> dict:
+    """``images`` as a spawned process can receive them: arrays that cannot be pickled (e.g.
+    dask over tifffile's zarr store) are left out when their name is a readable file, which
+    the process then reads itself, else read into memory here."""
+    import pickle
+
+    out = {}
+    for name, data in images.items():
+        if isinstance(data, np.ndarray):
+            out[name] = data
+            continue
+        try:
+            pickle.dumps(data)
+            out[name] = data
+        except Exception:
+            from pathlib import Path
+
+            if not Path(str(name)).is_file():
+                out[name] = np.asarray(data)
+    return out
 
 
 def _adapt_in_process(cells, kwargs):
     import multiprocessing
 
-    from .adapt import run_adapt_job
+    from .adapt import AdaptError, run_adapt_job
 
     ctx = multiprocessing.get_context("spawn")  # a fork would inherit napari's OpenGL libraries
     messages = ctx.Queue()
+    kwargs = {**kwargs, "images": _sendable(kwargs.get("images") or {})}
     job = ctx.Process(target=run_adapt_job, args=(messages, cells, kwargs),
                       name="napari-ddrnet-adapt", daemon=True)
     job.start()
@@ -551,23 +586,25 @@ def _adapt_in_process(cells, kwargs):
             try:
                 msg = messages.get(timeout=0.5)
             except queue.Empty:
-                if not job.is_alive():
-                    raise RuntimeError(f"the adaptation stopped unexpectedly (exit code "
-                                       f"{job.exitcode}); nothing was written") from None
-                continue
+                if job.is_alive():
+                    continue
+                try:  # its last message may still be on its way
+                    msg = messages.get(timeout=2)
+                except queue.Empty:
+                    raise AdaptError(f"the adaptation stopped unexpectedly (exit code "
+                                     f"{job.exitcode}); nothing was written") from None
             if msg[0] == "progress":
                 yield msg[1], msg[2]
             elif msg[0] == "done":
+                job.join(timeout=5)  # it exits by itself once its report is sent
                 return msg[1]
             else:
                 err = msg[1]
-                raise err if isinstance(err, BaseException) else RuntimeError(err)
+                raise err if isinstance(err, BaseException) else AdaptError(err)
     finally:
-        if job.is_alive():  # cancelled or failed: stop it (a done job exits by itself)
-            job.join(timeout=5)
-            if job.is_alive():
-                job.terminate()
-        job.join(timeout=5)
+        if job.is_alive():  # stopped early (napari closing, a failure): no model is written
+            job.terminate()
+            job.join(timeout=1)
 
 
 def _adapt_in_thread(cells, kwargs):

@@ -165,8 +165,8 @@ class DifferentialWidget(Container):
         weights = self._model.value
         # Errors are handled by _on_error (a notification), not re-raised as tracebacks.
         steps = 2 if single else count_steps(sub) + 1
-        worker = create_worker(self._work, sub, given, meta_px, device, conf, single, weights,
-                               region, on_disk,
+        worker = create_worker(self._work_reported, sub, given, meta_px, device, conf, single,
+                               weights, region, on_disk,
                                _progress={"total": steps,
                                           "desc": f"WBC differential ({region.description})"},
                                _connect={"errored": self._on_error}, _start_thread=False)
@@ -180,6 +180,15 @@ class DifferentialWidget(Container):
         self._status.value = "Running…"
         worker.start()
         return worker
+
+    def _work_reported(self, *args):
+        """:meth:`_work`, with every ``RuntimeError`` (a missing or corrupt model file, PyTorch
+        out of memory) re-raised as a ``ValueError``: napari's worker takes a RuntimeError from
+        a generator for "worker deleted" and sends no signal, which left "Running…" for good."""
+        try:
+            return (yield from self._work(*args))
+        except RuntimeError as exc:
+            raise ValueError(str(exc)) from exc
 
     def _work(self, data, given, meta_px, device, conf, single, weights=None,
               region: Region | None = None, on_disk: bool = False):
@@ -525,7 +534,8 @@ class DifferentialWidget(Container):
                                               image_name=self.image_name)
         cells, counts = csv_tables(review.image_name, review.cells, review.counts(),
                                    self.result.classes, self.result.pixel_size_um,
-                                   self.result.pixel_size_source, self.model_name)
+                                   self.result.pixel_size_source,
+                                   self.review.model if self.review else self.model_name)
         cells_path = path.with_name(path.stem + "_cells.csv")
         write_csv_atomic(counts, path)
         write_csv_atomic(cells, cells_path)

@@ -213,10 +213,11 @@ class _InputShift:
             return {}, None
 
 
-def _single_cell_results(files, classifier, args, failed, write, owner):
+def _single_cell_results(files, classifier, args, failed, write):
     """``(name, AnalysisResult)`` per single-cell image, classified in batches. Without
-    ``--pixel-size``, each input folder's images are measured first and those whose own
-    pixel size was only estimated (or the default) share the folder's median estimate
+    ``--pixel-size``, the images of each folder (given as a folder or as files, e.g. a shell
+    glob) are measured first and those whose own pixel size was only estimated (or the
+    default) share the folder's median estimate
     (:func:`napari_ddrnet.single_cell.pooled_pixel_size`)."""
     from .image_io import read_image
     from .single_cell import (
@@ -227,9 +228,6 @@ def _single_cell_results(files, classifier, args, failed, write, owner):
     )
 
     names: dict[int, str] = {}
-    groups: dict[str, list] = {}
-    for path in files:  # inputs in order, each input's images together
-        groups.setdefault(owner.get(str(path), str(path)), []).append(path)
 
     def own_sizes(paths) -> dict:
         out = {}
@@ -242,26 +240,33 @@ def _single_cell_results(files, classifier, args, failed, write, owner):
                 out[path] = px
         return out
 
-    def prepared():
-        for paths in groups.values():
-            sizes = own_sizes(paths) if args.pixel_size is None else None
-            pooled = pooled_pixel_size(sizes.values()) if sizes else None
-            for path in paths:
-                if sizes is not None and path not in sizes:
-                    continue  # unreadable: reported once, when measured
-                px = None
-                if sizes is not None:
-                    own = sizes[path]
-                    px = pooled if pooled and own.source in ("estimated", "default") else own
+    def folder(path) -> Path:  # one analyser's exports sit in one folder
+        return Path(path).absolute().parent
 
-                def run(p=path, px=px):
-                    levels, file_px = read_image(p)
-                    return prepare_single_cell(levels[0], classifier.input_size,
-                                               args.pixel_size, file_px, pixel_size=px)
-                cell = _attempt(str(path), run, failed, write)
-                if cell is not None:
-                    names[id(cell)] = str(path)
-                    yield cell
+    def prepared():
+        sizes = own_sizes(files) if args.pixel_size is None else None
+        pooled = {}
+        if sizes:
+            by_folder: dict[Path, list] = {}
+            for path, px in sizes.items():
+                by_folder.setdefault(folder(path), []).append(px)
+            pooled = {d: pooled_pixel_size(v) for d, v in by_folder.items()}
+        for path in files:  # in input order, as every CSV lists its rows
+            if sizes is not None and path not in sizes:
+                continue  # unreadable: reported once, when measured
+            px = None
+            if sizes is not None:
+                own, pool = sizes[path], pooled.get(folder(path))
+                px = pool if pool and own.source in ("estimated", "default") else own
+
+            def run(p=path, px=px):
+                levels, file_px = read_image(p)
+                return prepare_single_cell(levels[0], classifier.input_size,
+                                           args.pixel_size, file_px, pixel_size=px)
+            cell = _attempt(str(path), run, failed, write)
+            if cell is not None:
+                names[id(cell)] = str(path)
+                yield cell
 
     for cell, result in classify_single_cells(prepared(), classifier, args.min_confidence):
         yield names.pop(id(cell)), result
@@ -454,7 +459,7 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
 
     cell_tables, count_tables, failed = [], [], []
     if args.single_cell:
-        results = _single_cell_results(files, classifier, args, failed, write, owner)
+        results = _single_cell_results(files, classifier, args, failed, write)
     else:
         results = _field_results(files, classifier, args, failed, write)
     if args.new_lab:  # needs every cell first: analyse all, adapt, then re-classify
