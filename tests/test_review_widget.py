@@ -41,10 +41,11 @@ def _shared_classifier(classifier, monkeypatch):
     monkeypatch.setattr(DifferentialWidget, "__init__", init)
 
 
-def analysed(viewer, qtbot, data=None):
-    """Dock the differential widget on the sample (or ``data`` under the same name), run it."""
-    sample, meta, _ = make_sample_smear()[0]
-    layer = viewer.add_image(sample if data is None else data, **meta)
+def analysed(viewer, qtbot, data=None, meta=None, n_cells=4):
+    """Dock the differential widget on the sample (or ``data``, by default under the sample's
+    name and scale), run it; ``n_cells`` cells expected (``None``: any)."""
+    sample, sample_meta, _ = make_sample_smear()[0]
+    layer = viewer.add_image(sample if data is None else data, **(meta or sample_meta))
     widget = DifferentialWidget(viewer)
     viewer.window.add_dock_widget(widget, name="WBC differential")
     widget._image.reset_choices()
@@ -52,7 +53,8 @@ def analysed(viewer, qtbot, data=None):
     widget._device.value = "cpu"
     assert widget.run() is not None
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
-    assert widget.result is not None and len(widget.result.cells) == 4
+    assert widget.result is not None
+    assert n_cells is None or len(widget.result.cells) == n_cells
     return widget
 
 
@@ -297,14 +299,7 @@ def test_adapt_runs_in_its_own_process_beside_a_drawn_canvas(make_napari_viewer,
     if not has_dataset("pbc"):
         pytest.skip("dataset 'pbc' not found (set DDRNET_DATA)")
     viewer = make_napari_viewer(show=True)
-    layer = viewer.add_image(pbc_mosaic(), rgb=True, name="mosaic")
-    widget = DifferentialWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="WBC differential")
-    widget._image.reset_choices()
-    widget._image.value = layer
-    widget._device.value = "cpu"
-    assert widget.run() is not None
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=120_000)
+    widget = analysed(viewer, qtbot, pbc_mosaic(), {"rgb": True, "name": "mosaic"}, None)
     ids = widget.review.cells["cell_id"].tolist()
     assert len(ids) >= 16
     for k, cell_id in enumerate(ids[:16]):  # the contract, not the biology
