@@ -192,6 +192,20 @@ def test_card_without_transforms_is_rejected(tmp_path):
         load_bundle(w)
 
 
+def test_a_card_names_its_model_else_the_file_does(tmp_path):
+    """CELLS.csv's ``model`` column and the widget's status read ``ModelBundle.name``."""
+    assert load_bundle().name == DEFAULT_WEIGHTS.stem == "ddrnet_wbc8_v5"
+    w = tmp_path / "my_lab_model.safetensors"
+    shutil.copy(DEFAULT_WEIGHTS, w)
+    meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    del meta["name"]
+    metadata_path(w).write_text(json.dumps(meta))
+    assert load_bundle(w).name == "my_lab_model"
+    metadata_path(w).write_text("[1, 2]")
+    with pytest.raises(WeightsError, match="not a JSON object"):
+        load_bundle(w)
+
+
 def test_adapted_to_lab_is_a_copy_and_needs_enough_cells():
     from napari_ddrnet.classify import MIN_LAB_CROPS, Classifier
 

@@ -510,9 +510,7 @@ class DifferentialWidget(Container):
     def model_name(self) -> str:
         """The name of the model the latest result was classified with (its card's name)."""
         clf = self._classifier
-        if clf is None:
-            return ""
-        return clf.bundle.name or Path(str(self.weights_used or "")).stem
+        return clf.bundle.name if clf is not None else ""
 
     @property
     def device(self) -> str:

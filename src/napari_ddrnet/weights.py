@@ -59,8 +59,9 @@ class ModelBundle:
 
     @property
     def name(self) -> str:
-        """The model's name from its card (``ddrnet_wbc8_v5``, ``adapted-…``), as CELLS.csv's
-        ``model`` column and the widget's status report it."""
+        """The model's name from its card (``ddrnet_wbc8_v5``, ``adapted-…``; the file name
+        when the card has none), as CELLS.csv's ``model`` column and the widget's status
+        report it."""
         return str(self.meta.get("name", ""))
 
 
@@ -96,6 +97,10 @@ def load_bundle(weights: str | Path | None = None) -> ModelBundle:
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as exc:
         raise WeightsError(f"Model metadata {meta_file} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise WeightsError(f"Model metadata {meta_file} is not a JSON object")
+    if not meta.get("name"):  # a card without a name: CSVs and the status use the file's
+        meta["name"] = path.stem
     expected = meta.get("sha256")
     actual = sha256_file(path)
     if not expected or actual != expected:
