@@ -43,7 +43,6 @@ import pandas as pd
 from .classes import DEFAULT_MIN_CONFIDENCE
 from .report import COUNT_COLUMNS, csv_tables, write_csv_atomic
 from .schema import cells_csv_columns
-from .shift_score import ShiftSums
 
 if TYPE_CHECKING:
     from .shift_score import ShiftVerdict
@@ -581,6 +580,8 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     todo = [n for n in names if not (resume and parts.is_done(n))]
     report.resumed = len(names) - len(todo)
     failed: dict[str, str] = {}
+    from .shift_score import ShiftSums  # torch: only where a run is assembled
+
     shift = ShiftSums()
     by_group: dict[str, ShiftSums] = {}
 
@@ -670,6 +671,8 @@ def _assembler(settings: CountSettings):
     pending: dict[str, tuple] = {}
 
     def start(item: _Planned) -> int:
+        from .shift_score import ShiftSums
+
         pending[item.name] = (item.plan, [], ShiftSums())
         return len(item.plan.tiles)
 
