@@ -356,7 +356,7 @@ class DifferentialWidget(Container):
             if looks_like_single_cell(layer.data.shape if not layer.multiscale
                                       else layer.data[0].shape, result.cells):
                 # Only a hint, worded as one: a small field whose one white cell is large
-                # and central (many BCCD fields) reads the same by this measure.
+                # and central (as in BCCD fields) reads the same by this measure.
                 status += (" If this image is one cell exported by an analyser, tick "
                            "'Single-cell image' to classify it whole.")
         verdict, runs = shift or (None, 0)

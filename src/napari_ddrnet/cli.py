@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -158,9 +159,7 @@ class _InputShift:
         self._group: str | None = None
         self._buffer: list = []
         # One cell per single-cell image: an input of fewer images can never get a verdict.
-        files = {}
-        for inp in owner.values():
-            files[inp] = files.get(inp, 0) + 1
+        files = Counter(owner.values())
         self._skip = ({inp for inp, k in files.items() if k < SHIFT_MIN_CROPS}
                       if single_cell else set())
 
@@ -312,9 +311,7 @@ def _write_summary(args: argparse.Namespace, owner: dict[str, str],
     images: dict[str, list[str]] = {str(i): [] for i in args.inputs}
     for name in analysed:
         images.setdefault(owner.get(name, name), []).append(name)
-    listed: dict[str, int] = {}
-    for inp in owner.values():
-        listed[inp] = listed.get(inp, 0) + 1
+    listed = Counter(owner.values())
     parts = []
     for inp, names in images.items():
         table = counts_table(cells.loc[cells["image"].isin(names), "class"])

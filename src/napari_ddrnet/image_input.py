@@ -10,17 +10,16 @@ import numpy as np
 
 MIN_SIDE = 16
 #: A pixel whose red, green and blue differ by more than this (8-bit) carries stain colour.
-#: Stained nuclei and red cells differ by far more (the 99th percentile of the channel spread
-#: is 58 or more on BCCD, PBC, LISC, TXL-PBC and Kaggle images, 200 each); a grey picture
-#: stored as RGB has none (JPEG included).
+#: Stained nuclei and red cells differ by far more (tests/test_pipeline.py checks 20 images
+#: of each source pass); a grey picture stored as RGB has none (JPEG included).
 COLOURLESS_SPREAD = 8
 #: An image is colourless when at most this share of its (sampled) pixels carries colour:
 #: nearly none, so that a single stained cell on a large field of glass still counts as colour.
 COLOURLESS_MAX_SHARE = 1e-4
 #: ... and it shows something: edges, i.e. a 99.9th percentile of the step between
-#: neighbouring (sampled) pixels of at least this many grey levels. Grey copies of BCCD, PBC,
-#: LISC and synthetic smears read 13-105; a blank field, even with vignetting, reads 0-1 and
-#: stays an empty result, not an error.
+#: neighbouring (sampled) pixels of at least this many grey levels. A grey copy of a smear
+#: has sharp cell edges; a blank field, even with vignetting, steps by a level or so and stays
+#: an empty result, not an error (both in tests/test_pipeline.py).
 COLOURLESS_MIN_EDGE = 6
 
 

@@ -74,16 +74,22 @@ def pooled_pixel_size(sizes) -> PixelSize | None:
 def image_pixel_size(image, pixel_size_um: float | None = None,
                      pixel_size_metadata: float | None = None) -> PixelSize:
     """A single-cell image's own pixel size (given > metadata > estimated > default)."""
+    rgb = _single_cell_rgb(image)
+    return resolve_pixel_size(rgb, given=pixel_size_um, metadata=pixel_size_metadata)
+
+
+def _single_cell_rgb(image) -> np.ndarray:
+    """``image`` as RGB uint8, refused when too large to be one cell or without colour."""
     from .image_input import ImageInputError
 
     h, w = np.shape(image)[:2] if not hasattr(image, "shape") else image.shape[:2]
-    if max(h, w) > MAX_SINGLE_CELL_SIDE:
+    if max(h, w) > MAX_SINGLE_CELL_SIDE:  # checked before anything is read
         raise ImageInputError(
             f"{h}x{w} px is too large for a single-cell image (at most "
             f"{MAX_SINGLE_CELL_SIDE} px a side): analyse it as a field instead.")
     rgb = to_rgb_uint8(np.asarray(image))
     check_has_colour(rgb)
-    return resolve_pixel_size(rgb, given=pixel_size_um, metadata=pixel_size_metadata)
+    return rgb
 
 
 def prepare_single_cell(image, input_size: int, pixel_size_um: float | None = None,
@@ -109,15 +115,7 @@ def prepare_single_cell(image, input_size: int, pixel_size_um: float | None = No
     napari_ddrnet.image_input.ImageInputError
         For images that cannot be analysed, or too large to be one cell.
     """
-    from .image_input import ImageInputError
-
-    h, w = np.shape(image)[:2] if not hasattr(image, "shape") else image.shape[:2]
-    if max(h, w) > MAX_SINGLE_CELL_SIDE:  # checked before anything is read
-        raise ImageInputError(
-            f"{h}x{w} px is too large for a single-cell image (at most "
-            f"{MAX_SINGLE_CELL_SIDE} px a side): analyse it as a field instead.")
-    rgb = to_rgb_uint8(np.asarray(image))
-    check_has_colour(rgb)
+    rgb = _single_cell_rgb(image)
     h, w = rgb.shape[:2]
     px = pixel_size or resolve_pixel_size(rgb, given=pixel_size_um, metadata=pixel_size_metadata)
     cells = segment_wbc(rgb, px.um, pixel_size_source=px.source).cells
