@@ -14,6 +14,11 @@ that a model must survive to work on a lab it never saw (the LISC cross-lab test
   to blue-grey between the sources we have (BCCD, BCD and Raabin-WBC fields in TXL-PBC), far
   beyond a hue jitter; a model that must also classify a channel-swapped or grey cell has to
   rely on structure and relative intensity rather than on one lab's palette;
+- lab palette: the crop's CIE-LAB mean and standard deviation replaced by those of a crop from
+  another lab (``lab_style_p``; a per-crop Reinhard transfer to a random lab's style, as in
+  RandStainNA, Shen et al. 2022). The style bank comes from the training packs and the
+  unlabelled labs' crops (:func:`style_bank`), one group per lab, each drawn equally often, so
+  PBC's labelled cells are also seen in the Raabin-WBC and BCD palettes;
 - optics: defocus blur (``blur_p``/``blur_sigma``) and a wider zoom range (``zoom``) so that a
   moderately wrong pixel-size estimate degrades gracefully.
 
@@ -80,6 +85,11 @@ class AugmentConfig:
         permutations, uniformly), after the photometric jitter.
     grayscale_p : float
         Fraction of samples replaced by their luminance on all three channels.
+    lab_style_p : float
+        Fraction of samples given another lab's palette: their per-channel CIE-LAB mean and
+        standard deviation are replaced by those of a crop drawn from the style bank passed to
+        :func:`augment_batch` (a lab drawn uniformly, then one of its crops), before the other
+        photometric jitter.
     """
 
     flip: bool = True
@@ -103,11 +113,15 @@ class AugmentConfig:
     jpeg_quality: tuple[int, int] = (40, 95)
     channel_swap_p: float = 0.0
     grayscale_p: float = 0.0
+    lab_style_p: float = 0.0
 
 
-def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None
-                  ) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | None = None,
+                  styles: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Augment a ``(N, 3, S, S)`` float batch in 0..1; every sample gets its own draw.
+
+    ``styles`` is the style bank for ``cfg.lab_style_p`` (:func:`style_bank`): one ``(M, 6)``
+    tensor of per-crop LAB means and standard deviations per lab.
 
     Returns a new tensor in 0..1 (``x`` itself may be modified by the 90° rotations).
     """
@@ -123,6 +137,10 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator | No
             if sel.any():
                 x[sel] = torch.rot90(x[sel], r, (2, 3))
     x = _affine(x, cfg, rand)
+    if cfg.lab_style_p > 0:
+        if not styles:
+            raise ValueError("lab_style_p needs a style bank (augment_batch(styles=...))")
+        x = _lab_style(x, rand(n) < cfg.lab_style_p, styles, rand)
 
     mean = x.mean((1, 2, 3), keepdim=True)
     c = cfg.contrast[0] + rand(n, 1, 1, 1) * (cfg.contrast[1] - cfg.contrast[0])
@@ -269,3 +287,66 @@ def _hed_jitter(x: torch.Tensor, sigma: float, rand) -> torch.Tensor:
     beta = (rand(n, 1, 1, 3) * 2 - 1) * sigma
     od = (hed * alpha + beta) @ m
     return torch.exp(-od).permute(0, 3, 1, 2).clamp(0, 1)
+
+
+# sRGB (D65) <-> CIE-LAB, as skimage.color.rgb2lab / lab2rgb, batched on tensors.
+_RGB2XYZ = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+                         [0.019334, 0.119193, 0.950227]])
+_WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883])
+
+
+def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
+    """``(N, 3, H, W)`` sRGB in 0..1 to CIE-LAB (L in 0..100), as ``skimage.color.rgb2lab``."""
+    lin = torch.where(x > 0.04045, ((x.clamp(min=0) + 0.055) / 1.055) ** 2.4, x / 12.92)
+    xyz = torch.einsum("ij,njhw->nihw", _RGB2XYZ.to(x.device, x.dtype), lin)
+    xyz = xyz / _WHITE_D65.to(x.device, x.dtype)[None, :, None, None]
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]),
+                        200 * (f[:, 1] - f[:, 2])], 1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_lab`, clipped to 0..1."""
+    fy = (lab[:, 0] + 16) / 116
+    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], 1)
+    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787)
+    xyz = xyz * _WHITE_D65.to(lab.device, lab.dtype)[None, :, None, None]
+    lin = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB2XYZ).to(lab.device, lab.dtype),
+                       xyz)
+    rgb = torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=1e-12) ** (1 / 2.4) - 0.055,
+                      12.92 * lin)
+    return rgb.clamp(0, 1)
+
+
+def lab_stats(x: torch.Tensor) -> torch.Tensor:
+    """Per-crop CIE-LAB channel means and standard deviations, ``(N, 6)``, of ``(N, 3, H, W)``
+    crops in 0..1."""
+    lab = rgb_to_lab(x)
+    return torch.cat([lab.mean((2, 3)), lab.std((2, 3))], 1)
+
+
+def style_bank(groups: list, batch: int = 1024) -> list[torch.Tensor]:
+    """A style bank for :func:`augment_batch`: per group (one lab), the :func:`lab_stats` of
+    its ``(M, S, S, 3) uint8`` crops."""
+    bank = []
+    for crops in groups:
+        rows = [lab_stats(torch.from_numpy(crops[i:i + batch]).permute(0, 3, 1, 2).float() / 255)
+                for i in range(0, len(crops), batch)]
+        bank.append(torch.cat(rows))
+    return bank
+
+
+def _lab_style(x: torch.Tensor, sel: torch.Tensor, styles: list[torch.Tensor], rand
+               ) -> torch.Tensor:
+    """Per-crop Reinhard transfer of the selected samples to a random bank crop's LAB mean and
+    standard deviation (lab first, uniformly; then one of its crops)."""
+    n = x.shape[0]
+    lab_pick = (rand(n) * len(styles)).long().clamp(max=len(styles) - 1)
+    row = rand(n)
+    target = torch.stack([styles[int(g)][min(int(r * len(styles[int(g)])),
+                                              len(styles[int(g)]) - 1)]
+                          for g, r in zip(lab_pick, row)]).to(x.device, x.dtype)
+    lab = rgb_to_lab(x)
+    mean, std = lab.mean((2, 3), keepdim=True), lab.std((2, 3), keepdim=True).clamp(min=1e-3)
+    moved = (lab - mean) / std * target[:, 3:, None, None] + target[:, :3, None, None]
+    return torch.where(sel[:, None, None, None], lab_to_rgb(moved), x)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from napari_ddrnet.classify import resolve_device
 from napari_ddrnet.preprocess import normalize
 
-from .augment import AugmentConfig, augment_batch
+from .augment import AugmentConfig, augment_batch, style_bank
 from .models import build_model
 from .packs import load_pack, read_cut, read_size
 
@@ -178,6 +178,20 @@ def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
     return float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
 
 
+def load_style_groups(packs: Path, groups: list) -> list[np.ndarray]:
+    """The crops of each lab named in a config's ``lab_style_groups``: ``[pack, prefix]`` pairs,
+    the pack's crops whose name starts with ``prefix`` (``""``: all of them; e.g.
+    ``["txl_pseudo9", "raabin/"]`` for one source of a pseudo-label pack)."""
+    out = []
+    for name, prefix in groups:
+        x, _, _, names = load_pack(packs / f"{name}.npz")
+        keep = [i for i, n in enumerate(names) if n.startswith(prefix)]
+        if not keep:
+            raise ValueError(f"no crop of {name} starts with {prefix!r}")
+        out.append(x[keep])
+    return out
+
+
 def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: bool = False,
           limit: int | None = None, quiet: bool = False) -> dict:
     """Run one training job; returns a summary dict (also written to ``summary.json``)."""
@@ -234,6 +248,9 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     aug = AugmentConfig(**cfg.get("augment", {}))
+    styles = None
+    if aug.lab_style_p > 0:  # each lab's per-crop LAB statistics, drawn lab first
+        styles = style_bank(load_style_groups(packs, cfg["lab_style_groups"]))
     weights = class_weights(y_tr, k, float(cfg.get("class_weight_power", 0.5))).to(device)
     amp = on_gpu and bool(cfg.get("amp", True))
     start_epoch, best_f1, history = 0, -1.0, []
@@ -258,7 +275,7 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
                 continue
             xb = xt[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
             yb = yt[idx].to(device, non_blocking=True)
-            xb = normalize(augment_batch(xb, aug)).contiguous(memory_format=torch.channels_last)
+            xb = normalize(augment_batch(xb, aug, styles=styles)).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, weight=weights,
