@@ -243,21 +243,33 @@ def test_csvs_are_readable_by_the_lab_and_outputs_are_checked_first(files, tmp_p
 
 @pytest.mark.parametrize("mode", [[], ["--single-cell"]])
 def test_a_run_where_every_image_fails_keeps_the_earlier_csvs(files, tmp_path, capsys, mode):
-    """A mistyped path (or only unreadable files) must not replace yesterday's results with
-    empty tables: nothing is written and the exit code is 1."""
+    """Only unreadable files must not replace yesterday's results with empty tables: nothing
+    is written and the exit code is 1. A mistyped path is refused before anything runs
+    (exit 2, as an empty folder)."""
     out = ["--cells-csv", str(tmp_path / "c.csv"), "--counts-csv", str(tmp_path / "n.csv"),
            "--device", "cpu", "--quiet", "--no-tta"]
     assert cli.main(["count", str(files / "a.png"), *mode, *out]) == 0
     before = (tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()
-    assert cli.main(["count", str(files / "c.jpg"), str(tmp_path / "no_such.png"), *mode,
-                     *out]) == 1
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert cli.main(["count", str(files / "c.jpg"), str(broken), *mode, *out]) == 1
     err = capsys.readouterr().err
     assert "none of the 2 images could be analysed" in err and "Traceback" not in err
     assert ((tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()) == before
     fresh = ["--cells-csv", str(tmp_path / "new" / "c.csv"), "--counts-csv",
              str(tmp_path / "new" / "n.csv"), "--device", "cpu", "--quiet"]
-    assert cli.main(["count", str(tmp_path / "no_such.png"), *mode, *fresh]) == 1
+    assert cli.main(["count", str(broken), *mode, *fresh]) == 1
     assert not (tmp_path / "new" / "c.csv.parts").exists()  # no empty parts folder left
+    if not mode:  # nor the empty parents a --parts-dir made
+        assert cli.main(["count", str(broken), *fresh, "--parts-dir",
+                         str(tmp_path / "deep" / "a" / "b")]) == 1
+        assert not (tmp_path / "deep").exists()
+    capsys.readouterr()
+    assert cli.main(["count", str(files / "a.png"), str(tmp_path / "no_such.png"), *mode,
+                     *out]) == 2
+    err = capsys.readouterr().err
+    assert "no such file or folder" in err and "no_such.png" in err and "Traceback" not in err
+    assert ((tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()) == before
 
 
 def test_summary_csv_pools_each_input(files, tmp_path, capsys):

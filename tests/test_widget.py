@@ -328,3 +328,7 @@ def test_results_stay_named_after_their_own_image(make_napari_viewer, qtbot, mon
     _wait(widget, qtbot)
     assert "was removed during the analysis" in widget._status.value
     assert "Running" not in widget._status.value and widget._run_btn.enabled
+    # The dropped run's cells are not pooled into a later run's "unlike the training" check.
+    from napari_ddrnet.review import image_key
+
+    assert image_key(data) not in widget._shift_runs

@@ -304,6 +304,8 @@ class DifferentialWidget(Container):
             store, self._pending_store = self._pending_store, None
             if store is not None:
                 store.remove()
+            if self._shift_runs is not None:  # nor may its cells weigh in later checks
+                self._shift_runs.discard(key)
             self._status.value = (f"'{layer.name}' was removed during the analysis: its "
                                   f"result is not shown.{self._still_shown()}")
             show_info(f"napari-ddrnet: '{layer.name}' was removed during the analysis; its "

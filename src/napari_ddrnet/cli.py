@@ -328,8 +328,12 @@ def _write_summary(args: argparse.Namespace, owner: dict[str, str],
 
 def _inputs_problem(files, args: argparse.Namespace) -> str | None:
     """Why the inputs cannot be counted as given (checked before any image is analysed), or
-    ``None``: an image listed twice would count its cells twice, and an output CSV that is one
-    of the input images would replace the image."""
+    ``None``: a path that does not exist is a typo, an image listed twice would count its
+    cells twice, and an output CSV that is one of the input images would replace the image."""
+    missing = [str(f) for f in files if not Path(f).exists()]
+    if missing:  # a mistyped path: stop before a long run, as for an empty folder
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        return f"no such file or folder: {missing[0]}{more}"
     seen: dict[Path, Path] = {}
     for f in files:
         real = Path(f).resolve()  # also the same file under two spellings or through a link

@@ -366,7 +366,8 @@ class _Parts:
                     f"({changed}); run with the same settings, or without --resume to start "
                     "again")
             return
-        self.created = not folder.exists()
+        # The folders this run makes (``--parts-dir a/b`` may make ``a`` too), deepest first.
+        self.created = [f for f in (folder, *folder.parents) if not f.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         if not resume:  # a fresh run: parts of an earlier run must not leak into this one
             for p in folder.iterdir():
@@ -377,12 +378,14 @@ class _Parts:
     def remove_if_unused(self) -> None:
         """Remove the folder when this run made it and wrote nothing but its manifest (every
         image failed): no empty ``.parts`` folder is left behind."""
-        if not getattr(self, "created", False):
+        created = getattr(self, "created", [])
+        if not created:
             return
         try:
             if [p.name for p in self.folder.iterdir()] == ["cohort.json"]:
                 (self.folder / "cohort.json").unlink()
-                self.folder.rmdir()
+                for f in created:  # and the empty parents it made
+                    f.rmdir()
         except OSError:
             pass
 

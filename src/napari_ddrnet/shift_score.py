@@ -326,6 +326,13 @@ class RecentRuns:
             cells += n
         return np.concatenate(pooled), len(pooled), cells
 
+    def discard(self, key: str) -> None:
+        """Forget run ``key`` (e.g. its result was dropped), so no later verdict pools it."""
+        self._runs.pop(key, None)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._runs
+
 
 @dataclass(frozen=True)
 class ShiftVerdict:
