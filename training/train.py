@@ -275,7 +275,8 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
                 continue
             xb = xt[idx].to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
             yb = yt[idx].to(device, non_blocking=True)
-            xb = normalize(augment_batch(xb, aug, styles=styles)).contiguous(memory_format=torch.channels_last)
+            xb = normalize(augment_batch(xb, aug, styles=styles)).contiguous(
+                memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, weight=weights,
