@@ -264,12 +264,18 @@ def test_a_run_where_every_image_fails_keeps_the_earlier_csvs(files, tmp_path, c
         assert cli.main(["count", str(broken), *fresh, "--parts-dir",
                          str(tmp_path / "deep" / "a" / "b")]) == 1
         assert not (tmp_path / "deep").exists()
+        assert cli.main(["count", str(broken), *fresh, "--parts-dir",
+                         str(tmp_path / "x" / ".." / "y" / "p")]) == 1
+        assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     capsys.readouterr()
     assert cli.main(["count", str(files / "a.png"), str(tmp_path / "no_such.png"), *mode,
                      *out]) == 2
     err = capsys.readouterr().err
     assert "no such file or folder" in err and "no_such.png" in err and "Traceback" not in err
     assert ((tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()) == before
+    if not mode:  # --resume reads no finished image again: a moved one is not refused
+        assert cli.main(["count", str(tmp_path / "no_such.png"), *out, "--resume"]) == 1
+        assert ((tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()) == before
 
 
 def test_summary_csv_pools_each_input(files, tmp_path, capsys):

@@ -312,35 +312,49 @@ def test_lab_conversion_matches_skimage_and_round_trips():
 def test_lab_style_gives_a_crop_a_bank_crops_statistics_at_the_requested_share():
     import torch
 
-    from training.augment import lab_stats, style_bank
+    from training.augment import lab_stats, rgb_to_lab, style_bank
 
-    x = _smooth_batch(n=300, s=16)
+    x = _smooth_batch(n=400, s=16)
     rng = np.random.default_rng(0)
-    # Two "labs": a bluish and a pinkish palette, as uint8 crops.
-    blue = (rng.random((20, 16, 16, 3)) * [60, 60, 120] + [90, 90, 120]).astype(np.uint8)
-    pink = (rng.random((30, 16, 16, 3)) * [80, 50, 60] + [170, 110, 140]).astype(np.uint8)
+    # Two "labs" of unequal size: a bluish and a pinkish palette, as uint8 crops.
+    blue = (rng.random((5, 16, 16, 3)) * [60, 60, 120] + [90, 90, 120]).astype(np.uint8)
+    pink = (rng.random((45, 16, 16, 3)) * [80, 50, 60] + [170, 110, 140]).astype(np.uint8)
     bank = style_bank([blue, pink])
-    assert [tuple(b.shape) for b in bank] == [(20, 6), (30, 6)]
+    assert [tuple(b.shape) for b in bank] == [(5, 6), (45, 6)]
     y = augment_batch(x.clone(), AugmentConfig(lab_style_p=0.5, **_STILL),
                       torch.Generator().manual_seed(2), styles=bank)
     assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
     moved = (y - x).abs().flatten(1).amax(1) > 1e-4
     assert 0.4 < float(moved.float().mean()) < 0.6
     torch.testing.assert_close(y[~moved], x[~moved], atol=1e-5, rtol=0)
-    # A moved crop carries one bank crop's LAB means (up to clipping at the gamut edge), and
-    # structure survives: it stays correlated with the original's lightness.
+    # A moved crop carries one bank crop's LAB means and standard deviations (up to clipping
+    # at the gamut edge) ...
     rows = torch.cat(bank)
-    got = lab_stats(y[moved])
-    nearest = torch.cdist(got[:, :3], rows[:, :3]).min(1).values
-    assert float(nearest.median()) < 1.0
-    from training.augment import rgb_to_lab
-
+    dist = torch.cdist(lab_stats(y[moved]), rows)
+    assert float(dist.min(1).values.median()) < 1.0
+    # ... the lab drawn first and uniformly: half the moved crops take the 5-crop lab's
+    # palette (a crop drawn from the pooled bank would give it a tenth) ...
+    share_blue = float((dist.argmin(1) < len(bank[0])).float().mean())
+    assert 0.35 < share_blue < 0.65
+    # ... and keeps its structure: its lightness stays correlated with the original's.
     a, b = rgb_to_lab(x[moved])[:, 0].flatten(1), rgb_to_lab(y[moved])[:, 0].flatten(1)
     corr = torch.nn.functional.cosine_similarity(a - a.mean(1, keepdim=True),
                                                  b - b.mean(1, keepdim=True))
     assert float(corr.median()) > 0.9
     with pytest.raises(ValueError, match="style bank"):
         augment_batch(x.clone(), AugmentConfig(lab_style_p=0.5, **_STILL))
+
+
+def test_style_groups_are_read_by_name_prefix(tmp_path):
+    from training.train import load_style_groups
+
+    crop = encode_jpeg(np.full((8, 8, 3), 128, np.uint8))
+    save_pack(tmp_path / "mix.npz", [crop] * 3, [0, 1, 0], ["a", "b"],
+              ["raabin/1.jpg", "bcd/2.jpg", "raabin/3.jpg"])
+    groups = load_style_groups(tmp_path, [["mix", "raabin/"], ["mix", "bcd/"], ["mix", ""]])
+    assert [len(g) for g in groups] == [2, 1, 3]
+    with pytest.raises(ValueError, match="starts with 'lisc/'"):
+        load_style_groups(tmp_path, [["mix", "lisc/"]])
 
 
 def test_load_split_fraction_keeps_a_fixed_subset(tmp_path):

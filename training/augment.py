@@ -289,7 +289,8 @@ def _hed_jitter(x: torch.Tensor, sigma: float, rand) -> torch.Tensor:
     return torch.exp(-od).permute(0, 3, 1, 2).clamp(0, 1)
 
 
-# sRGB (D65) <-> CIE-LAB, as skimage.color.rgb2lab / lab2rgb, batched on tensors.
+# sRGB (D65) <-> CIE-LAB, as skimage.color.rgb2lab, batched on tensors (the inverse does not
+# clip a negative Z as lab2rgb does: only very dark, very yellow targets differ).
 _RGB2XYZ = torch.tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
                          [0.019334, 0.119193, 0.950227]])
 _WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883])
@@ -340,12 +341,14 @@ def _lab_style(x: torch.Tensor, sel: torch.Tensor, styles: list[torch.Tensor], r
                ) -> torch.Tensor:
     """Per-crop Reinhard transfer of the selected samples to a random bank crop's LAB mean and
     standard deviation (lab first, uniformly; then one of its crops)."""
-    n = x.shape[0]
+    n, dev = x.shape[0], x.device
     lab_pick = (rand(n) * len(styles)).long().clamp(max=len(styles) - 1)
     row = rand(n)
-    target = torch.stack([styles[int(g)][min(int(r * len(styles[int(g)])),
-                                              len(styles[int(g)]) - 1)]
-                          for g, r in zip(lab_pick, row)]).to(x.device, x.dtype)
+    # One indexing into the concatenated bank (no per-sample host sync on a GPU).
+    sizes = torch.tensor([len(s) for s in styles], device=dev)
+    first = sizes.cumsum(0) - sizes
+    within = torch.minimum((row * sizes[lab_pick]).long(), sizes[lab_pick] - 1)
+    target = torch.cat(list(styles)).to(dev, x.dtype)[first[lab_pick] + within]
     lab = rgb_to_lab(x)
     mean, std = lab.mean((2, 3), keepdim=True), lab.std((2, 3), keepdim=True).clamp(min=1e-3)
     moved = (lab - mean) / std * target[:, 3:, None, None] + target[:, :3, None, None]

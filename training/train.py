@@ -250,6 +250,9 @@ def train(cfg: dict, out: Path, packs: Path, device_name: str = "auto", resume: 
     aug = AugmentConfig(**cfg.get("augment", {}))
     styles = None
     if aug.lab_style_p > 0:  # each lab's per-crop LAB statistics, drawn lab first
+        if not cfg.get("lab_style_groups"):
+            raise ValueError("augment.lab_style_p needs lab_style_groups in the config "
+                             "([pack, name prefix] pairs, one lab each)")
         styles = style_bank(load_style_groups(packs, cfg["lab_style_groups"]))
     weights = class_weights(y_tr, k, float(cfg.get("class_weight_power", 0.5))).to(device)
     amp = on_gpu and bool(cfg.get("amp", True))

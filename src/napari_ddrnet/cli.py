@@ -328,12 +328,19 @@ def _write_summary(args: argparse.Namespace, owner: dict[str, str],
 
 def _inputs_problem(files, args: argparse.Namespace) -> str | None:
     """Why the inputs cannot be counted as given (checked before any image is analysed), or
-    ``None``: a path that does not exist is a typo, an image listed twice would count its
-    cells twice, and an output CSV that is one of the input images would replace the image."""
-    missing = [str(f) for f in files if not Path(f).exists()]
-    if missing:  # a mistyped path: stop before a long run, as for an empty folder
+    ``None``: a path that does not exist is a typo (unless the workers of ``--scheduler`` or
+    ``--resume`` will read it, or not), an image listed twice would count its cells twice, and
+    an output CSV that is one of the input images would replace the image."""
+    # A mistyped path stops the run before it starts, as an empty folder does. Not with
+    # --scheduler (the workers may see paths this machine does not) nor --resume (finished
+    # images are not read again, and may have been moved away since).
+    missing = ([] if args.scheduler or args.resume
+               else [str(f) for f in files if not Path(f).exists()])
+    if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        return f"no such file or folder: {missing[0]}{more}"
+        glob = (" (a shell pattern that matched nothing?)"
+                if any(c in missing[0] for c in "*?[") else "")
+        return f"no such file or folder: {missing[0]}{glob}{more}"
     seen: dict[Path, Path] = {}
     for f in files:
         real = Path(f).resolve()  # also the same file under two spellings or through a link

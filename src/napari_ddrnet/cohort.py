@@ -345,6 +345,7 @@ class _Parts:
 
     def __init__(self, folder: Path, settings: CountSettings, resume: bool):
         self.folder = folder
+        self.created: list[Path] = []  # folders this run made (none when it resumes)
         manifest = {"version": PARTS_VERSION, "settings": settings.fingerprint()}
         mpath = folder / "cohort.json"
         if resume and mpath.is_file():
@@ -366,8 +367,10 @@ class _Parts:
                     f"({changed}); run with the same settings, or without --resume to start "
                     "again")
             return
-        # The folders this run makes (``--parts-dir a/b`` may make ``a`` too), deepest first.
-        self.created = [f for f in (folder, *folder.parents) if not f.exists()]
+        # The folders this run makes (``--parts-dir a/b`` may make ``a`` too), deepest first
+        # (a ``..`` step names no folder of its own).
+        self.created = [f for f in (folder, *folder.parents)
+                        if f.name != ".." and not f.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         if not resume:  # a fresh run: parts of an earlier run must not leak into this one
             for p in folder.iterdir():
@@ -376,9 +379,9 @@ class _Parts:
         _write_text_atomic(mpath, [json.dumps(manifest, indent=1)])
 
     def remove_if_unused(self) -> None:
-        """Remove the folder when this run made it and wrote nothing but its manifest (every
-        image failed): no empty ``.parts`` folder is left behind."""
-        created = getattr(self, "created", [])
+        """Remove the folder, and the parents this run made for it, when the run wrote nothing
+        but its manifest (every image failed): no empty ``.parts`` folder is left behind."""
+        created = self.created
         if not created:
             return
         try:
@@ -622,7 +625,7 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     report.tasks = runner(client, todo, settings, finish, fail, progress)
     report.failed = [(n, failed[n]) for n in names if n in failed]
     ok = [n for n in names if n not in failed]
-    if not ok:  # nothing analysed (e.g. every path mistyped): keep any earlier CSVs
+    if not ok:  # nothing analysed (every image unreadable): keep any earlier CSVs
         parts.remove_if_unused()
         return report
     classes = _classes(settings)
