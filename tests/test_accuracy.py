@@ -89,8 +89,9 @@ def test_paper_tables_read_a_run_stopped_early(tmp_path):
 def test_robust_model_on_the_unseen_lab_as_is():
     """LISC (never trained, tuned or selected on), single-cell crops as ``count --single-cell``
     cuts them, default TTA, argmax over LISC's 5 classes: every 3rd image. The default
-    ``ddrnet_wbc8_v5`` is at 65.6 % on all 1,287 (benchmarks/results/unseen_lab.log) and
-    64.3 % on these 429; ``ddrnet_wbc8_v4`` read 60.8 % and ``ddrnet_wbc8_v2`` 44.3 % here."""
+    ``ddrnet_wbc8_v6`` is at 66.3 % on all 1,287 (benchmarks/results/unseen_lab.log) and
+    64.8 % on these 429; ``ddrnet_wbc8_v5`` read 64.3 %, ``ddrnet_wbc8_v4`` 60.8 % and
+    ``ddrnet_wbc8_v2`` 44.3 % here."""
     import csv
 
     from skimage import io

@@ -194,7 +194,7 @@ def test_card_without_transforms_is_rejected(tmp_path):
 
 def test_a_card_names_its_model_else_the_file_does(tmp_path):
     """CELLS.csv's ``model`` column and the widget's status read ``ModelBundle.name``."""
-    assert load_bundle().name == DEFAULT_WEIGHTS.stem == "ddrnet_wbc8_v5"
+    assert load_bundle().name == DEFAULT_WEIGHTS.stem == "ddrnet_wbc8_v6"
     w = tmp_path / "my_lab_model.safetensors"
     shutil.copy(DEFAULT_WEIGHTS, w)
     meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
