@@ -328,9 +328,9 @@ def _write_summary(args: argparse.Namespace, owner: dict[str, str],
 
 def _inputs_problem(files, args: argparse.Namespace) -> str | None:
     """Why the inputs cannot be counted as given (checked before any image is analysed), or
-    ``None``: a path that does not exist is a typo (unless the workers of ``--scheduler`` or
-    ``--resume`` will read it, or not), an image listed twice would count its cells twice, and
-    an output CSV that is one of the input images would replace the image."""
+    ``None``: a path that does not exist is a typo (not checked with ``--scheduler`` or
+    ``--resume``), an image listed twice would count its cells twice, and an output CSV that
+    is one of the input images would replace the image."""
     # A mistyped path stops the run before it starts, as an empty folder does. Not with
     # --scheduler (the workers may see paths this machine does not) nor --resume (finished
     # images are not read again, and may have been moved away since).
