@@ -278,6 +278,31 @@ def test_a_run_where_every_image_fails_keeps_the_earlier_csvs(files, tmp_path, c
         assert ((tmp_path / "c.csv").read_bytes(), (tmp_path / "n.csv").read_bytes()) == before
 
 
+def test_a_model_without_a_shift_threshold_says_the_run_was_not_checked(files, tmp_path,
+                                                                         capsys):
+    """A model adapted to one lab carries no 'unlike the training data' threshold: count says
+    the run was not checked instead of leaving the summary's columns silently empty."""
+    import json
+    import shutil
+
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS, metadata_path
+
+    own = tmp_path / "mylab.safetensors"
+    shutil.copy(DEFAULT_WEIGHTS, own)
+    card = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
+    card.pop("shift_warning")
+    metadata_path(own).write_text(json.dumps(dict(card, name="mylab")))
+    out = ["--cells-csv", str(tmp_path / "c.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+           "--device", "cpu", "--quiet", "--no-tta", "--pixel-size", "0.1"]
+    for mode in ([], ["--single-cell"]):
+        assert cli.main(["count", str(files / "a.png"), *mode, *out, "--weights",
+                         str(own)]) == 0
+        err = capsys.readouterr().err
+        assert "mylab carries no threshold" in err and "not checked" in err
+    assert cli.main(["count", str(files / "a.png"), *out]) == 0
+    assert "carries no threshold" not in capsys.readouterr().err
+
+
 def test_summary_csv_pools_each_input(files, tmp_path, capsys):
     """--summary-csv: one differential per input as given. A folder of fields pools its
     images (the unreadable one is not counted among them); a file given alone is its own."""

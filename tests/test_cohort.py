@@ -162,6 +162,23 @@ def test_resume_refuses_other_settings(inputs, tmp_path, capsys):
     assert "min_confidence 0.5 -> 0.9" in err  # says which setting changed
 
 
+def test_resume_refuses_parts_of_another_shipped_default(inputs, tmp_path, capsys,
+                                                          monkeypatch):
+    """Parts made while another model was the shipped default (``weights`` None both times)
+    must not join this run: the fingerprint names the model the weights resolve to."""
+    from napari_ddrnet import weights
+
+    previous = weights.WEIGHTS_DIR / "ddrnet_wbc8_v5.safetensors"
+    with monkeypatch.context() as m:
+        m.setattr(weights, "DEFAULT_WEIGHTS", previous)
+        count_cohort(inputs[:1], tmp_path / "cells.csv", tmp_path / "counts.csv",
+                     settings=SETTINGS)
+    assert _count(inputs[:1], tmp_path, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "ddrnet_wbc8_v5" in err
+    assert weights.DEFAULT_WEIGHTS.stem in err and "Traceback" not in err
+
+
 def test_resume_refuses_parts_of_another_version(inputs, tmp_path, capsys):
     """Parts written before CELLS.csv gained a column would be assembled misaligned."""
     import json

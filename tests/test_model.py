@@ -217,6 +217,9 @@ def test_adapted_to_lab_is_a_copy_and_needs_enough_cells():
         clf.adapted_to_lab(crops[:8])
     adapted = clf.adapted_to_lab(crops)
     assert adapted.lab_colour is not None and clf.lab_colour is None
+    # CELLS.csv's model column tells the adapted calls from the model's own
+    assert adapted.bundle.name == f"{clf.bundle.name}+new-lab" != clf.bundle.name
+    assert adapted.bundle.meta["shift_warning"] == clf.bundle.meta["shift_warning"]
     np.testing.assert_allclose(clf.predict_proba(crops[:4]), before, atol=1e-6)
     assert not np.allclose(adapted.predict_proba(crops[:4]), before, atol=1e-3)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -91,6 +92,9 @@ class Classifier:
         x = crops_to_tensor(reinhard_normalize(crops, source_mean_std=colour), "cpu",
                             self.bundle.mean, self.bundle.std)
         adapted = copy.copy(self)
+        # Its calls are not the model's as trained: CELLS.csv's ``model`` column says so.
+        adapted.bundle = dataclasses.replace(
+            self.bundle, meta={**self.bundle.meta, "name": f"{self.bundle.name}+new-lab"})
         model = adapt_batchnorm(self.bundle.model, x)
         adapted.model = fuse_for_inference(model).to(self.device).to(
             memory_format=torch.channels_last)

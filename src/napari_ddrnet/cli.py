@@ -108,11 +108,14 @@ _ADVICE = (" Review a few cells per class and adapt the model to your lab (`napa
 
 def _warn_if_unlike_training(classifier, sample, args, write, verdict=None) -> bool:
     """Say on stderr when the run's cells look unlike the training data (label-free; see
-    :mod:`napari_ddrnet.shift_score`); silent for weights without a threshold or small runs.
+    :mod:`napari_ddrnet.shift_score`); a note for weights without a threshold, silent for
+    small runs.
     ``verdict``, when given, is the run's verdict from all its crops (with ``--summary-csv``)
     instead of the sample's. Returns whether it warned."""
     from .shift_score import shift_verdict
 
+    if _unchecked(classifier.bundle, write):
+        return False
     try:
         if verdict is None:
             verdict = shift_verdict(classifier.bundle, sample.crops, n_cells=sample.n_seen)
@@ -124,6 +127,17 @@ def _warn_if_unlike_training(classifier, sample, args, write, verdict=None) -> b
     advice = (" --new-lab was applied; review some cells to check its classes."
               if args.new_lab else _ADVICE)
     write(f"napari-ddrnet: warning: {verdict.summary()}{advice}")
+    return True
+
+
+def _unchecked(bundle, write) -> bool:
+    """Say so (and return True) when the weights carry no threshold for the 'unlike the
+    training data' check: an empty ``unlike_training`` column must not read as "fine"."""
+    if bundle.meta.get("shift_warning"):
+        return False
+    write(f"napari-ddrnet: note: the model {bundle.name} carries no threshold for the 'unlike "
+          "the training data' check (e.g. a model adapted to one lab), so this run was not "
+          "checked")
     return True
 
 
@@ -398,7 +412,7 @@ def _count_cohort(files, args: argparse.Namespace, owner: dict[str, str]) -> int
                              device=args.device, batch_size=args.batch_size,
                              tta=not args.no_tta, tile_size=args.tile_size)
     try:
-        worker_classifier(settings)  # bad weights fail here, before any cluster starts
+        bundle = worker_classifier(settings).bundle  # bad weights fail here, before any cluster
     except (WeightsError, ValueError) as exc:
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
         return 2
@@ -433,7 +447,7 @@ def _count_cohort(files, args: argparse.Namespace, owner: dict[str, str]) -> int
     if not report.written:
         return _nothing_written(files, args)
     warned = report.shift is not None and report.shift.warns
-    if warned:
+    if not _unchecked(bundle, write) and warned:
         write(f"napari-ddrnet: warning: {report.shift.summary()}{_ADVICE}")
     _warn_per_input(report.group_shift, warned, args, write)
     summary = _write_summary(args, owner, report.group_shift)

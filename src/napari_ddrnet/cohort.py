@@ -97,11 +97,27 @@ class CountSettings:
     tile_size: int | None = None
 
     def fingerprint(self) -> dict:
-        """The settings that change the rows (device and batch size do not)."""
+        """The settings that change the rows (device and batch size do not), with the model
+        the weights resolve to (name and checksum from its card), so that parts made by one
+        shipped default never join a run of the next."""
         d = asdict(self)
         d.pop("device")
         d.pop("batch_size")
+        d["model"] = _model_identity(self.weights)
         return d
+
+
+def _model_identity(weights: str | None) -> str:
+    """``"name sha256[:12]"`` of the weights' card (the shipped default for ``None``); the
+    path itself when the card cannot be read (loading the weights reports why)."""
+    from .weights import DEFAULT_WEIGHTS, metadata_path
+
+    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    try:
+        meta = json.loads(metadata_path(path).read_text())
+        return f"{meta.get('name') or path.stem} {str(meta['sha256'])[:12]}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return str(path)
 
 
 @dataclass
