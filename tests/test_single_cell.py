@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,8 @@ def test_new_lab_mode_lifts_an_unseen_lab(tmp_path, capsys):
         assert len(cells) == 80
         acc[name] = float((cells["class"] == [p.split("/")[-2] for p in cells["image"]])
                           .mean())
+        suffix = "+new-lab" if "--new-lab" in flags else ""  # adapted calls say so
+        assert set(cells["model"]) == {Path(flags[1]).stem + suffix}
     assert "adapted to this lab" in capsys.readouterr().err
     assert acc["v2 new-lab"] >= acc["v2"] + 0.15, acc
     assert acc["default"] >= acc["v2"] + 0.10, acc
@@ -126,8 +129,10 @@ def test_new_lab_mode_needs_enough_cells(smear, tmp_path, capsys):
     rc = cli.main(["count", str(tmp_path / "field.png"), "--cells-csv", str(tmp_path / "c.csv"),
                    "--counts-csv", str(tmp_path / "n.csv"), "--device", "cpu", "--quiet",
                    "--pixel-size", "0.1", "--new-lab"])
-    assert rc == 0 and len(pd.read_csv(tmp_path / "c.csv")) == 4
+    cells = pd.read_csv(tmp_path / "c.csv")
+    assert rc == 0 and len(cells) == 4
     assert "--new-lab not applied" in capsys.readouterr().err
+    assert "+new-lab" not in cells["model"].iloc[0]  # not applied: the model's own calls
 
 
 @needs_data("lisc")

@@ -81,9 +81,10 @@ def _field_results(files, classifier, args, failed, write):
             yield str(path), result
 
 
-def _adapted_to_lab(results: list, classifier, args, write) -> list:
-    """The results re-classified by a classifier adapted to all their cells (``--new-lab``);
-    unchanged, with a warning, when there are too few cells to adapt on."""
+def _adapted_to_lab(results: list, classifier, args, write) -> tuple[list, str]:
+    """The results re-classified by a classifier adapted to all their cells (``--new-lab``),
+    and the name of the model that made their calls (CELLS.csv's ``model``); unchanged, with
+    a warning, when there are too few cells to adapt on."""
     import numpy as np
 
     from .classify import MIN_LAB_CROPS
@@ -94,11 +95,12 @@ def _adapted_to_lab(results: list, classifier, args, write) -> list:
     if len(crops) < MIN_LAB_CROPS:
         write(f"napari-ddrnet: warning: --new-lab not applied: it needs at least "
               f"{MIN_LAB_CROPS} cells of the lab, these images have {len(crops)}")
-        return results
+        return results, classifier.bundle.name
     adapted = classifier.adapted_to_lab(crops)
     write(f"napari-ddrnet: adapted to this lab's colours and statistics from {len(crops)} "
           "cells (--new-lab)")
-    return [(name, reclassify(r, adapted, args.min_confidence)) for name, r in results]
+    return ([(name, reclassify(r, adapted, args.min_confidence)) for name, r in results],
+            adapted.bundle.name)
 
 
 _ADVICE = (" Review a few cells per class and adapt the model to your lab (`napari-ddrnet "
@@ -484,8 +486,9 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
         results = _single_cell_results(files, classifier, args, failed, write)
     else:
         results = _field_results(files, classifier, args, failed, write)
+    model_name = classifier.bundle.name
     if args.new_lab:  # needs every cell first: analyse all, adapt, then re-classify
-        results = _adapted_to_lab(list(results), classifier, args, write)
+        results, model_name = _adapted_to_lab(list(results), classifier, args, write)
     sample = CropSample()  # the run's cells (re-classified ones keep their raw crops)
     per_input = (_InputShift(classifier.bundle, owner, args.single_cell)
                  if args.summary_csv else None)
@@ -495,7 +498,7 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
             per_input.add(name, result.crops)
         cells_t, counts_t = csv_tables(name, result.cells, result.counts, classifier.classes,
                                        result.pixel_size_um, result.pixel_size_source,
-                                       classifier.bundle.name)
+                                       model_name)
         if result.pixel_size_source == "default" and not args.single_cell:
             # Field crops are cut at the model's field of view in µm: a guessed scale can
             # mis-size every crop, so say so rather than bury it in the CSV.
