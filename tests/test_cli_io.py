@@ -77,6 +77,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert cli.main(["count", str(tmp_path), *base]) == 2  # no images
     assert cli.main(["count", "x.png", "--pixel-size", "-1", *base]) == 2
     assert cli.main(["count", "x.png", "--min-confidence", "2", *base]) == 2
+    assert "--min-confidence must be between 0 and 1" in capsys.readouterr().err  # the flag
     assert cli.main(["count", "x.png", "--pixel-size", "50", *base]) == 2  # implausible
     assert "--pixel-size" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
@@ -301,6 +302,17 @@ def test_a_model_without_a_shift_threshold_says_the_run_was_not_checked(files, t
         assert "mylab carries no threshold" in err and "not checked" in err
     assert cli.main(["count", str(files / "a.png"), *out]) == 0
     assert "carries no threshold" not in capsys.readouterr().err
+
+
+def test_an_empty_folder_beside_other_inputs_is_named(files, tmp_path, capsys):
+    """A patient's folder left empty is left out with a warning, not silently."""
+    empty = tmp_path / "patient_b"
+    empty.mkdir()
+    assert cli.main(["count", str(files / "a.png"), str(empty), "--cells-csv",
+                     str(tmp_path / "c.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+                     "--device", "cpu", "--quiet", "--no-tta", "--pixel-size", "0.1"]) == 0
+    err = capsys.readouterr().err
+    assert f"{empty} holds no image files" in err
 
 
 def test_summary_csv_pools_each_input(files, tmp_path, capsys):

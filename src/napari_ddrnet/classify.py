@@ -170,10 +170,11 @@ def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
     return rots + [torch.flip(r, (3,)) for r in rots]
 
 
-def check_min_confidence(value: float) -> float:
-    """``value`` as a float if it is a valid minimum confidence (0..1), else ``ValueError``."""
+def check_min_confidence(value: float, name: str = "min_confidence") -> float:
+    """``value`` as a float if it is a valid minimum confidence (0..1), else ``ValueError``
+    naming it as ``name`` (e.g. the command-line flag)."""
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"min_confidence must be between 0 and 1, got {value!r}")
+        raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
     return float(value)
 
 

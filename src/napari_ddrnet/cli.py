@@ -392,6 +392,10 @@ def _count(args: argparse.Namespace) -> int:
     if not files:
         print("napari-ddrnet: error: no image files found in the inputs", file=sys.stderr)
         return 2
+    for inp in args.inputs:  # a patient's folder left empty must not pass unnoticed
+        if Path(inp).is_dir() and not list_images([inp]):
+            print(f"napari-ddrnet: warning: {inp} holds no image files; it is left out",
+                  file=sys.stderr)
     problem = _inputs_problem(files, args)
     if problem:
         print(f"napari-ddrnet: error: {problem}", file=sys.stderr)
@@ -762,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.pixel_size is not None:
                 check_pixel_size(args.pixel_size, "--pixel-size")
-            check_min_confidence(args.min_confidence)
+            check_min_confidence(args.min_confidence, "--min-confidence")
             if args.batch_size < 1:
                 raise ValueError("--batch-size must be at least 1")
             if args.workers is not None and args.workers < 1:
