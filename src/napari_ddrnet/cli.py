@@ -301,11 +301,13 @@ def _nothing_written(files, args: argparse.Namespace) -> int:
     return 1
 
 
-def input_of(inputs) -> dict[str, str]:
-    """Image name (as the CSVs write it) -> the input, as given, it was listed from."""
+def list_inputs(inputs) -> list[tuple[str, list[Path]]]:
+    """Each input as given, with the image files it lists (a folder: its images; a file:
+    itself), in order; read once for the run's file list, its empty folders and
+    :func:`_write_summary`'s owners."""
     from .image_io import list_images
 
-    return {str(f): str(inp) for inp in inputs for f in list_images([inp])}
+    return [(str(inp), list_images([inp])) for inp in inputs]
 
 
 def _write_summary(args: argparse.Namespace, owner: dict[str, str],
@@ -313,7 +315,7 @@ def _write_summary(args: argparse.Namespace, owner: dict[str, str],
     """Write ``--summary-csv``: one differential per input as given (a folder of one smear's
     fields or one patient's single-cell exports pools all its cells), read back from the
     CSVs just written so that every count path gives the same table. ``owner`` maps each
-    image to its input (:func:`input_of`, made when the run started); ``verdicts`` holds each
+    image to its input (from :func:`list_inputs`, when the run started); ``verdicts`` holds each
     input's "unlike the training data" check (``shift_score``, ``unlike_training``; empty
     under 32 cells or for weights without a threshold). Returns the text the final message
     adds ("" without ``--summary-csv``)."""
@@ -380,27 +382,26 @@ def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def _count(args: argparse.Namespace) -> int:
-    from .image_io import list_images
-
     whole_run = args.single_cell or args.new_lab
     if whole_run and (args.workers or args.scheduler or args.resume):
         mode = "--single-cell" if args.single_cell else "--new-lab"
         print(f"napari-ddrnet: error: {mode} works on the whole run in one process: it cannot "
               "be combined with --workers, --scheduler or --resume", file=sys.stderr)
         return 2
-    files = list_images(args.inputs)
+    listed = list_inputs(args.inputs)
+    files = [f for _, fs in listed for f in fs]
     if not files:
         print("napari-ddrnet: error: no image files found in the inputs", file=sys.stderr)
         return 2
-    for inp in args.inputs:  # a patient's folder left empty must not pass unnoticed
-        if Path(inp).is_dir() and not list_images([inp]):
+    for inp, fs in listed:  # a patient's folder left empty must not pass unnoticed
+        if not fs and Path(inp).is_dir():
             print(f"napari-ddrnet: warning: {inp} holds no image files; it is left out",
                   file=sys.stderr)
     problem = _inputs_problem(files, args)
     if problem:
         print(f"napari-ddrnet: error: {problem}", file=sys.stderr)
         return 2
-    owner = input_of(args.inputs)
+    owner = {str(f): inp for inp, fs in listed for f in fs}  # image -> its input, as given
     if not whole_run:
         return _count_cohort(files, args, owner)
     return _count_whole_run(files, args, owner)

@@ -110,9 +110,9 @@ class CountSettings:
 def _model_identity(weights: str | None) -> str:
     """``"name sha256[:12]"`` of the weights' card (the shipped default for ``None``); the
     path itself when the card cannot be read (loading the weights reports why)."""
-    from .weights import DEFAULT_WEIGHTS, metadata_path
+    from .weights import metadata_path, weights_path
 
-    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    path = weights_path(weights)
     try:
         meta = json.loads(metadata_path(path).read_text())
         return f"{meta.get('name') or path.stem} {str(meta['sha256'])[:12]}"

@@ -74,6 +74,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_path(weights: str | Path | None) -> Path:
+    """The weights file ``weights`` names; ``None``: the shipped default."""
+    return Path(weights) if weights is not None else DEFAULT_WEIGHTS
+
+
 def metadata_path(weights: Path) -> Path:
     return Path(weights).with_suffix(".json")
 
@@ -87,7 +92,7 @@ def load_bundle(weights: str | Path | None = None) -> ModelBundle:
         When the file or its metadata is missing, the checksum does not match, or the tensors do
         not fit the architecture described in the metadata.
     """
-    path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    path = weights_path(weights)
     meta_file = metadata_path(path)
     if not path.is_file():
         raise WeightsError(f"Model weights not found: {path}")
