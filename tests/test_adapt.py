@@ -333,3 +333,44 @@ def test_an_image_named_like_a_missing_value_is_a_name(reviewed_csv, tmp_path, c
                    "--epochs", "1", "--holdout", "0", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot read image NA" in err and "Traceback" not in err
+
+
+def test_adapt_refuses_to_replace_a_model_unless_told(reviewed_csv, tmp_path, capsys):
+    """A lab's earlier adapted model is not lost to a second `adapt --out` with its name."""
+    out = tmp_path / "lab.safetensors"
+    out.write_bytes(b"an earlier model")
+    args = ["adapt", "--cells-csv", str(reviewed_csv), "--out", str(out), "--epochs", "1",
+            "--holdout", "0", "--quiet"]
+    rc = cli.main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and "exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"an earlier model"
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert load_bundle(out).classes  # the new model, complete with its card
+
+
+def test_a_semicolon_csv_from_a_european_spreadsheet_reads_as_the_comma_one(reviewed_csv,
+                                                                            tmp_path):
+    """A spreadsheet in a European locale saves "CSV" with ';' and decimal commas."""
+    cells = pd.read_csv(reviewed_csv)
+    euro = tmp_path / "euro.csv"
+    cells.to_csv(euro, sep=";", decimal=",", index=False, encoding="utf-8-sig")
+    assert "," in euro.read_text(encoding="utf-8-sig").splitlines()[1]  # decimal commas
+    got, want = cli._read_reviewed([euro]), cli._read_reviewed([reviewed_csv])
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_model_is_named_by_its_name(smear, tmp_path, capsys):
+    """`--weights ddrnet_wbc8_v5` picks the packaged model; an unknown name lists them."""
+    image, _ = smear
+    png = tmp_path / "smear.png"
+    Image.fromarray(image).save(png)
+    base = ["count", str(png), "--pixel-size", "0.1", "--device", "cpu", "--quiet",
+            "--no-tta", "--counts-csv", str(tmp_path / "counts.csv")]
+    cells_csv = tmp_path / "cells.csv"
+    assert cli.main([*base, "--cells-csv", str(cells_csv), "--weights", "ddrnet_wbc8_v5"]) == 0
+    assert set(pd.read_csv(cells_csv)["model"]) == {"ddrnet_wbc8_v5"}
+    rc = cli.main([*base, "--cells-csv", str(tmp_path / "x.csv"), "--weights", "ddrnet_v99"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "ddrnet_wbc8_v6" in err and "ddrnet_wbc8_v5" in err
+    assert not (tmp_path / "x.csv").exists()

@@ -610,11 +610,11 @@ def adapt_from_cells(
     report = AdaptReport(Path(out) if out is not None else default_output(), len(tr), len(ho),
                          _accuracy(before, y[ho]), _accuracy(after, y[ho]), per_class,
                          n_unlabelled=min(len(unl), MAX_UNLABELLED), timings=timings)
-    base_path = Path(base_weights) if base_weights is not None else None
+    from .weights import export_weights, weights_path
+
+    base_path = weights_path(base_weights) if base_weights is not None else None
     card = _card(bundle, base_path, rows, report, cfg, seed, bool(single.any()), source_files)
     card["adaptation"]["device"] = str(resolve_device(device))  # GPU sums differ in the last bits
-    from .weights import export_weights
-
     export_weights(model.state_dict(), card, report.path)
     report.seconds = time.perf_counter() - t0
     timings["save"] = report.seconds - sum(timings.values())

@@ -103,9 +103,9 @@ def _adapted_to_lab(results: list, classifier, args, write) -> tuple[list, str]:
             adapted.bundle.name)
 
 
-_ADVICE = (" Review a few cells per class and adapt the model to your lab (`napari-ddrnet "
-           "adapt`, docs/adaptation.md); --new-lab (no labels) helps less, needs a run of "
-           "mixed classes and can lower some classes.")
+_ADVICE = (" Review a few cells per class and adapt the model to your lab (the widget's "
+           "'Adapt to my lab...', or `napari-ddrnet adapt --help`); --new-lab (no labels) "
+           "helps less, needs a run of mixed classes and can lower some classes.")
 
 
 def _warn_if_unlike_training(classifier, sample, args, write, verdict=None) -> bool:
@@ -584,16 +584,28 @@ def _read_reviewed(paths: list[Path]) -> pd.DataFrame:
     parts = []
     for csv in paths:
         try:
-            df = pd.read_csv(csv, dtype={"image": str, "reviewed_class": str})
+            fmt = _csv_dialect(csv)
+            df = pd.read_csv(csv, dtype={"image": str, "reviewed_class": str}, **fmt)
             if "image" in df:  # a file named e.g. "NA" or "null" is a name, not a missing value
                 df["image"] = pd.read_csv(csv, usecols=["image"], dtype=str,
-                                          keep_default_na=False)["image"]
+                                          keep_default_na=False, **fmt)["image"]
         except (OSError, ValueError) as exc:
             raise AdaptError(f"cannot read {csv}: {exc}") from exc
         if "image" in df:
             df["image"] = [_resolve_image(name, csv) for name in df["image"]]
         parts.append(df)
     return pd.concat(parts, ignore_index=True)
+
+
+def _csv_dialect(csv: Path) -> dict:
+    """``read_csv`` options for a reviewed table: a spreadsheet set to a European locale saves
+    "CSV" with semicolons between fields and decimal commas; every table we write uses commas
+    and points, so a header with semicolons and no comma marks the former."""
+    with open(csv, encoding="utf-8-sig", errors="replace") as fh:
+        header = fh.readline()
+    if ";" in header and "," not in header:
+        return {"sep": ";", "decimal": ","}
+    return {}
 
 
 def _resolve_image(name: str, csv: Path) -> str:
@@ -620,6 +632,9 @@ def _adapt(args: argparse.Namespace) -> int:
         return error("--holdout must be in [0, 1)")
     if args.out is not None and args.out.suffix != ".safetensors":
         return error("--out must end in .safetensors (its .json card is written beside it)")
+    if args.out is not None and not args.overwrite and args.out.exists():
+        return error(f"--out {args.out} exists: a model made earlier would be lost; give "
+                     "another name, or add --overwrite to replace it")
     try:
         cells = _read_reviewed(args.cells_csv)
     except AdaptError as exc:
@@ -706,9 +721,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images from a lab/stain/camera the model never saw: adapt the "
                         "classifier's colour and BatchNorm statistics to all cells of this run "
                         "(no labels; needs >= 32 cells; hurts on images like the training data)")
-    c.add_argument("--weights", type=Path, default=None, metavar="MODEL.safetensors",
-                   help="classifier weights (with their .json card beside them); default: the "
-                        "shipped model")
+    c.add_argument("--weights", default=None, metavar="MODEL",
+                   help="classifier: a .safetensors file (its .json card beside it) or a "
+                        "model's name, packaged (e.g. ddrnet_wbc8_v5) or adapted by you; "
+                        "default: the shipped model")
     c.add_argument("--workers", type=int, default=None, metavar="N",
                    help="run on a local dask cluster of N worker processes (one thread each)")
     c.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -738,16 +754,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to fine-tune (default auto: a GPU when there is one)")
     a.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="passes over the training cells (default: 300-400 steps)")
-    a.add_argument("--weights", type=Path, default=None, metavar="BASE.safetensors",
-                   help="model to adapt (default: the shipped model)")
+    a.add_argument("--weights", default=None, metavar="BASE",
+                   help="model to adapt: a .safetensors file or a model's name, as for count "
+                        "(default: the shipped model)")
+    a.add_argument("--overwrite", action="store_true",
+                   help="replace the model at --out if there is one (default: refuse)")
     a.add_argument("--holdout", type=float, default=0.2, metavar="F",
                    help="fraction of reviewed cells held out to report accuracy before/after "
                         "(default 0.2; 0 trains on all)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--with-unreviewed", action="store_true",
                    help="also re-estimate the BatchNorm statistics on the unreviewed rows' "
-                        "crops, without labels (no measurable gain on LISC: "
-                        "docs/adaptation.md)")
+                        "crops, without labels (no measurable gain on LISC)")
     a.add_argument("--quiet", action="store_true")
     d = sub.add_parser("demo", help="analyse the built-in synthetic smear")
     d.add_argument("--viewer", action="store_true", help="open napari with the widget")

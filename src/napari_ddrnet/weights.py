@@ -75,8 +75,34 @@ def sha256_file(path: Path) -> str:
 
 
 def weights_path(weights: str | Path | None) -> Path:
-    """The weights file ``weights`` names; ``None``: the shipped default."""
-    return Path(weights) if weights is not None else DEFAULT_WEIGHTS
+    """The weights file ``weights`` names; ``None``: the shipped default.
+
+    A bare name that is not a file here (no folder, no suffix) names a model by its name: a
+    packaged one (``ddrnet_wbc8_v5``), else one of the user's adapted models
+    (:func:`napari_ddrnet.user_models.user_models_dir`). Anything else is a path as given.
+    """
+    if weights is None:
+        return DEFAULT_WEIGHTS
+    path = Path(weights)
+    if path.exists() or len(path.parts) != 1 or path.suffix:
+        return path
+    for folder in (WEIGHTS_DIR, _user_folder()):
+        named = folder / f"{path.name}.safetensors"
+        if named.is_file():
+            return named
+    return path
+
+
+def packaged_names() -> list[str]:
+    """Names of the models in the package, for messages (the default first)."""
+    others = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if p != DEFAULT_WEIGHTS)
+    return [DEFAULT_WEIGHTS.stem, *others]
+
+
+def _user_folder() -> Path:
+    from .user_models import user_models_dir  # it imports this module
+
+    return user_models_dir()
 
 
 def metadata_path(weights: Path) -> Path:
@@ -95,7 +121,11 @@ def load_bundle(weights: str | Path | None = None) -> ModelBundle:
     path = weights_path(weights)
     meta_file = metadata_path(path)
     if not path.is_file():
-        raise WeightsError(f"Model weights not found: {path}")
+        hint = ""
+        if len(path.parts) == 1 and not path.suffix:
+            hint = (" (not a file, nor the name of a packaged model: "
+                    f"{', '.join(packaged_names())}, nor of one in {_user_folder()})")
+        raise WeightsError(f"Model weights not found: {path}{hint}")
     if not meta_file.is_file():
         raise WeightsError(f"Model metadata not found beside the weights: {meta_file}")
     try:
