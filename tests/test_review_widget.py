@@ -348,3 +348,32 @@ def test_review_file_beside_the_image_names_it(make_napari_viewer, qtbot, tmp_pa
     rows = reviewed_cells(saved, PBC_CLASSES)
     assert len(rows) == 1 and rows["reviewed_class"].item() == "neutrophil"
     assert "smear.ome.tif" in gallery._info.text()
+
+
+def test_an_unexpected_failure_in_the_adaptation_process_keeps_its_traceback(monkeypatch):
+    """The spawned process's traceback comes back with its error (chained as the cause, for
+    the log), a user's error (too few cells) without one."""
+    import queue as _queue
+
+    from napari_ddrnet import _review_widget, adapt
+
+    def broken(cells, progress=None, **kw):
+        return {}["no such key"]
+
+    def too_few(cells, progress=None, **kw):
+        raise adapt.AdaptError("too few reviewed cells")
+
+    for fake, want_tb in ((broken, True), (too_few, False)):
+        monkeypatch.setattr(adapt, "adapt_from_cells", fake)
+        messages = _queue.Queue()
+        adapt.run_adapt_job(messages, None, {})
+        msg = messages.get_nowait()
+        err = _review_widget.child_error(msg)
+        if want_tb:
+            assert isinstance(err, KeyError)
+            assert isinstance(err.__cause__, _review_widget.ChildTraceback)
+            assert "in broken" in str(err.__cause__) and "KeyError" in str(err.__cause__)
+        else:
+            assert isinstance(err, adapt.AdaptError) and err.__cause__ is None
+    assert isinstance(_review_widget.child_error(("error", "OSError: gone", "tb")),
+                      adapt.AdaptError)

@@ -16,6 +16,7 @@ differential widget's model list.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import Counter
@@ -483,6 +484,8 @@ class ReviewWidget(QWidget):
     def _adapt_failed(self, exc: Exception) -> None:
         self._adapt_label.setText(f"Adaptation failed: {exc}")
         show_error(f"Adaptation failed: {exc}")
+        if exc.__cause__ is not None:  # unexpected: its traceback goes to the log, not the UI
+            logging.getLogger(__name__).error("Adapt to my lab failed", exc_info=exc)
 
     def _adapt_finished(self) -> None:
         self._adapt_worker = None
@@ -599,12 +602,30 @@ def _adapt_in_process(cells, kwargs):
                 job.join(timeout=5)  # it exits by itself once its report is sent
                 return msg[1]
             else:
-                err = msg[1]
-                raise err if isinstance(err, BaseException) else AdaptError(err)
+                raise child_error(msg)
     finally:
         if job.is_alive():  # stopped early (napari closing, a failure): no model is written
             job.terminate()
             job.join(timeout=1)
+
+
+class ChildTraceback(Exception):
+    """The adaptation process's traceback, chained under its error as the error's cause (as
+    ``multiprocessing.pool`` does), so napari's traceback view and logs show where it failed."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]
+
+
+def child_error(msg: tuple) -> BaseException:
+    """The exception of an ``("error", exception or text, traceback)`` message of
+    :func:`napari_ddrnet.adapt.run_adapt_job`, with the process's traceback as its cause."""
+    from .adapt import AdaptError
+
+    err = msg[1] if isinstance(msg[1], BaseException) else AdaptError(msg[1])
+    if len(msg) > 2 and msg[2]:
+        err.__cause__ = ChildTraceback(msg[2])
+    return err
 
 
 def _adapt_in_thread(cells, kwargs):

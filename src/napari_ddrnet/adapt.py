@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from .classes import UNIDENTIFIED
 from .preprocess import normalize
 from .schema import CROP_SINGLE_CELL
-from .weights import ModelBundle, load_bundle, sha256_file
+from .weights import ModelBundle, WeightsError, load_bundle, sha256_file
 
 #: CELLS.csv columns adaptation needs (single-cell mode needs only ``image`` and the class).
 FIELD_COLUMNS = ("image", "centroid_row", "centroid_col", "min_row", "min_col", "max_row",
@@ -633,25 +633,29 @@ def run_adapt_job(messages, cells: pd.DataFrame, kwargs: dict) -> None:
     ----------
     messages : multiprocessing.Queue
         Receives ``("progress", done, total)`` tuples, then ``("done", AdaptReport)`` or
-        ``("error", exception)`` (``("error", "Type: message")`` when the exception cannot be
-        pickled).
+        ``("error", exception, traceback_text)`` (``"Type: message"`` in place of the exception
+        when it cannot be pickled; the text is the process's own traceback, which would
+        otherwise die with it, empty for an :class:`AdaptError` or a ``WeightsError``).
     cells : pandas.DataFrame
         As for :func:`adapt_from_cells`.
     kwargs : dict
         Further keyword arguments of :func:`adapt_from_cells` (not ``progress``).
     """
     import pickle
+    import traceback
 
     try:
         report = adapt_from_cells(
             cells, progress=lambda d, t: messages.put(("progress", d, t)), **kwargs)
         messages.put(("done", report))
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the widget
+        # A user's error (too few cells, bad weights) needs no traceback; anything else does.
+        tb = "" if isinstance(exc, (AdaptError, WeightsError)) else traceback.format_exc()
         try:
             pickle.dumps(exc)
-            messages.put(("error", exc))
+            messages.put(("error", exc, tb))
         except Exception:
-            messages.put(("error", f"{type(exc).__name__}: {exc}"))
+            messages.put(("error", f"{type(exc).__name__}: {exc}", tb))
 
 
 def _unreviewed_crops(cells: pd.DataFrame, bundle: ModelBundle,
