@@ -140,6 +140,7 @@ def test_cli_adapt_then_count_with_the_adapted_weights(reviewed_csv, tmp_path, c
     ("missing_column", "pixel_size_um"),
     ("too_few", "too few"),
     ("no_csv", "not found"),
+    ("text_geometry", "min_row must be numbers"),
 ])
 def test_cli_adapt_errors_exit_2_and_write_nothing(reviewed_csv, tmp_path, capsys, defect,
                                                     message):
@@ -151,6 +152,9 @@ def test_cli_adapt_errors_exit_2_and_write_nothing(reviewed_csv, tmp_path, capsy
         cells.loc[2, "reviewed_class"] = "banana"
     elif defect == "missing_column":
         cells = cells.drop(columns="pixel_size_um")
+    elif defect == "text_geometry":  # a hand-edited cell
+        cells["min_row"] = cells["min_row"].astype(object)
+        cells.loc[2, "min_row"] = "12a"
     elif defect == "too_few":
         cells.loc[5:, "reviewed_class"] = None
     if defect != "no_csv":
@@ -349,14 +353,22 @@ def test_adapt_refuses_to_replace_a_model_unless_told(reviewed_csv, tmp_path, ca
     assert load_bundle(out).classes  # the new model, complete with its card
 
 
-def test_a_semicolon_csv_from_a_european_spreadsheet_reads_as_the_comma_one(reviewed_csv,
-                                                                            tmp_path):
-    """A spreadsheet in a European locale saves "CSV" with ';' and decimal commas."""
+@pytest.mark.parametrize("sep, decimal, encoding", [
+    (";", ",", "utf-8-sig"),  # a spreadsheet in a German or French locale
+    (";", ".", "utf-8"),      # Swiss locales, pandas' to_csv(sep=";")
+    (",", ".", "cp1252"),     # Excel's plain "CSV" on Windows
+    (";", ",", "cp1252"),
+])
+def test_a_table_saved_by_a_spreadsheet_reads_as_the_one_count_wrote(reviewed_csv, tmp_path,
+                                                                     sep, decimal, encoding):
+    """Reviewed tables come back from spreadsheets in the locale's separator, decimal mark
+    and code page; an image name with an umlaut tells the code pages apart."""
     cells = pd.read_csv(reviewed_csv)
-    euro = tmp_path / "euro.csv"
-    cells.to_csv(euro, sep=";", decimal=",", index=False, encoding="utf-8-sig")
-    assert "," in euro.read_text(encoding="utf-8-sig").splitlines()[1]  # decimal commas
-    got, want = cli._read_reviewed([euro]), cli._read_reviewed([reviewed_csv])
+    cells["image"] = cells["image"].str.replace(".png", "_Färbung.png", regex=False)
+    cells.to_csv(tmp_path / "ref.csv", index=False)
+    saved = tmp_path / "saved.csv"
+    cells.to_csv(saved, sep=sep, decimal=decimal, index=False, encoding=encoding)
+    got, want = cli._read_reviewed([saved]), cli._read_reviewed([tmp_path / "ref.csv"])
     pd.testing.assert_frame_equal(got, want)
 
 
@@ -374,3 +386,23 @@ def test_a_model_is_named_by_its_name(smear, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "ddrnet_wbc8_v6" in err and "ddrnet_wbc8_v5" in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_model_name_is_found_however_it_is_written(tmp_path, monkeypatch):
+    """A folder of the model's name in the working directory does not hide the model; the
+    name may carry .safetensors or dots (a user's `lab_v1.2`); a file given is that file."""
+    from napari_ddrnet.weights import weights_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAPARI_DDRNET_HOME", str(tmp_path / "home"))
+    v5 = WEIGHTS_DIR / "ddrnet_wbc8_v5.safetensors"
+    (tmp_path / "ddrnet_wbc8_v5").mkdir()  # e.g. an output folder named after the model
+    assert weights_path("ddrnet_wbc8_v5") == v5
+    assert weights_path("ddrnet_wbc8_v5.safetensors") == v5
+    mine = tmp_path / "home" / "models" / "lab_v1.2.safetensors"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"")
+    assert weights_path("lab_v1.2") == mine
+    (tmp_path / "ddrnet_wbc8_v4.safetensors").write_bytes(b"")  # a file here wins
+    assert weights_path("ddrnet_wbc8_v4.safetensors").resolve() == \
+        (tmp_path / "ddrnet_wbc8_v4.safetensors").resolve()

@@ -293,3 +293,27 @@ def test_our_cluster_gets_no_profiler_warning(inputs, client, tmp_path):
     count_cohort(inputs[:1], tmp_path / "cells.csv", tmp_path / "counts.csv", client=client,
                  settings=SETTINGS, warn=warnings.append)
     assert not any("profiler" in w for w in warnings)
+
+
+def test_one_model_named_three_ways_is_one_model_for_resume(tmp_path):
+    """--resume compares the model, not how it was named (default, name, path); manifests of
+    the ninth session, which also recorded the name as given, still resume."""
+    import json
+
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS, WEIGHTS_DIR
+
+    v5 = CountSettings(weights="ddrnet_wbc8_v5").fingerprint()
+    assert v5 == CountSettings(weights=str(WEIGHTS_DIR / "ddrnet_wbc8_v5.safetensors")
+                               ).fingerprint()
+    assert CountSettings().fingerprint() == CountSettings(weights=DEFAULT_WEIGHTS.stem
+                                                          ).fingerprint()
+    assert CountSettings().fingerprint() != v5
+    folder = tmp_path / "parts"
+    cohort._Parts(folder, CountSettings(), resume=False)
+    manifest = folder / "cohort.json"
+    old = json.loads(manifest.read_text())
+    old["settings"]["weights"] = None
+    manifest.write_text(json.dumps(old))
+    cohort._Parts(folder, CountSettings(weights=DEFAULT_WEIGHTS.stem), resume=True)
+    with pytest.raises(cohort.CohortError, match="ddrnet_wbc8_v5"):
+        cohort._Parts(folder, CountSettings(weights="ddrnet_wbc8_v5"), resume=True)

@@ -377,3 +377,16 @@ def test_an_unexpected_failure_in_the_adaptation_process_keeps_its_traceback(mon
             assert isinstance(err, adapt.AdaptError) and err.__cause__ is None
     assert isinstance(_review_widget.child_error(("error", "OSError: gone", "tb")),
                       adapt.AdaptError)
+    # what the gallery logs with a traceback: faults, not a user's errors
+    from napari_ddrnet.weights import WeightsError
+
+    def chained(err, cause):
+        err.__cause__ = cause
+        return err
+
+    unexpected = _review_widget._unexpected
+    assert not unexpected(chained(adapt.AdaptError("WeightsError: bad"), WeightsError("bad")))
+    assert not unexpected(chained(adapt.AdaptError("cannot read image"), OSError("gone")))
+    assert unexpected(chained(adapt.AdaptError("KeyError: 'x'"), KeyError("x")))
+    assert unexpected(chained(adapt.AdaptError("KeyError: 'x'"),
+                              chained(KeyError("x"), _review_widget.ChildTraceback("tb"))))

@@ -484,7 +484,7 @@ class ReviewWidget(QWidget):
     def _adapt_failed(self, exc: Exception) -> None:
         self._adapt_label.setText(f"Adaptation failed: {exc}")
         show_error(f"Adaptation failed: {exc}")
-        if exc.__cause__ is not None:  # unexpected: its traceback goes to the log, not the UI
+        if _unexpected(exc):  # its traceback goes to the log, not the UI
             logging.getLogger(__name__).error("Adapt to my lab failed", exc_info=exc)
 
     def _adapt_finished(self) -> None:
@@ -607,6 +607,21 @@ def _adapt_in_process(cells, kwargs):
         if job.is_alive():  # stopped early (napari closing, a failure): no model is written
             job.terminate()
             job.join(timeout=1)
+
+
+def _unexpected(exc: BaseException) -> bool:
+    """Whether a failure of the adaptation is a fault rather than a user's error (too few
+    cells, unreadable image, bad weights): a fault brings a traceback, from the adaptation
+    process (:class:`ChildTraceback`) or from the thread (an exception that is not ours)."""
+    from .adapt import AdaptError
+    from .weights import WeightsError
+
+    while exc is not None:
+        if isinstance(exc, ChildTraceback) or not isinstance(exc, (AdaptError, WeightsError,
+                                                                    OSError)):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class ChildTraceback(Exception):

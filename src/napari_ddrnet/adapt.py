@@ -220,11 +220,18 @@ def reviewed_cells(cells: pd.DataFrame, classes, single_cell: bool | None = None
         raise AdaptError(f"unknown class name(s) in reviewed_class: {', '.join(unknown)}; the "
                          f"model's classes are {', '.join(classes)}")
     out["reviewed_class"] = out["reviewed_class"].map(known)
-    field_rows = out.loc[out["crop_mode"] == CROP_FIELD]
-    if len(field_rows):
-        px = pd.to_numeric(field_rows["pixel_size_um"], errors="coerce")
+    field = (out["crop_mode"] == CROP_FIELD).to_numpy()
+    if field.any():
+        geometry = list(FIELD_COLUMNS[1:-1])
+        for c in geometry:  # text here (a hand-edited table) would fail deep in the cropping
+            out[c] = pd.to_numeric(out[c], errors="coerce")
+        px = out.loc[field, "pixel_size_um"]
         if (~np.isfinite(px)).any() or (px <= 0).any():
             raise AdaptError("pixel_size_um must be a positive number on every reviewed row")
+        bad = [c for c in geometry if not np.isfinite(out.loc[field, c].to_numpy(float)).all()]
+        if bad:
+            raise AdaptError(f"{', '.join(bad)} must be numbers on every reviewed row of a "
+                             "field (the table as `count` wrote it)")
     return out.reset_index(drop=True)
 
 

@@ -5,7 +5,7 @@
 
     napari-ddrnet count IMAGE_OR_DIR... --cells-csv CELLS.csv --counts-csv COUNTS.csv
         [--pixel-size UM] [--device auto|cpu|cuda|mps] [--batch-size N] [--min-confidence P]
-        [--single-cell] [--new-lab] [--weights MODEL.safetensors] [--no-tta]
+        [--single-cell] [--new-lab] [--weights MODEL] [--no-tta]
         [--workers N | --scheduler ADDRESS] [--resume] [--parts-dir DIR] [--tile-size PX]
         [--summary-csv SUMMARY.csv]
 
@@ -22,17 +22,21 @@ complete there.
 ``adapt`` contract (see docs/adaptation.md)::
 
     napari-ddrnet adapt --cells-csv REVIEWED.csv [MORE.csv ...] [--out MODEL.safetensors]
-        [--single-cell] [--epochs N] [--weights BASE.safetensors] [--holdout F] [--seed N]
-        [--device auto|cpu|cuda|mps]
-        [--with-unreviewed]
+        [--overwrite] [--single-cell] [--epochs N] [--weights BASE] [--holdout F] [--seed N]
+        [--device auto|cpu|cuda|mps] [--with-unreviewed]
+
+``--weights`` takes a ``.safetensors`` file or a model's name (packaged, e.g.
+``ddrnet_wbc8_v5``, or one of the user's adapted models).
 
 REVIEWED.csv is a CELLS.csv with a ``reviewed_class`` column; rows where it is empty are not
 trained on (with ``--with-unreviewed`` their crops, unlabelled, also re-estimate the BatchNorm
 statistics; an unreadable image among them is skipped), and each crop is re-cut
 from the row's ``image`` with its geometry and ``pixel_size_um``. Missing images of reviewed
 rows, unknown class names, missing columns or too few reviewed cells exit with code 2 and
-write nothing. The adapted model (``.safetensors`` + ``.json``
-card) is then used with ``count --weights MODEL.safetensors``.
+write nothing, as does an existing ``--out`` without ``--overwrite``. A table saved by a
+spreadsheet (semicolons, decimal commas, the Windows code page) reads as the one ``count``
+wrote. The adapted model (``.safetensors`` + ``.json`` card) is then used with ``count
+--weights MODEL.safetensors`` (or its name).
 """
 
 from __future__ import annotations
@@ -584,11 +588,13 @@ def _read_reviewed(paths: list[Path]) -> pd.DataFrame:
     parts = []
     for csv in paths:
         try:
-            fmt = _csv_dialect(csv)
+            fmt = _csv_format(csv)
             df = pd.read_csv(csv, dtype={"image": str, "reviewed_class": str}, **fmt)
             if "image" in df:  # a file named e.g. "NA" or "null" is a name, not a missing value
                 df["image"] = pd.read_csv(csv, usecols=["image"], dtype=str,
                                           keep_default_na=False, **fmt)["image"]
+            if fmt["sep"] == ";":
+                df = _decimal_commas(df)
         except (OSError, ValueError) as exc:
             raise AdaptError(f"cannot read {csv}: {exc}") from exc
         if "image" in df:
@@ -597,15 +603,36 @@ def _read_reviewed(paths: list[Path]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _csv_dialect(csv: Path) -> dict:
-    """``read_csv`` options for a reviewed table: a spreadsheet set to a European locale saves
-    "CSV" with semicolons between fields and decimal commas; every table we write uses commas
-    and points, so a header with semicolons and no comma marks the former."""
-    with open(csv, encoding="utf-8-sig", errors="replace") as fh:
-        header = fh.readline()
-    if ";" in header and "," not in header:
-        return {"sep": ";", "decimal": ","}
-    return {}
+def _csv_format(csv: Path) -> dict:
+    """``read_csv``'s ``sep`` and ``encoding`` for a reviewed table, which a spreadsheet may
+    have saved. Every table we write uses commas and UTF-8; a spreadsheet in a European locale
+    puts semicolons between fields, and Excel's plain "CSV" is in the Windows code page
+    (cp1252), not UTF-8. The header's more frequent separator wins."""
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            with open(csv, encoding=encoding) as fh:
+                fh.read()  # the whole file: a non-UTF-8 byte may sit in any row
+                fh.seek(0)
+                header = fh.readline()
+        except UnicodeDecodeError:
+            continue
+        return {"sep": ";" if header.count(";") > header.count(",") else ",",
+                "encoding": encoding}
+    return {"sep": ",", "encoding": "utf-8-sig"}  # read_csv then says what is wrong
+
+
+def _decimal_commas(df: pd.DataFrame) -> pd.DataFrame:
+    """Text columns whose every value is a number written with a decimal comma (``0,125``),
+    as numbers; a semicolon-separated table may use decimal commas or points."""
+    for c in df.columns:
+        if pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
+            continue
+        text = df[c].dropna().astype(str).str.strip()
+        if not len(text) or not text.str.fullmatch(r"[-+]?\d+(,\d*)?([eE][-+]?\d+)?").all():
+            continue
+        df[c] = pd.to_numeric(df[c].astype(str).str.replace(",", ".", regex=False),
+                              errors="coerce").where(df[c].notna())
+    return df
 
 
 def _resolve_image(name: str, csv: Path) -> str:
@@ -739,7 +766,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tile-size", type=int, default=None, metavar="PX",
                    help="tile side for large slides (default 2048; each tile is one task)")
     c.add_argument("--quiet", action="store_true")
-    a = sub.add_parser("adapt", help="fine-tune the classifier on reviewed cells of your lab")
+    a = sub.add_parser(
+        "adapt", help="fine-tune the classifier on reviewed cells of your lab",
+        description="Fit the classifier to your lab from cells you reviewed. 1) `napari-ddrnet "
+                    "count` your images (or analyse them in napari); 2) review cells: fill the "
+                    "reviewed_class column of CELLS.csv (empty = not reviewed), or use the "
+                    "widget's Review cells gallery, whose .review.csv files work here too; a "
+                    "few cells per class are enough to start (10 per class gave 95 % on LISC, "
+                    "our unseen test lab); 3) `napari-ddrnet adapt --cells-csv REVIEWED.csv`, "
+                    "which prints the held-out accuracy before and after; 4) `napari-ddrnet count "
+                    "--weights MODEL` with the model it wrote.")
     a.add_argument("--cells-csv", required=True, type=Path, nargs="+",
                    metavar="REVIEWED.csv",
                    help="CELLS.csv file(s) with a reviewed_class column (empty = not reviewed)")

@@ -76,7 +76,8 @@ class CountSettings:
     min_confidence : float
         Cells below this top probability are ``unidentified``.
     weights : str or None
-        Classifier weights file; ``None``: the shipped model.
+        Classifier weights: a file or a model's name (:func:`napari_ddrnet.weights.weights_path`);
+        ``None``: the shipped model.
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``mps`` (on each worker).
     batch_size : int
@@ -98,11 +99,12 @@ class CountSettings:
 
     def fingerprint(self) -> dict:
         """The settings that change the rows (device and batch size do not), with the model
-        the weights resolve to (name and checksum from its card), so that parts made by one
-        shipped default never join a run of the next."""
+        the weights resolve to (name and checksum from its card) in place of how they were
+        named: parts made by one shipped default never join a run of the next, and one model
+        given by its name, its path or as the default is one model."""
         d = asdict(self)
-        d.pop("device")
-        d.pop("batch_size")
+        for k in ("device", "batch_size", "weights"):
+            d.pop(k)
         d["model"] = _model_identity(self.weights)
         return d
 
@@ -373,8 +375,9 @@ class _Parts:
                 raise CohortError(
                     f"--resume: the parts in {folder} were written by another version of "
                     "napari-ddrnet (other columns); run without --resume to start again")
-            if old != manifest:
-                was, now = old.get("settings") or {}, manifest["settings"]
+            was, now = dict(old.get("settings") or {}), manifest["settings"]
+            was.pop("weights", None)  # recorded until 2026-12-07; "model" says which weights
+            if was != now:
                 changed = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}"
                                     for k in sorted(set(was) | set(now))
                                     if was.get(k) != now.get(k))

@@ -77,19 +77,20 @@ def sha256_file(path: Path) -> str:
 def weights_path(weights: str | Path | None) -> Path:
     """The weights file ``weights`` names; ``None``: the shipped default.
 
-    A bare name that is not a file here (no folder, no suffix) names a model by its name: a
-    packaged one (``ddrnet_wbc8_v5``), else one of the user's adapted models
-    (:func:`napari_ddrnet.user_models.user_models_dir`). Anything else is a path as given.
+    A bare name that is not a file here (no folder) names a model by its name, with or
+    without ``.safetensors``: a packaged one (``ddrnet_wbc8_v5``), else one of the user's
+    adapted models (:func:`napari_ddrnet.user_models.user_models_dir`; names may hold dots,
+    ``lab_v1.2``). Anything else is a path as given.
     """
     if weights is None:
         return DEFAULT_WEIGHTS
     path = Path(weights)
-    if path.exists() or len(path.parts) != 1 or path.suffix:
+    if path.is_file() or len(path.parts) != 1:
         return path
+    name = path.name if path.suffix == ".safetensors" else f"{path.name}.safetensors"
     for folder in (WEIGHTS_DIR, _user_folder()):
-        named = folder / f"{path.name}.safetensors"
-        if named.is_file():
-            return named
+        if (folder / name).is_file():
+            return folder / name
     return path
 
 
@@ -122,7 +123,7 @@ def load_bundle(weights: str | Path | None = None) -> ModelBundle:
     meta_file = metadata_path(path)
     if not path.is_file():
         hint = ""
-        if len(path.parts) == 1 and not path.suffix:
+        if len(path.parts) == 1:
             hint = (" (not a file, nor the name of a packaged model: "
                     f"{', '.join(packaged_names())}, nor of one in {_user_folder()})")
         raise WeightsError(f"Model weights not found: {path}{hint}")
