@@ -241,9 +241,10 @@ def test_plain_count_checks_a_slide_tile_by_tile(tmp_path, capsys):
 
 @needs_data("pbc")
 def test_summary_checks_each_input_so_a_shifted_patient_is_named(tmp_path, capsys):
-    """With --summary-csv, each input (a patient's folder) gets its own check: in one run of a
-    clean patient and a cyan-cast one, the summary marks the cast one, stderr names it, and
-    each input's score equals the score of that input counted alone. Both count paths."""
+    """Each input (a patient's folder) of a run of several gets its own check: in one run of a
+    clean patient and a cyan-cast one, the summary marks the cast one, stderr names it (with
+    or without --summary-csv), and each input's score equals the score of that input counted
+    alone. Both count paths."""
     from conftest import pbc_mosaic
 
     files = pbc_test_files(5)
@@ -269,6 +270,12 @@ def test_summary_checks_each_input_so_a_shifted_patient_is_named(tmp_path, capsy
     assert not summary.loc[str(clean), "unlike_training"]
     assert summary.loc[str(cyan), "unlike_training"]
     assert "1 of 2 inputs look unlike" in err and f"{cyan} (score" in err
+    rc = cli.main(["count", "--single-cell", str(clean), str(cyan), "--cells-csv",
+                   str(tmp_path / "nosum.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+                   "--device", "cpu", "--quiet", "--no-tta"])  # named without --summary-csv too
+    err_nosum = capsys.readouterr().err
+    assert rc == 0 and "1 of 2 inputs look unlike" in err_nosum
+    assert f"{cyan} (score" in err_nosum and f"{clean} (score" not in err_nosum
     alone, _ = run(["--single-cell"], [cyan], "alone")
     assert alone.loc[str(cyan), "shift_score"] == pytest.approx(
         summary.loc[str(cyan), "shift_score"], abs=2e-4)
@@ -281,3 +288,8 @@ def test_summary_checks_each_input_so_a_shifted_patient_is_named(tmp_path, capsy
     assert not summary.loc[str(fields["plain"]), "unlike_training"]
     assert summary.loc[str(fields["cast"]), "unlike_training"]
     assert f"{fields['cast']} (score" in err
+    rc = cli.main(["count", *map(str, fields.values()), "--cells-csv",
+                   str(tmp_path / "fnosum.csv"), "--counts-csv", str(tmp_path / "n.csv"),
+                   "--device", "cpu", "--quiet", "--no-tta"])
+    err = capsys.readouterr().err
+    assert rc == 0 and f"{fields['cast']} (score" in err and "summary column" not in err

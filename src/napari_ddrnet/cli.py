@@ -147,9 +147,15 @@ def _unchecked(bundle, write) -> bool:
     return True
 
 
+def _checks_inputs(args, owner: dict[str, str]) -> bool:
+    """Whether each input gets its own 'unlike the training data' check: with several inputs
+    (one shifted patient can hide in a pooled run), or for ``--summary-csv``'s columns."""
+    return bool(args.summary_csv) or len(set(owner.values())) > 1
+
+
 def _warn_per_input(verdicts: dict, run_warned: bool, args, write) -> None:
-    """With ``--summary-csv`` and several inputs: name the inputs (patients, smears) whose
-    cells look unlike the training data, since one shifted input can hide in a pooled run."""
+    """With several inputs: name the inputs (patients, smears) whose cells look unlike the
+    training data, since one shifted input can hide in a pooled run."""
     if len(verdicts) < 2:
         return
     shifted = [(inp, v) for inp, v in verdicts.items() if v is not None and v.warns]
@@ -158,9 +164,9 @@ def _warn_per_input(verdicts: dict, run_warned: bool, args, write) -> None:
     names = "; ".join(f"{inp} (score {v.score:.3f} > {v.threshold:.3f}, {v.n_cells} cells)"
                       for inp, v in shifted)
     advice = "" if run_warned or args.new_lab else _ADVICE
+    column = " (summary column unlike_training)" if args.summary_csv else ""
     write(f"napari-ddrnet: warning: {len(shifted)} of {len(verdicts)} inputs look unlike the "
-          f"images the classifier learned from (summary column unlike_training): {names}."
-          f"{advice}")
+          f"images the classifier learned from{column}: {names}.{advice}")
 
 
 class _InputShift:
@@ -449,7 +455,7 @@ def _count_cohort(files, args: argparse.Namespace, owner: dict[str, str]) -> int
             report = count_cohort(files, args.cells_csv, args.counts_csv, client=client,
                                   settings=settings, resume=args.resume,
                                   parts_dir=args.parts_dir, progress=progress, warn=write,
-                                  groups=owner if args.summary_csv else None)
+                                  groups=owner if _checks_inputs(args, owner) else None)
     except CohortError as exc:
         close_bar()
         print(f"napari-ddrnet: error: {exc}", file=sys.stderr)
@@ -500,7 +506,7 @@ def _count_whole_run(files, args: argparse.Namespace, owner: dict[str, str]) -> 
         results, model_name = _adapted_to_lab(list(results), classifier, args, write)
     sample = CropSample()  # the run's cells (re-classified ones keep their raw crops)
     per_input = (_InputShift(classifier.bundle, owner, args.single_cell)
-                 if args.summary_csv else None)
+                 if _checks_inputs(args, owner) else None)
     for name, result in results:
         sample.add(result.crops)
         if per_input is not None:
