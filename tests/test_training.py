@@ -297,8 +297,10 @@ def test_channel_swap_and_grey_keep_each_pixel_and_hit_the_requested_share():
 
 
 def test_lab_conversion_matches_skimage_and_round_trips():
+    import warnings
+
     import torch
-    from skimage.color import rgb2lab
+    from skimage.color import lab2rgb, rgb2lab
 
     from training.augment import lab_to_rgb, rgb_to_lab
 
@@ -307,6 +309,13 @@ def test_lab_conversion_matches_skimage_and_round_trips():
     np.testing.assert_allclose(lab.permute(0, 2, 3, 1).numpy(),
                                rgb2lab(x.permute(0, 2, 3, 1).numpy()), atol=1e-4)
     torch.testing.assert_close(lab_to_rgb(lab), x, atol=1e-5, rtol=0)
+    # out of gamut, very dark and very yellow (negative Z): as skimage clips it
+    odd = torch.tensor([[5.0, 0, 80], [20, -30, 90], [2, 60, 100]], dtype=torch.float64)
+    odd = odd.T.reshape(1, 3, 3, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skimage warns about the clipping
+        want = lab2rgb(odd[0].permute(1, 2, 0).numpy())
+    np.testing.assert_allclose(lab_to_rgb(odd)[0].permute(1, 2, 0).numpy(), want, atol=1e-4)
 
 
 def test_lab_style_gives_a_crop_a_bank_crops_statistics_at_the_requested_share():

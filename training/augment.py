@@ -307,9 +307,10 @@ def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_lab`, clipped to 0..1."""
+    """Inverse of :func:`rgb_to_lab`, clipped to 0..1; as ``skimage.color.lab2rgb``, a very
+    dark, very yellow colour's negative Z is clipped first."""
     fy = (lab[:, 0] + 16) / 116
-    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], 1)
+    f = torch.stack([fy + lab[:, 1] / 500, fy, (fy - lab[:, 2] / 200).clamp(min=0)], 1)
     xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787)
     xyz = xyz * _WHITE_D65.to(lab.device, lab.dtype)[None, :, None, None]
     lin = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_RGB2XYZ).to(lab.device, lab.dtype),
