@@ -365,6 +365,7 @@ def test_a_table_saved_by_a_spreadsheet_reads_as_the_one_count_wrote(reviewed_cs
     and code page; an image name with an umlaut tells the code pages apart."""
     cells = pd.read_csv(reviewed_csv)
     cells["image"] = cells["image"].str.replace(".png", "_Färbung.png", regex=False)
+    cells.loc[1, "image"] = "0012"  # a name, however numeric it looks
     cells.to_csv(tmp_path / "ref.csv", index=False)
     saved = tmp_path / "saved.csv"
     cells.to_csv(saved, sep=sep, decimal=decimal, index=False, encoding=encoding)
@@ -406,3 +407,11 @@ def test_a_model_name_is_found_however_it_is_written(tmp_path, monkeypatch):
     (tmp_path / "ddrnet_wbc8_v4.safetensors").write_bytes(b"")  # a file here wins
     assert weights_path("ddrnet_wbc8_v4.safetensors").resolve() == \
         (tmp_path / "ddrnet_wbc8_v4.safetensors").resolve()
+
+
+def test_decimal_commas_leave_names_alone():
+    df = pd.DataFrame({"image": ["001", "002"], "reviewed_class": ["1", "2"],
+                       "pixel_size_um": ["0,125", "0,1"], "note": ["a,b", "c"]})
+    out = cli._decimal_commas(df.copy())
+    assert list(out["image"]) == ["001", "002"] and list(out["reviewed_class"]) == ["1", "2"]
+    assert list(out["pixel_size_um"]) == [0.125, 0.1] and list(out["note"]) == ["a,b", "c"]

@@ -631,7 +631,8 @@ def _decimal_commas(df: pd.DataFrame) -> pd.DataFrame:
     """Text columns whose every value is a number written with a decimal comma (``0,125``),
     as numbers; a semicolon-separated table may use decimal commas or points."""
     for c in df.columns:
-        if pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]):
+        if (c in ("image", "reviewed_class")  # names, even when they look like numbers
+                or pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])):
             continue
         text = df[c].dropna().astype(str).str.strip()
         if not len(text) or not text.str.fullmatch(r"[-+]?\d+(,\d*)?([eE][-+]?\d+)?").all():
