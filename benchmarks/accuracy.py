@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--results", type=Path, default=ROOT / "docs" / "results")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", type=Path, default=None,
-                    help="evaluate these weights instead of the shipped ones (no tables)")
+                    help="evaluate these weights instead of the shipped ones (no tables; "
+                         "writes accuracy_<name>.json)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--write-card", action="store_true",
                     help="record these live figures as `metrics_live` in the weights' JSON card "
@@ -234,7 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("BCCD confusions (TTA):", confusions)
     if args.write_card:
         write_card_metrics(args.weights, payload["shipped"])
-    if args.weights:
+    if args.weights:  # a candidate: its figures only, beside the shipped ones' JSON
+        write_json(args.out / f"accuracy_{args.weights.stem}.json", payload)
         return payload
 
     t6, t4 = paper_tables(args.results, "kaggle_test")
