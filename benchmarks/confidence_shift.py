@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(msg, flush=True)
         lines.append(msg)
 
-    sets = load_sets(args.packs, CALIBRATION + REPORT)
+    sets = load_sets(args.packs, CALIBRATION + REPORT, bundle.input_size)
     n = SHIFT_MIN_CROPS
     per_set: dict[str, dict] = {}
     for i, key in enumerate(CALIBRATION + REPORT):

@@ -41,7 +41,7 @@ from napari_ddrnet.shift_score import (  # noqa: E402
     shift_from_means,
 )
 from napari_ddrnet.weights import DEFAULT_WEIGHTS, load_bundle  # noqa: E402
-from training.packs import load_pack  # noqa: E402
+from training.packs import check_cut, load_pack  # noqa: E402
 
 from .common import machine, write_json  # noqa: E402
 
@@ -78,8 +78,8 @@ def draw_scores(means: list[torch.Tensor], refs, draws: int, n: int, seed: int) 
     return np.asarray(out)
 
 
-def load_sets(packs: Path, names) -> dict[str, np.ndarray]:
-    """uint8 crops of every named set (packs, casts of PBC test, LISC)."""
+def load_sets(packs: Path, names, size: int) -> dict[str, np.ndarray]:
+    """uint8 crops of every named set (packs, casts of PBC test, LISC at ``size`` px)."""
     out: dict[str, np.ndarray] = {}
     for name in names:
         if name in CASTS:
@@ -91,7 +91,7 @@ def load_sets(packs: Path, names) -> dict[str, np.ndarray]:
             from .cross_source import lisc_crops
 
             # The whole 224 px image, as `count --single-cell` reads a LISC crop.
-            out[name] = lisc_crops(224)[0]
+            out[name] = lisc_crops(224, size)[0]
         else:
             out[name] = load_pack(packs / f"{name}.npz")[0]
     return out
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     bundle = load_bundle(args.weights)
+    check_cut(args.packs, {"crop_fov_um": bundle.crop_fov_um, "input_size": bundle.input_size})
     model = bundle.model.eval()
     name = Path(args.weights).stem
     tag = name if args.reference == "running" else f"{name}_{args.reference}"
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         refs = [lab_stats(model, tensor(load_pack(args.packs / f"{lab}.npz")[0]))
                 for lab in REFERENCE_LABS]
-    sets = load_sets(args.packs, CALIBRATION + REPORT)
+    sets = load_sets(args.packs, CALIBRATION + REPORT, bundle.input_size)
     n = SHIFT_MIN_CROPS
     res: dict[str, dict] = {}
     for i, key in enumerate(CALIBRATION + REPORT):

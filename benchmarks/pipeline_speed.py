@@ -3,6 +3,7 @@
 Usage::
 
     python -m benchmarks.pipeline_speed [--threads 2] [--repeats 15] [--image FIELD.jpg]
+        [--weights CANDIDATE.safetensors]
 
 Stages: read (decode the file), pixel size (red-cell estimate), segment, crop, classify. The
 total is the median of full ``read + analyze`` runs; stage shares come from separate timings
@@ -52,10 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--image", type=Path)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--weights", type=Path, default=None,
+                    help="time these weights instead of the shipped ones (writes "
+                         "pipeline_speed_<name>.json)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     path = args.image or default_field()
-    clf = Classifier(device="cpu")
+    clf = Classifier(args.weights, device="cpu")
     image = read_image(path)[0][0]
 
     def full():
@@ -69,13 +73,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     total_given = timeit(given, repeats=args.repeats, warmup=1)
     seg = segment_wbc(image, px)
-    crops = crop_cells(image, seg.cells, px, clf.input_size)
+    crops = crop_cells(image, seg.cells, px, clf.input_size, fov_um=clf.crop_fov_um)
     stages = {
         "read": timeit(lambda: read_image(path), repeats=args.repeats),
         "pixel_size": timeit(lambda: estimate_pixel_size(image), repeats=args.repeats),
         "segment": timeit(lambda: segment_wbc(image, px, stats=field_statistics(image)),
                           repeats=args.repeats),
-        "crop": timeit(lambda: crop_cells(image, seg.cells, px, clf.input_size),
+        "crop": timeit(lambda: crop_cells(image, seg.cells, px, clf.input_size,
+                                          fov_um=clf.crop_fov_um),
                        repeats=args.repeats),
         "classify": timeit(lambda: clf.predict_proba(crops), repeats=args.repeats),
     }
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"stage": k, "ms": round(v * 1e3, 1), "share_%": round(100 * v / s, 1)}
             for k, v in stages.items()]
     print(f"field {path.name} {image.shape[1]}x{image.shape[0]}, {len(seg.cells)} cells, "
-          f"CPU threads {args.threads}")
+          f"CPU threads {args.threads}, model {clf.bundle.name} ({clf.input_size} px)")
     print_table(rows, ["stage", "ms", "share_%"])
     print(f"\nend to end (read + analyze), median of {args.repeats}: {total * 1e3:.1f} ms "
           f"(target <= 150 ms)")
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {"machine": machine(), "image": str(path.name), "n_cells": len(seg.cells),
                "total_ms": total * 1e3, "total_given_px_ms": total_given * 1e3,
                "stages_ms": {k: v * 1e3 for k, v in stages.items()}}
-    write_json(args.out / "pipeline_speed.json", payload)
+    name = f"pipeline_speed_{args.weights.stem}" if args.weights else "pipeline_speed"
+    write_json(args.out / f"{name}.json", payload)
     return payload
 
 

@@ -293,3 +293,28 @@ def test_summary_checks_each_input_so_a_shifted_patient_is_named(tmp_path, capsy
                    "--device", "cpu", "--quiet", "--no-tta"])
     err = capsys.readouterr().err
     assert rc == 0 and f"{fields['cast']} (score" in err and "summary column" not in err
+
+
+def test_threshold_benchmark_refuses_packs_cut_for_another_model(tmp_path):
+    """``benchmarks.domain_shift`` calibrates a model's threshold on its selection packs: packs
+    cut at another field of view or size (the 64 px / 30 µm ones for the 96 px / 38 µm
+    ``ddrnet_wbc8_v7``) would put wrong-sized cells through it, so it stops before scoring."""
+    import json
+
+    from benchmarks.domain_shift import main
+
+    (tmp_path / "cut.json").write_text(json.dumps({"crop_fov_um": 30.0, "input_size": 64}))
+    with pytest.raises(SystemExit, match="38 µm"):
+        main(["--weights", str(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors"), "--packs",
+              str(tmp_path), "--out", str(tmp_path)])
+    assert not list(tmp_path.glob("domain_shift_*"))
+
+
+@needs_data("lisc")
+def test_threshold_benchmark_cuts_the_unseen_lab_at_the_model_size():
+    """LISC (reported beside the calibration sets) is cut at the model's input size, not at
+    64 px whatever the model (it was, until the 96 px model)."""
+    from benchmarks.domain_shift import load_sets
+
+    crops = load_sets(None, ["lisc"], 96)["lisc"]
+    assert crops.shape == (1287, 96, 96, 3) and crops.dtype == np.uint8
