@@ -122,7 +122,8 @@ def test_robust_model_on_the_unseen_lab_as_is():
 def test_opt_in_96px_model_by_name_on_the_unseen_lab():
     """The packaged opt-in ``ddrnet_wbc8_v7``, loaded by its name as ``count --weights`` takes
     it: its card's 96 px / 38 µm input reaches the crops, and it reads LISC at 72.4 % on all
-    1,287 (docs/results/gen96_round/score.log) and 71.8 % on these 429 (the default 64.8 %)."""
+    1,287 (docs/results/gen96_round/score.log) and 71.8 % on these 429 (the default 64.8 %;
+    docs/results/gen96_round/lisc_every_third.log)."""
     clf = Classifier("ddrnet_wbc8_v7", device="cpu", tta=True)
     assert clf.bundle.name == "ddrnet_wbc8_v7"
     assert (clf.input_size, clf.crop_fov_um) == (96, 38.0)

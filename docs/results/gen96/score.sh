@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tenth session: answer the pre-registered 96 px question (docs/cross-source.md, "96 px from
+# Written in the tenth session, run in the eleventh: answer the pre-registered 96 px question (docs/cross-source.md, "96 px from
 # scratch, at convergence") after run.sh's run finished (resumed from its epoch-2 last.pt).
 # Clause 1: selected validation >= v3's 0.9166 + 0.005. Clause 2: DDRNet >= 3x ResNet-18 CPU
 # throughput at 96 px, batch 64 (median of interleaved rounds). Only if both hold is the model scored on the test sets.
