@@ -27,6 +27,17 @@ NOT_SPECIMEN_MARGIN_PX = 3
 BORDER_PX = 2
 
 
+def channel_max(rgb: np.ndarray) -> np.ndarray:
+    """The largest channel value of each pixel of ``(H, W, C)`` ``rgb``: ``rgb.max(axis=-1)``,
+    bit for bit (NaN included), but as C-1 elementwise maxima over whole planes, ~25x faster
+    than numpy's reduction over a short last axis on a 640x480 field (7.7 against 0.3 ms;
+    ``docs/results/channel_max_2026-12-07/``)."""
+    out = np.array(rgb[..., 0], copy=True)
+    for c in range(1, rgb.shape[-1]):
+        np.maximum(out, rgb[..., c], out=out)
+    return out
+
+
 def not_specimen(rgb: np.ndarray, white, border_px: int = 0) -> np.ndarray | None:
     """Mask of the pixels that are not stained specimen.
 
@@ -47,7 +58,7 @@ def not_specimen(rgb: np.ndarray, white, border_px: int = 0) -> np.ndarray | Non
         channel, widened by :data:`NOT_SPECIMEN_MARGIN_PX`; ``None`` when there are none (the
         usual case).
     """
-    dark = rgb.max(axis=-1) < NOT_SPECIMEN_FRACTION * float(np.mean(white))
+    dark = channel_max(rgb) < NOT_SPECIMEN_FRACTION * float(np.mean(white))
     if border_px > 0 and min(dark.shape) > 2 * border_px:
         inner = np.zeros_like(dark)
         inner[border_px:-border_px, border_px:-border_px] = True
