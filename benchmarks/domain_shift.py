@@ -171,21 +171,24 @@ def main(argv: list[str] | None = None) -> dict:
         if not ships or args.reference != "running":
             raise SystemExit("--write-card: only a running-statistics score that meets the rule "
                              "goes into the card")
-        write_card(args.weights, payload)
+        write_card(args.weights, payload, args.packs)
     return payload
 
 
-def write_card(weights: Path, payload: dict) -> None:
-    """Put the threshold the plugin checks runs against into the weights card."""
+def write_card(weights: Path, payload: dict, packs: Path) -> None:
+    """Put the threshold the plugin checks runs against into the weights card, with the command
+    that reproduces it (the weights and packs named as given)."""
     from training.export import update_card
+
+    command = (f"python -m benchmarks.domain_shift --weights {weights} --packs {packs} "
+               "--reference running --write-card")
 
     update_card(weights, "shift_warning", {
         "reference": "running", "threshold": payload["threshold"],
         "min_crops": payload["min_crops"], "calibration": payload["calibration"],
         "margin": payload["margin"],
         "rule": "docs/cross-source.md, 2026-12-06 (fifth and sixth sessions)",
-        "benchmark": "python -m benchmarks.domain_shift --reference running --write-card "
-                     f"(benchmarks/results/domain_shift_{payload['weights']}.json)"})
+        "benchmark": f"{command} (benchmarks/results/domain_shift_{payload['weights']}.json)"})
 
 
 if __name__ == "__main__":

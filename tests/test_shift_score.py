@@ -318,3 +318,24 @@ def test_threshold_benchmark_cuts_the_unseen_lab_at_the_model_size():
 
     crops = load_sets(None, ["lisc"], 96)["lisc"]
     assert crops.shape == (1287, 96, 96, 3) and crops.dtype == np.uint8
+
+
+def test_threshold_card_entry_names_the_packs_it_was_fixed_on(tmp_path):
+    """The card's ``shift_warning`` says how to reproduce its threshold, packs included (a
+    96 px model's threshold comes from ``packs96_38``, not the default ``packs30``)."""
+    import json
+    import shutil
+
+    from benchmarks.domain_shift import write_card
+
+    weights = tmp_path / "m.safetensors"
+    shutil.copy(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors", weights)
+    shutil.copy(WEIGHTS_DIR / "ddrnet_wbc8_v7.json", tmp_path / "m.json")
+    payload = {"threshold": 0.25, "min_crops": SHIFT_MIN_CROPS, "margin": 1.2,
+               "calibration": ["pbc_val", "bccd_valfold"], "weights": "m"}
+    write_card(weights, payload, tmp_path / "packs96_38")
+    entry = json.loads((tmp_path / "m.json").read_text())["shift_warning"]
+    assert entry["threshold"] == 0.25
+    assert f"--packs {tmp_path / 'packs96_38'}" in entry["benchmark"]
+    assert f"--weights {weights}" in entry["benchmark"]
+    assert load_bundle(weights).meta["shift_warning"]["threshold"] == 0.25
