@@ -37,6 +37,7 @@ from napari_ddrnet.shift_score import (  # noqa: E402
     shift_from_means,
 )
 from napari_ddrnet.weights import DEFAULT_WEIGHTS  # noqa: E402
+from training.packs import check_cut  # noqa: E402
 
 from .common import machine, write_json  # noqa: E402
 from .domain_shift import (  # noqa: E402
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     clf = Classifier(args.weights, device="cpu", batch_size=256, tta=True)
     bundle = clf.bundle
+    check_cut(args.packs, {"crop_fov_um": bundle.crop_fov_um, "input_size": bundle.input_size})
     model = bundle.model.eval()
     bn_threshold = float(bundle.meta["shift_warning"]["threshold"])
     refs = [running_stats(model)]
