@@ -11,12 +11,17 @@ trained on) should. LISC tunes nothing.
 ``--reference per-lab`` against the statistics of each labelled training lab's own crops
 (``pbc_train``, ``bccd_trainfold``), the nearest lab counting (sixth session).
 
+``--layers`` scores named groups of BatchNorm layers instead of all of them (twelfth session):
+each group gets its own threshold by the same rule, and among the groups that meet it the one
+whose threshold catches the most mild-cast draws is chosen (ties: the earlier in ``GROUPS``);
+``--write-card`` writes that one, with its layer names.
+
 Usage::
 
     python -m benchmarks.domain_shift [--weights W.safetensors] [--packs packs30]
-        [--reference running|per-lab]
+        [--reference running|per-lab] [--layers all stem+drdb drdb glfeb stem]
 
-Writes ``benchmarks/results/domain_shift_<weights>[_per-lab].{json,log}``.
+Writes ``benchmarks/results/domain_shift_<weights>[_per-lab][_layers].{json,log}``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from napari_ddrnet.preprocess import crops_to_tensor  # noqa: E402
 from napari_ddrnet.shift_score import (  # noqa: E402
     SHIFT_MIN_CROPS,
     bn_input_moments,
+    bn_layer_names,
     lab_stats,
     running_stats,
     shift_from_means,
@@ -60,6 +66,19 @@ CASTS = {"pbc_test_cyan": (0.6, 1.0, 1.0), "pbc_test_yellow": (1.0, 1.0, 0.55),
 REFERENCE_LABS = ("pbc_train", "bccd_trainfold")
 MARGIN = 1.2
 DRAWS = 200
+#: Layer groups by name prefix (``None``: every layer), in tie-break order.
+GROUPS: dict[str, tuple[str, ...] | None] = {
+    "all": None, "stem+drdb": ("stem.", "drdb."), "drdb": ("drdb.",), "glfeb": ("glfeb.",),
+    "stem": ("stem.",)}
+
+
+def group_layers(names: list[str], group: str) -> list[int]:
+    """Positions (in ``names``, :func:`bn_layer_names` order) of the layers in ``group``."""
+    prefixes = GROUPS[group]
+    keep = [i for i, n in enumerate(names) if prefixes is None or n.startswith(prefixes)]
+    if not keep:
+        raise SystemExit(f"--layers {group}: this model has no such BatchNorm layers")
+    return keep
 
 
 def cast(crops: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
@@ -107,6 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="write the threshold into the weights card's shift_warning entry "
                          "(only a running-statistics score that meets the rule: what the "
                          "plugin can check)")
+    ap.add_argument("--layers", nargs="+", choices=tuple(GROUPS), default=["all"],
+                    help="BatchNorm layer groups to score; with several, the rule picks one")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -117,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = bundle.model.eval()
     name = Path(args.weights).stem
     tag = name if args.reference == "running" else f"{name}_{args.reference}"
+    if args.layers != ["all"]:
+        tag += "_layers"
     lines: list[str] = []
 
     def log(msg: str) -> None:
@@ -131,20 +154,76 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         refs = [lab_stats(model, tensor(load_pack(args.packs / f"{lab}.npz")[0]))
                 for lab in REFERENCE_LABS]
+    log(f"weights {name}; reference {args.reference}")
     sets = load_sets(args.packs, CALIBRATION + REPORT, bundle.input_size)
+    all_means = {key: bn_input_moments(model, tensor(sets[key]))[0]
+                 for key in CALIBRATION + REPORT}
+    names = bn_layer_names(model)
+    groups = {}
+    for group in args.layers:
+        keep = group_layers(names, group)
+        if len(args.layers) > 1:
+            log(f"## layers: {group} ({len(keep)} of {len(names)})")
+        groups[group] = score_group(
+            {k: [m[i] for i in keep] for k, m in all_means.items()},
+            [[r[i] for i in keep] for r in refs], args.draws, log)
+        groups[group]["layers"] = [names[i] for i in keep]
+    chosen = choose(groups)
+    if len(args.layers) > 1:
+        log("choice (highest mild-cast share among groups meeting the rule; ties: "
+            f"{', '.join(GROUPS)}): {chosen or 'none meets the rule'}")
+    log(f"({time.time() - t0:.0f} s)")
+    payload = dict(groups[chosen or args.layers[0]])
+    payload.update({"weights": name, "reference": args.reference,
+                    "group": chosen or args.layers[0], "margin": MARGIN,
+                    "calibration": list(CALIBRATION),
+                    "reference_labs": list(REFERENCE_LABS) if args.reference == "per-lab" else [],
+                    "draws": args.draws, "machine": machine()})
+    if len(args.layers) > 1:
+        payload["groups"] = groups
+        payload["chosen"] = chosen
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"domain_shift_{tag}.json", payload)
+    (args.out / f"domain_shift_{tag}.log").write_text("\n".join(lines) + "\n")
+    if args.write_card:
+        if chosen is None or args.reference != "running":
+            raise SystemExit("--write-card: only a running-statistics score that meets the rule "
+                             "goes into the card")
+        write_card(args.weights, payload, args.packs, args.layers)
+    return payload
+
+
+def score_group(means: dict[str, list[torch.Tensor]], refs, draws: int, log) -> dict:
+    """Threshold and warn shares of one layer group, logged as a table.
+
+    Parameters
+    ----------
+    means : dict
+        Per set, the per-crop input means of the group's layers.
+    refs : list of LayerStats
+        The references, restricted to the same layers.
+    draws : int
+        Random 32-crop draws per set.
+    log : callable
+        Prints and keeps a line.
+
+    Returns
+    -------
+    dict
+        ``threshold``, ``min_crops``, ``rule_met``, ``mild_warn_share`` and per-set figures.
+    """
     n = SHIFT_MIN_CROPS
     res: dict[str, dict] = {}
     for i, key in enumerate(CALIBRATION + REPORT):
-        means, _ = bn_input_moments(model, tensor(sets[key]))
-        draws = draw_scores(means, refs, args.draws, n, seed=i)
-        res[key] = {"n": len(means[0]),
-                    "whole": shift_from_means([m.mean(0) for m in means], refs),
-                    "draws_min": float(draws.min()), "draws_median": float(np.median(draws)),
-                    "draws_max": float(draws.max()), "_draws": draws}
+        m = means[key]
+        d = draw_scores(m, refs, draws, n, seed=i)
+        res[key] = {"n": len(m[0]), "whole": shift_from_means([x.mean(0) for x in m], refs),
+                    "draws_min": float(d.min()), "draws_median": float(np.median(d)),
+                    "draws_max": float(d.max()), "_draws": d}
     calib_max = max(max(res[k]["draws_max"], res[k]["whole"]) for k in CALIBRATION)
     threshold = MARGIN * calib_max
-    log(f"weights {name}; reference {args.reference}; {args.draws} draws of {n} crops per set; "
-        f"threshold = {MARGIN} x {calib_max:.4f} (highest calibration score) = {threshold:.4f}")
+    log(f"{draws} draws of {n} crops per set; threshold = {MARGIN} x {calib_max:.4f} "
+        f"(highest calibration score) = {threshold:.4f}")
     log(f"{'set':<18}{'crops':>7}{'whole':>8}{'min':>8}{'median':>8}{'max':>8}{'warn %':>8}")
     for key in CALIBRATION + REPORT:
         r = res[key]
@@ -158,37 +237,44 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"rule: in-domain false alarms <= 5 % and strong casts >= 95 %: "
         f"{'met' if ships else 'NOT met'}; mild casts warn on {100 * mild:.1f} % of draws "
         f"(mean of the two); LISC (unseen, reported only) warns on "
-        f"{100 * res['lisc']['warn_share']:.1f} % of draws ({time.time() - t0:.0f} s)")
-    payload = {"weights": name, "reference": args.reference, "threshold": threshold,
-               "margin": MARGIN, "calibration": list(CALIBRATION),
-               "reference_labs": list(REFERENCE_LABS) if args.reference == "per-lab" else [],
-               "min_crops": n, "draws": args.draws, "rule_met": ships,
-               "mild_warn_share": mild, "sets": res, "machine": machine()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / f"domain_shift_{tag}.json", payload)
-    (args.out / f"domain_shift_{tag}.log").write_text("\n".join(lines) + "\n")
-    if args.write_card:
-        if not ships or args.reference != "running":
-            raise SystemExit("--write-card: only a running-statistics score that meets the rule "
-                             "goes into the card")
-        write_card(args.weights, payload, args.packs)
-    return payload
+        f"{100 * res['lisc']['warn_share']:.1f} % of draws")
+    return {"threshold": threshold, "min_crops": n, "rule_met": ships,
+            "mild_warn_share": mild, "sets": res}
 
 
-def write_card(weights: Path, payload: dict, packs: Path) -> None:
+def choose(groups: dict[str, dict]) -> str | None:
+    """The group that meets the rule with the highest mild-cast share (ties: ``GROUPS``
+    order); ``None`` when none meets it."""
+    met = [g for g in GROUPS if g in groups and groups[g]["rule_met"]]
+    if not met:
+        return None
+    best = max(groups[g]["mild_warn_share"] for g in met)
+    return next(g for g in met if groups[g]["mild_warn_share"] == best)
+
+
+def write_card(weights: Path, payload: dict, packs: Path,
+               layers: list[str] | None = None) -> None:
     """Put the threshold the plugin checks runs against into the weights card, with the command
-    that reproduces it (the weights and packs named as given)."""
+    that reproduces it (the weights, packs and layer groups named as given). A score over a
+    subset of the layers carries their names; over all of them, none (as older cards)."""
     from training.export import update_card
 
+    layers = layers or ["all"]
+    tag = payload["weights"] + ("_layers" if layers != ["all"] else "")
     command = (f"python -m benchmarks.domain_shift --weights {weights} --packs {packs} "
-               "--reference running --write-card")
-
-    update_card(weights, "shift_warning", {
+               "--reference running"
+               + (f" --layers {' '.join(layers)}" if layers != ["all"] else "")
+               + " --write-card")
+    entry = {
         "reference": "running", "threshold": payload["threshold"],
         "min_crops": payload["min_crops"], "calibration": payload["calibration"],
         "margin": payload["margin"],
         "rule": "docs/cross-source.md, 2026-12-06 (fifth and sixth sessions)",
-        "benchmark": f"{command} (benchmarks/results/domain_shift_{payload['weights']}.json)"})
+        "benchmark": f"{command} (benchmarks/results/domain_shift_{tag}.json)"}
+    if payload.get("group", "all") != "all":
+        entry["layers"] = payload["layers"]
+        entry["rule"] += "; layer group chosen by the twelfth session's rule"
+    update_card(weights, "shift_warning", entry)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Usage::
 
-    python -m benchmarks.scale [--sizes 1 4 16 64] [--threads 2]
+    python -m benchmarks.scale [--sizes 1 4 16 64] [--threads 2] [--weights W]
+
+``--weights`` (a packaged model's name or a file; default the shipped model) writes
+``scale_<name>.json`` instead of ``scale.json``.
 
 Each mosaic is built at run time from synthetic fields (never committed), written as a tiled
 TIFF, opened lazily (tifffile -> zarr -> dask) and analysed with the tiled path in a fresh
@@ -32,7 +35,7 @@ torch.set_num_threads(int(sys.argv[2]))
 from napari_ddrnet.classify import Classifier
 from napari_ddrnet.image_io import read_image
 from napari_ddrnet.pipeline import analyze
-clf = Classifier(device="cpu")
+clf = Classifier(sys.argv[3] or None, device="cpu")
 t = time.perf_counter()
 levels, px = read_image(sys.argv[1])
 res = analyze(levels[0], 0.1, clf, return_labels=False, tile_size=1024)
@@ -66,13 +69,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--weights", default=None,
+                    help="a packaged model's name or a weights file (default: the shipped one)")
     args = ap.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
             path = Path(tmp) / f"mosaic_{n}.tif"
             n_wbc = build_mosaic(n, path)
-            out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.threads)],
+            out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.threads),
+                                  args.weights or ""],
                                  capture_output=True, text=True, check=True,
                                  cwd=Path(__file__).resolve().parents[1])
             r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -88,8 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
         ratio = by[64]["peak_rss_mb"] / by[4]["peak_rss_mb"]
         print(f"\npeak RSS 64 fields / 4 fields: {ratio:.2f} (target <= 1.5)")
         print(f"time per field 64 / 4: {by[64]['s_per_field'] / by[4]['s_per_field']:.2f}")
-    payload = {"machine": machine(), "rows": rows}
-    write_json(args.out / "scale.json", payload)
+    payload = {"machine": machine(), "weights": args.weights, "rows": rows}
+    name = f"scale_{Path(args.weights).stem}" if args.weights else "scale"
+    write_json(args.out / f"{name}.json", payload)
     return payload
 
 

@@ -194,7 +194,7 @@ def test_card_without_transforms_is_rejected(tmp_path):
 
 def test_a_card_names_its_model_else_the_file_does(tmp_path):
     """CELLS.csv's ``model`` column and the widget's status read ``ModelBundle.name``."""
-    assert load_bundle().name == DEFAULT_WEIGHTS.stem == "ddrnet_wbc8_v6"
+    assert load_bundle().name == DEFAULT_WEIGHTS.stem == "ddrnet_wbc8_v7"
     w = tmp_path / "my_lab_model.safetensors"
     shutil.copy(DEFAULT_WEIGHTS, w)
     meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
@@ -239,3 +239,23 @@ def test_probabilities_do_not_depend_on_batching(tta):
         np.testing.assert_array_equal(clf.predict_proba(crops[:k]), full[:k])
     chunked = Classifier(device="cpu", tta=tta, batch_size=6).predict_proba(crops)
     np.testing.assert_array_equal(chunked, full)
+
+
+def test_card_input_size_is_read_without_loading(tmp_path):
+    """The widget sizes its memory check by the chosen model's crops (96 px for the default,
+    64 px for v6) before anything is loaded; an unreadable card gives ``None``, not an error
+    (the run itself then says what is wrong)."""
+    from napari_ddrnet.memory import estimate_bytes
+    from napari_ddrnet.weights import card_input_size
+
+    assert card_input_size(None) == 96 == load_bundle().input_size
+    assert card_input_size("ddrnet_wbc8_v6") == 64
+    w = tmp_path / "w.safetensors"
+    w.write_bytes(b"x")
+    assert card_input_size(w) is None  # no card beside it
+    metadata_path(w).write_text("{broken")
+    assert card_input_size(w) is None
+    field = np.zeros((480, 640, 3), np.uint8)
+    big, small = (estimate_bytes(field, labels_in_memory=True, input_size=s)["crops"]
+                  for s in (96, 64))
+    assert big == small * 96 * 96 // (64 * 64)

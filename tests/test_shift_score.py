@@ -339,3 +339,89 @@ def test_threshold_card_entry_names_the_packs_it_was_fixed_on(tmp_path):
     assert f"--packs {tmp_path / 'packs96_38'}" in entry["benchmark"]
     assert f"--weights {weights}" in entry["benchmark"]
     assert load_bundle(weights).meta["shift_warning"]["threshold"] == 0.25
+
+
+def test_card_may_score_a_subset_of_the_layers(tmp_path):
+    """A card's ``layers`` (the twelfth session's rule picked the stem's for
+    ``ddrnet_wbc8_v7``) restricts the score to those BatchNorm layers: the verdict equals the
+    score of those layers alone, for pooled sums as for crops at once; a name the model lacks is
+    an error, not a silent score over nothing."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from napari_ddrnet.shift_score import (
+        bn_input_moments,
+        bn_layer_names,
+        layer_mean_sums,
+        select_layers,
+        verdict_from_sums,
+    )
+
+    bundle = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors")
+    names = bn_layer_names(bundle.model)
+    assert names[0] == "stem.norm" and len(names) == 18
+    assert select_layers(bundle.model, None) == list(range(18))
+    assert select_layers(bundle.model, ["drdb.fuse.1", "stem.norm"]) == [13, 0]
+    with pytest.raises(ValueError, match="lacks"):
+        select_layers(bundle.model, ["head.bn"])
+    with pytest.raises(ValueError, match="none named"):
+        select_layers(bundle.model, [])
+
+    rng = np.random.default_rng(2)
+    crops = rng.integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
+    from napari_ddrnet.preprocess import crops_to_tensor
+
+    means, _ = bn_input_moments(bundle.model, crops_to_tensor(crops, "cpu", bundle.mean,
+                                                               bundle.std), squares=False)
+    ref = running_stats(bundle.model)
+    stem_only = shift_from_means([means[0].mean(0)], [[ref[0]]])
+    every = shift_from_means([m.mean(0) for m in means], [ref])
+    card = dict(bundle.meta["shift_warning"], layers=["stem.norm"])
+    stem_bundle = replace(bundle, meta=dict(bundle.meta, shift_warning=card))
+    full_bundle = replace(bundle, meta=dict(bundle.meta, shift_warning=dict(
+        card, layers=None)))
+    assert shift_verdict(stem_bundle, crops).score == pytest.approx(stem_only, rel=1e-9)
+    assert shift_verdict(full_bundle, crops).score == pytest.approx(every, rel=1e-9)
+    assert stem_only != pytest.approx(every, rel=1e-3)
+    sums = layer_mean_sums(stem_bundle, crops[:7]) + layer_mean_sums(stem_bundle, crops[7:])
+    assert verdict_from_sums(stem_bundle, sums, 40).score == pytest.approx(stem_only, rel=1e-9)
+    bad = replace(bundle, meta=dict(bundle.meta, shift_warning=dict(card, layers=["x"])))
+    with pytest.raises(ValueError, match="lacks"):
+        shift_verdict(bad, crops)
+
+    # The benchmark writes the chosen group's names and the command that chose it.
+    from benchmarks.domain_shift import write_card
+
+    weights = tmp_path / "m.safetensors"
+    shutil.copy(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors", weights)
+    shutil.copy(WEIGHTS_DIR / "ddrnet_wbc8_v7.json", tmp_path / "m.json")
+    payload = {"threshold": 0.5, "min_crops": SHIFT_MIN_CROPS, "margin": 1.2,
+               "calibration": ["pbc_val", "bccd_valfold"], "weights": "m", "group": "stem",
+               "layers": ["stem.norm"]}
+    write_card(weights, payload, tmp_path / "packs96_38", ["all", "stem"])
+    entry = json.loads((tmp_path / "m.json").read_text())["shift_warning"]
+    assert entry["layers"] == ["stem.norm"] and entry["threshold"] == 0.5
+    assert "--layers all stem --write-card" in entry["benchmark"]
+    assert "domain_shift_m_layers.json" in entry["benchmark"]
+
+
+def test_threshold_benchmark_picks_the_layer_group_by_the_rule():
+    """Among the groups that meet the rule (no in-domain false alarms, strong casts caught),
+    the one that catches the most mild-cast draws; ties to the earlier group in ``GROUPS``;
+    none when no group meets the rule (the card is then left alone)."""
+    from benchmarks.domain_shift import GROUPS, choose, group_layers
+
+    def g(met, mild):
+        return {"rule_met": met, "mild_warn_share": mild}
+
+    assert choose({"all": g(True, 0.0), "stem": g(True, 0.67), "glfeb": g(False, 0.9)}) == "stem"
+    assert choose({"stem": g(True, 0.5), "drdb": g(True, 0.5), "all": g(True, 0.1)}) == "drdb"
+    assert choose({"all": g(False, 1.0)}) is None
+    assert list(GROUPS)[0] == "all"
+    names = ["stem.norm", "drdb.paths.0.body.0.1", "drdb.fuse.1", "glfeb.local.0.1"]
+    assert group_layers(names, "stem") == [0]
+    assert group_layers(names, "stem+drdb") == [0, 1, 2]
+    assert group_layers(names, "all") == [0, 1, 2, 3]
+    with pytest.raises(SystemExit, match="no such"):
+        group_layers(["head.bn"], "glfeb")

@@ -143,6 +143,7 @@ class DifferentialWidget(Container):
         from .memory import check_fits, estimate_bytes, return_tile_buffers_to_os
         from .pipeline import count_steps
         from .region import whole_image
+        from .weights import card_input_size
 
         single = bool(self._single.value)
         try:  # a single-cell image is always classified whole
@@ -154,7 +155,10 @@ class DifferentialWidget(Container):
         # Label images that do not fit in memory (or of lazy images) go to a zarr pyramid.
         on_disk = not single and not (isinstance(sub, np.ndarray) and _labels_fit(sub))
         if not single:
-            refused = check_fits(estimate_bytes(sub, labels_in_memory=not on_disk))
+            # Crop memory follows the chosen model's input size (64 or 96 px packaged).
+            size = card_input_size(self._model.value) or card_input_size(None) or 64
+            refused = check_fits(estimate_bytes(sub, labels_in_memory=not on_disk,
+                                                input_size=size))
             if refused:
                 self._refuse(refused)
                 return None

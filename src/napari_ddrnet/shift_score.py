@@ -49,6 +49,30 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
     return layers
 
 
+def bn_layer_names(model: nn.Module) -> list[str]:
+    """The qualified names of :func:`bn_layers`, in the same order (how a card names them)."""
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+
+
+def select_layers(model: nn.Module, names: Sequence[str] | None) -> list[int]:
+    """Positions in :func:`bn_layers` of the named layers (``None``: every layer).
+
+    Raises
+    ------
+    ValueError
+        For a name the model has no such layer for (a card written for another architecture).
+    """
+    every = bn_layer_names(model)
+    if names is None:
+        return list(range(len(every)))
+    missing = [n for n in names if n not in every]
+    if missing or not names:
+        raise ValueError(f"the shift-score card names BatchNorm layers this model lacks: "
+                         f"{missing or 'none named'}")
+    return [every.index(n) for n in names]
+
+
 @torch.no_grad()
 def bn_input_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
                      squares: bool = True
@@ -491,4 +515,7 @@ def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
     ref = running_stats(bundle.model)
     flat = torch.as_tensor(np.asarray(sums, np.float64)) / n
     means = list(torch.split(flat, [len(mu) for mu, _ in ref]))
-    return ShiftVerdict(shift_from_means(means, [ref]), float(card["threshold"]), n, n)
+    # The card may score a subset of the layers (docs/cross-source.md, twelfth session).
+    keep = select_layers(bundle.model, card.get("layers"))
+    score = shift_from_means([means[i] for i in keep], [[ref[i] for i in keep]])
+    return ShiftVerdict(score, float(card["threshold"]), n, n)

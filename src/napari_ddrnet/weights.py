@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from .architectures import build_architecture
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "ddrnet_wbc8_v6.safetensors"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors"
 
 
 class WeightsError(RuntimeError):
@@ -108,6 +108,18 @@ def _user_folder() -> Path:
 
 def metadata_path(weights: Path) -> Path:
     return Path(weights).with_suffix(".json")
+
+
+def card_input_size(weights: str | Path | None = None) -> int | None:
+    """The crop side the weights' card declares, read without loading the tensors (for memory
+    estimates before a run); ``None`` when the card cannot be read (the run itself then reports
+    why, :func:`load_bundle`).
+    """
+    try:
+        size = int(json.loads(metadata_path(weights_path(weights)).read_text())["input_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return size if 8 <= size <= 1024 else None
 
 
 def load_bundle(weights: str | Path | None = None) -> ModelBundle:
