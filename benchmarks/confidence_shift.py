@@ -34,6 +34,7 @@ from napari_ddrnet.shift_score import (  # noqa: E402
     SHIFT_MIN_CROPS,
     bn_input_moments,
     running_stats,
+    select_layers,
     shift_from_means,
 )
 from napari_ddrnet.weights import DEFAULT_WEIGHTS  # noqa: E402
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_cut(args.packs, {"crop_fov_um": bundle.crop_fov_um, "input_size": bundle.input_size})
     model = bundle.model.eval()
     bn_threshold = float(bundle.meta["shift_warning"]["threshold"])
-    refs = [running_stats(model)]
+    # The shipped score covers the layers its card names (all when it names none).
+    keep = select_layers(model, bundle.meta["shift_warning"].get("layers"))
+    refs = [[running_stats(model)[i] for i in keep]]
     name = Path(args.weights).stem
     lines: list[str] = []
 
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         unsure = clf.predict_proba(crops).max(1) < UNSURE_BELOW
         means, _ = bn_input_moments(model, crops_to_tensor(crops, "cpu", bundle.mean,
                                                            bundle.std))
+        means = [means[j] for j in keep]
         rng = np.random.default_rng(1000 + i)
         share, bn = [], []
         for _ in range(args.draws):

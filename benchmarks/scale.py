@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weights", default=None,
                     help="a packaged model's name or a weights file (default: the shipped one)")
     args = ap.parse_args(argv)
+    if args.weights and Path(args.weights).is_file():  # the child runs in the repo root
+        args.weights = str(Path(args.weights).resolve())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
@@ -94,7 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
         ratio = by[64]["peak_rss_mb"] / by[4]["peak_rss_mb"]
         print(f"\npeak RSS 64 fields / 4 fields: {ratio:.2f} (target <= 1.5)")
         print(f"time per field 64 / 4: {by[64]['s_per_field'] / by[4]['s_per_field']:.2f}")
-    payload = {"machine": machine(), "weights": args.weights, "rows": rows}
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS
+
+    payload = {"machine": machine(), "weights": args.weights or DEFAULT_WEIGHTS.stem,
+               "rows": rows}
     name = f"scale_{Path(args.weights).stem}" if args.weights else "scale"
     write_json(args.out / f"{name}.json", payload)
     return payload

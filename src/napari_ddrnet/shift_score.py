@@ -50,26 +50,53 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 def bn_layer_names(model: nn.Module) -> list[str]:
-    """The qualified names of :func:`bn_layers`, in the same order (how a card names them)."""
+    """The qualified names of :func:`bn_layers`, in the same order (how a card names them).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        An unfused model.
+
+    Returns
+    -------
+    list of str
+        E.g. ``["stem.norm", "drdb.paths.0.body.0.1", ...]`` for DDRNet.
+    """
     return [name for name, m in model.named_modules()
             if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
 
 
 def select_layers(model: nn.Module, names: Sequence[str] | None) -> list[int]:
-    """Positions in :func:`bn_layers` of the named layers (``None``: every layer).
+    """Positions in :func:`bn_layers` of the layers a card's ``shift_warning.layers`` names.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The unfused model the card belongs to.
+    names : sequence of str or None
+        Qualified layer names (:func:`bn_layer_names`); ``None``: every layer.
+
+    Returns
+    -------
+    list of int
+        Positions, in the order named.
 
     Raises
     ------
     ValueError
-        For a name the model has no such layer for (a card written for another architecture).
+        For no names, a bare string, a name given twice, or a name the model has no such layer
+        for (a card written for another architecture).
     """
     every = bn_layer_names(model)
     if names is None:
         return list(range(len(every)))
+    if isinstance(names, str) or not names or len(set(names)) != len(names):
+        raise ValueError(f"the shift-score card's layers must be distinct layer names, got "
+                         f"{names!r}")
     missing = [n for n in names if n not in every]
-    if missing or not names:
+    if missing:
         raise ValueError(f"the shift-score card names BatchNorm layers this model lacks: "
-                         f"{missing or 'none named'}")
+                         f"{missing}")
     return [every.index(n) for n in names]
 
 
@@ -365,7 +392,8 @@ class ShiftVerdict:
     Attributes
     ----------
     score : float
-        :func:`shift_score` of the run's sampled crops.
+        :func:`shift_score` of the run's sampled crops, over the BatchNorm layers the card
+        names (every layer when it names none).
     threshold : float
         Fixed on the selection sets when the weights were made (their card's ``shift_warning``).
     n_crops : int
@@ -430,7 +458,7 @@ def shift_verdict(bundle: ModelBundle, crops: np.ndarray,
     Raises
     ------
     ValueError
-        For a card naming a reference this version cannot compute.
+        For a card naming a reference this version cannot compute, or layers the model lacks.
     """
     card = _card(bundle)
     if card is None or len(crops) < _min_crops(card):  # no forward pass for a small run
@@ -508,6 +536,12 @@ def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
     -------
     ShiftVerdict or None
         ``None`` as for :func:`shift_verdict`.
+
+    Raises
+    ------
+    ValueError
+        For a card naming a reference this version cannot compute, or layers the model lacks
+        (:func:`select_layers`).
     """
     card = _card(bundle)
     if card is None or sums is None or n < _min_crops(card):

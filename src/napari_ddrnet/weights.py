@@ -112,8 +112,18 @@ def metadata_path(weights: Path) -> Path:
 
 def card_input_size(weights: str | Path | None = None) -> int | None:
     """The crop side the weights' card declares, read without loading the tensors (for memory
-    estimates before a run); ``None`` when the card cannot be read (the run itself then reports
-    why, :func:`load_bundle`).
+    estimates before a run).
+
+    Parameters
+    ----------
+    weights : str, pathlib.Path or None
+        As for :func:`weights_path` (``None``: the shipped default).
+
+    Returns
+    -------
+    int or None
+        The card's ``input_size``; ``None`` when the card cannot be read or declares a size
+        :func:`load_bundle` would refuse (outside 8-1024 px): the run itself then says why.
     """
     try:
         size = int(json.loads(metadata_path(weights_path(weights)).read_text())["input_size"])

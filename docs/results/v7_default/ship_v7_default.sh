@@ -2,7 +2,8 @@
 # Make ddrnet_wbc8_v7 the default (twelfth session, docs/cross-source.md): its field time was
 # measured once on the faster not-specimen path (pipeline_speed_v7.log here, v6 right after in
 # the same run), then every figure that names the default is regenerated. v6's default logs
-# were kept under _ddrnet_wbc8_v6 (git mv) before DEFAULT_WEIGHTS changed. The clause-4
+# were kept under _ddrnet_wbc8_v6 (git mv) before DEFAULT_WEIGHTS changed (the field timing it
+# replaced was v5's, from before v6 shipped: pipeline_speed_ddrnet_wbc8_v5.*). The clause-4
 # measurement, run first and alone:
 #   python -m benchmarks.pipeline_speed --weights src/napari_ddrnet/weights/ddrnet_wbc8_v7.safetensors --out /tmp/ps_v7 > docs/results/v7_default/pipeline_speed_v7.log
 #   python -m benchmarks.pipeline_speed --weights src/napari_ddrnet/weights/ddrnet_wbc8_v6.safetensors --out /tmp/ps_v6 > docs/results/v7_default/pipeline_speed_v6_same_run.log
