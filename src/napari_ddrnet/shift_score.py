@@ -42,8 +42,7 @@ def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
     ValueError
         For a model without them (fused for inference, or GroupNorm).
     """
-    layers = [m for m in model.modules()
-              if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+    layers = [m for _, m in _named_bn(model)]
     if not layers:
         raise ValueError("the shift score needs a model with BatchNorm2d running statistics")
     return layers
@@ -62,7 +61,12 @@ def bn_layer_names(model: nn.Module) -> list[str]:
     list of str
         E.g. ``["stem.norm", "drdb.paths.0.body.0.1", ...]`` for DDRNet.
     """
-    return [name for name, m in model.named_modules()
+    return [name for name, _ in _named_bn(model)]
+
+
+def _named_bn(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
+    # One home for "a layer the score reads": BatchNorm2d that tracks running statistics.
+    return [(name, m) for name, m in model.named_modules()
             if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
 
 

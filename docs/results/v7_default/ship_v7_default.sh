@@ -43,3 +43,8 @@ $PY -m benchmarks.scale
 # The two models back to back (scale_ddrnet_wbc8_v{6,7}.log):
 $PY -m benchmarks.scale --weights ddrnet_wbc8_v6
 $PY -m benchmarks.scale --weights ddrnet_wbc8_v7
+# The 1 GPix slide in napari (slide_viewer_v7_default.{log,json}: stdout with a header line,
+# the JSON copied from /tmp/sv_out):
+xvfb-run -a $PY -m benchmarks.slide_viewer --side 32768 --region 8192 16384 --whole --out /tmp/sv_out
+# The confidence signal beside the card's (now stem-only) score, reported only:
+$PY -m benchmarks.confidence_shift --packs packs96_38
