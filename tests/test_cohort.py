@@ -317,3 +317,24 @@ def test_one_model_named_three_ways_is_one_model_for_resume(tmp_path):
     cohort._Parts(folder, CountSettings(weights=DEFAULT_WEIGHTS.stem), resume=True)
     with pytest.raises(cohort.CohortError, match="ddrnet_wbc8_v5"):
         cohort._Parts(folder, CountSettings(weights="ddrnet_wbc8_v5"), resume=True)
+
+
+def test_a_worker_resolving_another_model_fails_its_images(inputs):
+    """A worker whose installation resolves the weights to another model than the client's (an
+    older package with another default, another file under an adapted model's name) must not
+    count with it: its images fail with a message that says what to install; images and
+    tiles of matching workers are unaffected, and --resume sees one model either way."""
+    from dataclasses import replace
+
+    from napari_ddrnet.weights import DEFAULT_WEIGHTS
+
+    here = cohort._model_identity(None)
+    assert here.startswith(f"{DEFAULT_WEIGHTS.stem} ")
+    other = replace(SETTINGS, expect_model="ddrnet_wbc8_v5 000000000000")
+    failed = cohort.image_task(inputs[0], other)
+    assert isinstance(failed, cohort._Failed)
+    assert "ddrnet_wbc8_v5 000000000000" in failed.reason and here in failed.reason
+    assert "same napari-ddrnet version" in failed.reason
+    ok = cohort.image_task(inputs[0], replace(SETTINGS, expect_model=here))
+    assert not isinstance(ok, cohort._Failed)
+    assert other.fingerprint() == SETTINGS.fingerprint()

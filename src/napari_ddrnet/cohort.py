@@ -33,7 +33,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,6 +87,11 @@ class CountSettings:
     tile_size : int or None
         Tile core side for slides (default :data:`napari_ddrnet.pipeline.TILE_SIZE`); also
         forces in-memory images to be tiled, as for :func:`~napari_ddrnet.pipeline.analyze`.
+    expect_model : str or None
+        ``"name sha256[:12]"`` of the model ``weights`` resolves to where the run was started
+        (set by :func:`count_cohort`): a worker whose installation resolves them to another
+        model (an older package whose default differs, another file under the same name)
+        fails its images with a message instead of counting with it.
     """
 
     pixel_size_um: float | None = None
@@ -96,6 +101,7 @@ class CountSettings:
     batch_size: int = 64
     tta: bool = True
     tile_size: int | None = None
+    expect_model: str | None = None
 
     def fingerprint(self) -> dict:
         """The settings that change the rows (device and batch size do not), with the model
@@ -103,7 +109,7 @@ class CountSettings:
         named: parts made by one shipped default never join a run of the next, and one model
         given by its name, its path or as the default is one model."""
         d = asdict(self)
-        for k in ("device", "batch_size", "weights"):
+        for k in ("device", "batch_size", "weights", "expect_model"):
             d.pop(k)
         d["model"] = _model_identity(self.weights)
         return d
@@ -178,7 +184,8 @@ def worker_classifier(settings: CountSettings):
     In a dask worker torch gets one thread per task thread: the cluster, not torch, spreads
     the work over the cores (two workers with two torch threads each would oversubscribe).
     """
-    key = (settings.weights, settings.device, settings.batch_size, settings.tta)
+    key = (settings.weights, settings.device, settings.batch_size, settings.tta,
+           settings.expect_model)
     clf = _CLASSIFIERS.get(key)
     if clf is None:
         from .classify import Classifier
@@ -192,6 +199,13 @@ def worker_classifier(settings: CountSettings):
             # 12 MB lower without the fixed mmap threshold).
         clf = Classifier(weights=settings.weights, device=settings.device,
                          batch_size=settings.batch_size, tta=settings.tta)
+        got = f"{clf.bundle.name} {str(clf.bundle.meta.get('sha256'))[:12]}"
+        if settings.expect_model and got != settings.expect_model:
+            raise ValueError(
+                f"this worker's napari-ddrnet resolves --weights "
+                f"{settings.weights or '(the shipped default)'} to {got}, the run was started "
+                f"with {settings.expect_model}: install the same napari-ddrnet version and "
+                "model files on every worker (an adapted model: a path every worker reads)")
         _CLASSIFIERS[key] = clf
     return clf
 
@@ -323,10 +337,10 @@ def tile_task(name: str, plan, index: int, settings: CountSettings):
     from .image_input import ImageInputError
     from .pipeline import analyze_tile
 
-    clf = worker_classifier(settings)
     # The slide is a dask array over the file: read the window in this thread, not by
     # submitting a graph to the cluster from inside a task.
     try:
+        clf = worker_classifier(settings)
         with _synchronous_dask():
             tile = analyze_tile(_open_slide(name), plan, index, clf, keep_crops=True)
         sums = _shift_sums(clf, tile.crops)  # a failed check leaves the tile out of the
@@ -591,6 +605,8 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
         or ``resume`` with other settings. Completed images' parts are kept.
     """
     settings = settings or CountSettings()
+    if settings.expect_model is None:  # what every worker must load: the model resolved here
+        settings = replace(settings, expect_model=_model_identity(settings.weights))
     warn = warn or (lambda msg: None)
     names = [str(f) for f in files]
     if len(set(names)) != len(names):
