@@ -156,9 +156,8 @@ class DifferentialWidget(Container):
         on_disk = not single and not (isinstance(sub, np.ndarray) and _labels_fit(sub))
         if not single:
             # Crop memory follows the chosen model's input size (64 or 96 px packaged).
-            size = card_input_size(self._model.value) or card_input_size(None) or 64
             refused = check_fits(estimate_bytes(sub, labels_in_memory=not on_disk,
-                                                input_size=size))
+                                                input_size=card_input_size(self._model.value)))
             if refused:
                 self._refuse(refused)
                 return None

@@ -66,15 +66,19 @@ def available_bytes() -> int:
 
 def estimate_bytes(image, *, labels_in_memory: bool, tile_pixels: int | None = None,
                    tile_size: int | None = None, batch_size: int = 64,
-                   input_size: int = 64) -> dict[str, int]:
+                   input_size: int | None = None) -> dict[str, int]:
     """What analysing ``image`` (``(H, W, C)``, numpy or lazy) allocates at its peak, by part.
 
     Parts: ``image`` (an in-memory image converted to RGB uint8 whole; a lazy one is read one
     tile at a time), ``segmentation`` (one tile's working set, or the whole image when it is
     not tiled), ``labels`` (a full-size int32 label image when kept in memory; one tile's
-    read-modify-write region when written to disk) and ``crops`` (one classification batch).
+    read-modify-write region when written to disk) and ``crops`` (one classification batch
+    of ``input_size`` crops: the chosen model's, default the shipped model's).
     """
     from .pipeline import TILE_PIXELS, TILE_SIZE
+    from .weights import card_input_size
+
+    input_size = input_size or card_input_size(None) or 96
 
     h, w = int(image.shape[0]), int(image.shape[1])
     channels = int(image.shape[2]) if len(image.shape) > 2 else 1
