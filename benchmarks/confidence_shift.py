@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     bn_threshold = float(bundle.meta["shift_warning"]["threshold"])
     # The shipped score covers the layers its card names (all when it names none).
     keep = select_layers(model, bundle.meta["shift_warning"].get("layers"))
-    refs = [[running_stats(model)[i] for i in keep]]
+    running = running_stats(model)
+    refs = [[running[i] for i in keep]]
     name = Path(args.weights).stem
     lines: list[str] = []
 

@@ -175,8 +175,9 @@ def test_unreviewed_rows_adapt_batchnorm_and_the_model_beats_base_on_other_group
     not, the adapted model must beat the base model clearly. A short run (80 epochs of the 25
     reviewed cells, 63 steps; ~20 CPU seconds alone, its time is the adaptation benchmark's
     business, not this test's). The 96 px default needs more than the 20 epochs (16 steps)
-    that sufficed for the 64 px v6: on a probe run this session it gained 0.06 after 20 (and
-    lost 0.05 in this test), 0.21 after 40 and 0.25 after 80 (not kept as a log)."""
+    that sufficed for the 64 px v6: on the same draw it gained 0.06 after 20, 0.22 after 40
+    and 0.25 after 80 epochs (v6: 0.21 after 20;
+    docs/results/v7_default/adapt_epochs_probe.{py,log})."""
 
     from napari_ddrnet.adapt import cut_crops, predict_proba
 

@@ -118,14 +118,18 @@ class CountSettings:
 def _model_identity(weights: str | None) -> str:
     """``"name sha256[:12]"`` of the weights' card (the shipped default for ``None``); the
     path itself when the card cannot be read (loading the weights reports why)."""
-    from .weights import metadata_path, weights_path
+    from .weights import read_card, weights_path
 
     path = weights_path(weights)
-    try:
-        meta = json.loads(metadata_path(path).read_text())
-        return f"{meta.get('name') or path.stem} {str(meta['sha256'])[:12]}"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    meta = read_card(path)
+    if not meta or "sha256" not in meta:
         return str(path)
+    return _identity(meta.get("name") or path.stem, meta["sha256"])
+
+
+def _identity(name: str, sha256) -> str:
+    """How a run names its model (manifest, worker check): the name and the checksum's start."""
+    return f"{name} {str(sha256)[:12]}"
 
 
 @dataclass
@@ -199,7 +203,7 @@ def worker_classifier(settings: CountSettings):
             # 12 MB lower without the fixed mmap threshold).
         clf = Classifier(weights=settings.weights, device=settings.device,
                          batch_size=settings.batch_size, tta=settings.tta)
-        got = f"{clf.bundle.name} {str(clf.bundle.meta.get('sha256'))[:12]}"
+        got = _identity(clf.bundle.name, clf.bundle.meta.get("sha256"))
         if settings.expect_model and got != settings.expect_model:
             raise ValueError(
                 f"this worker's napari-ddrnet resolves --weights "

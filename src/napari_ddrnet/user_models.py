@@ -8,13 +8,12 @@ reinstalling the plugin and are never mixed with the shipped weights.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .weights import DEFAULT_WEIGHTS, WEIGHTS_DIR, metadata_path
+from .weights import DEFAULT_WEIGHTS, WEIGHTS_DIR, read_card
 
 SHIPPED_NAME = "shipped"
 
@@ -46,9 +45,9 @@ def list_models() -> list[ModelEntry]:
 
     A file without a readable card is skipped here; loading checks the checksum anyway.
     """
-    entries = [ModelEntry(SHIPPED_NAME, DEFAULT_WEIGHTS, _card(DEFAULT_WEIGHTS) or {})]
+    entries = [ModelEntry(SHIPPED_NAME, DEFAULT_WEIGHTS, read_card(DEFAULT_WEIGHTS) or {})]
     for path in sorted(WEIGHTS_DIR.glob("*.safetensors")):
-        card = _card(path)
+        card = read_card(path)
         if path != DEFAULT_WEIGHTS and card is not None:
             entries.append(ModelEntry(f"{path.stem} (packaged)", path, card))
     folder = user_models_dir()
@@ -56,17 +55,10 @@ def list_models() -> list[ModelEntry]:
         files = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime,
                        reverse=True)
         for path in files:
-            card = _card(path)
+            card = read_card(path)
             if card is not None:
                 entries.append(ModelEntry(path.stem, path, card))
     return entries
-
-
-def _card(path: Path) -> dict | None:
-    try:
-        return json.loads(metadata_path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 __all__ = ["ModelEntry", "SHIPPED_NAME", "list_models", "user_models_dir"]

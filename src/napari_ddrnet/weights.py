@@ -110,6 +110,17 @@ def metadata_path(weights: Path) -> Path:
     return Path(weights).with_suffix(".json")
 
 
+def read_card(weights: str | Path | None = None) -> dict | None:
+    """The card beside the weights ``weights`` names (:func:`weights_path`), without loading or
+    checking the tensors; ``None`` when it cannot be read or is not a JSON object (loading the
+    weights, :func:`load_bundle`, then says why)."""
+    try:
+        card = json.loads(metadata_path(weights_path(weights)).read_text())
+    except (OSError, ValueError):
+        return None
+    return card if isinstance(card, dict) else None
+
+
 def card_input_size(weights: str | Path | None = None) -> int | None:
     """The crop side the weights' card declares, read without loading the tensors (for memory
     estimates before a run).
@@ -126,8 +137,8 @@ def card_input_size(weights: str | Path | None = None) -> int | None:
         :func:`load_bundle` would refuse (outside 8-1024 px): the run itself then says why.
     """
     try:
-        size = int(json.loads(metadata_path(weights_path(weights)).read_text())["input_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        size = int((read_card(weights) or {})["input_size"])
+    except (KeyError, TypeError, ValueError):
         return None
     return size if 8 <= size <= 1024 else None
 

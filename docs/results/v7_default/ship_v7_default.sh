@@ -48,3 +48,5 @@ $PY -m benchmarks.scale --weights ddrnet_wbc8_v7
 xvfb-run -a $PY -m benchmarks.slide_viewer --side 32768 --region 8192 16384 --whole --out /tmp/sv_out
 # The confidence signal beside the card's (now stem-only) score, reported only:
 $PY -m benchmarks.confidence_shift --packs packs96_38
+# The epochs tests/test_adapt.py's whole-run AdaBN test needs with the 96 px default:
+$PY docs/results/v7_default/adapt_epochs_probe.py > docs/results/v7_default/adapt_epochs_probe.log
