@@ -16,10 +16,16 @@ each group gets its own threshold by the same rule, and among the groups that me
 whose threshold catches the most mild-cast draws is chosen (ties: the earlier in ``GROUPS``);
 ``--write-card`` writes that one, with its layer names.
 
+``--statistics mean mean+var`` scores each group with the spread as well (thirteenth session),
+and ``--mild five`` (the default) chooses on five mild synthetic shifts of PBC test (the two
+mild casts, blur, zoom, pale) instead of the two mild casts (``--mild casts``, the twelfth
+session's rule).
+
 Usage::
 
     python -m benchmarks.domain_shift [--weights W.safetensors] [--packs packs30]
         [--reference running|per-lab] [--layers all stem+drdb drdb glfeb stem]
+        [--statistics mean mean+var] [--mild five|casts]
 
 Writes ``benchmarks/results/domain_shift_<weights>[_per-lab][_layers].{json,log}``.
 """
@@ -40,9 +46,11 @@ sys.path.insert(0, str(ROOT))
 from napari_ddrnet.preprocess import crops_to_tensor  # noqa: E402
 from napari_ddrnet.shift_score import (  # noqa: E402
     SHIFT_MIN_CROPS,
+    STATISTICS,
     bn_input_moments,
     bn_layer_names,
     lab_stats,
+    moments_of,
     running_stats,
     shift_from_means,
 )
@@ -54,10 +62,14 @@ from .common import machine, write_json  # noqa: E402
 CALIBRATION = ("pbc_val", "bccd_valfold")
 # The mild casts come last so every earlier set keeps its draws (seed = its position).
 REPORT = ("pbc_test", "bccd_test", "kaggle_test", "pbc_test_cyan", "pbc_test_yellow", "lisc",
-          "pbc_test_cyan_mild", "pbc_test_yellow_mild")
+          "pbc_test_cyan_mild", "pbc_test_yellow_mild", "pbc_test_blur", "pbc_test_zoom",
+          "pbc_test_pale")
 IN_DOMAIN = ("pbc_test", "bccd_test", "kaggle_test")
 SHIFTED = ("pbc_test_cyan", "pbc_test_yellow")
 MILD = ("pbc_test_cyan_mild", "pbc_test_yellow_mild")
+#: The thirteenth session's choice: the mild casts and three shifts that are not colour.
+MILD_FIVE = MILD + ("pbc_test_blur", "pbc_test_zoom", "pbc_test_pale")
+MILD_SETS = {"casts": MILD, "five": MILD_FIVE}
 #: The synthetic casts: strong cyan (R x 0.6) and yellow (B x 0.55) decide the rule; the mild
 #: ones (R x 0.8, B x 0.75) compare the two references' sensitivity.
 CASTS = {"pbc_test_cyan": (0.6, 1.0, 1.0), "pbc_test_yellow": (1.0, 1.0, 0.55),
@@ -81,19 +93,54 @@ def group_layers(names: list[str], group: str) -> list[int]:
     return keep
 
 
+def blur(crops: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """A Gaussian of ``sigma`` px in each channel of uint8 crops (a slightly defocused camera)."""
+    from scipy.ndimage import gaussian_filter
+
+    out = gaussian_filter(crops.astype(np.float32), sigma=(0, sigma, sigma, 0))
+    return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def zoom(crops: np.ndarray, factor: float = 1.25) -> np.ndarray:
+    """The centre ``1/factor`` of each crop resized back to its size (cells look ``factor``
+    larger, as with a pixel size that far off)."""
+    from skimage.transform import resize
+
+    size = crops.shape[1]
+    side = int(round(size / factor))
+    top = (size - side) // 2
+    return np.stack([resize(c[top:top + side, top:top + side], (size, size), order=1,
+                            anti_aliasing=True, preserve_range=True) for c in crops]
+                    ).round().astype(np.uint8)
+
+
+def pale(crops: np.ndarray, toward_white: float = 0.3) -> np.ndarray:
+    """Every pixel moved ``toward_white`` of the way to white (a fainter stain, a brighter
+    lamp)."""
+    x = crops.astype(np.float32)
+    return np.clip(x + toward_white * (255.0 - x), 0, 255).round().astype(np.uint8)
+
+
+#: The synthetic shifts that are not colour casts, as fixed in the thirteenth session.
+SHIFTS = {"pbc_test_blur": blur, "pbc_test_zoom": zoom, "pbc_test_pale": pale}
+
+
 def cast(crops: np.ndarray, gains: tuple[float, float, float]) -> np.ndarray:
     """Per-channel gains on uint8 RGB crops (a colour cast of the whole image)."""
     return np.clip(crops.astype(np.float32) * np.asarray(gains, np.float32), 0, 255
                    ).round().astype(np.uint8)
 
 
-def draw_scores(means: list[torch.Tensor], refs, draws: int, n: int, seed: int) -> np.ndarray:
-    """Scores of ``draws`` random ``n``-crop subsets, from per-crop layer means."""
+def draw_scores(means: list[torch.Tensor], refs, draws: int, n: int, seed: int,
+                squares: list[torch.Tensor] | None = None) -> np.ndarray:
+    """Scores of ``draws`` random ``n``-crop subsets, from per-crop layer means (and mean
+    squares: the spread is scored too)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(draws):
         idx = torch.as_tensor(rng.choice(len(means[0]), n, replace=False))
-        out.append(shift_from_means([m[idx].mean(0) for m in means], refs))
+        mu, var = moments_of(means, squares, idx)
+        out.append(shift_from_means(mu, refs, variances=var))
     return np.asarray(out)
 
 
@@ -101,11 +148,11 @@ def load_sets(packs: Path, names, size: int) -> dict[str, np.ndarray]:
     """uint8 crops of every named set (packs, casts of PBC test, LISC at ``size`` px)."""
     out: dict[str, np.ndarray] = {}
     for name in names:
-        if name in CASTS:
+        if name in CASTS or name in SHIFTS:
             base = out.get("pbc_test")
             if base is None:
                 base = load_pack(packs / "pbc_test.npz")[0]
-            out[name] = cast(base, CASTS[name])
+            out[name] = cast(base, CASTS[name]) if name in CASTS else SHIFTS[name](base)
         elif name == "lisc":
             from .cross_source import lisc_crops
 
@@ -128,6 +175,12 @@ def main(argv: list[str] | None = None) -> dict:
                          "plugin can check)")
     ap.add_argument("--layers", nargs="+", choices=tuple(GROUPS), default=["all"],
                     help="BatchNorm layer groups to score; with several, the rule picks one")
+    ap.add_argument("--statistics", nargs="+", choices=STATISTICS, default=["mean"],
+                    help="what each group's score reads: the channel means, or means and "
+                         "spread; with several, the rule picks one")
+    ap.add_argument("--mild", choices=tuple(MILD_SETS), default="five",
+                    help="the mild shifts the choice is made on: the two mild casts (twelfth "
+                         "session) or those and blur, zoom, pale (thirteenth)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -140,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     tag = name if args.reference == "running" else f"{name}_{args.reference}"
     if args.layers != ["all"]:
         tag += "_layers"
+    if args.statistics != ["mean"]:
+        tag += "_spread"
     lines: list[str] = []
 
     def log(msg: str) -> None:
@@ -156,30 +211,37 @@ def main(argv: list[str] | None = None) -> dict:
                 for lab in REFERENCE_LABS]
     log(f"weights {name}; reference {args.reference}")
     sets = load_sets(args.packs, CALIBRATION + REPORT, bundle.input_size)
-    all_means = {key: bn_input_moments(model, tensor(sets[key]))[0]
-                 for key in CALIBRATION + REPORT}
+    moments = {key: bn_input_moments(model, tensor(sets[key])) for key in CALIBRATION + REPORT}
     names = bn_layer_names(model)
+    mild = MILD_SETS[args.mild]
+    several = len(args.layers) * len(args.statistics) > 1
     groups = {}
-    for group in args.layers:
-        keep = group_layers(names, group)
-        if len(args.layers) > 1:
-            log(f"## layers: {group} ({len(keep)} of {len(names)})")
-        groups[group] = score_group(
-            {k: [m[i] for i in keep] for k, m in all_means.items()},
-            [[r[i] for i in keep] for r in refs], args.draws, log)
-        groups[group]["layers"] = [names[i] for i in keep]
+    for statistic in (s for s in STATISTICS if s in args.statistics):
+        for group in (g for g in GROUPS if g in args.layers):
+            keep = group_layers(names, group)
+            key = candidate_key(group, statistic)
+            if several:
+                log(f"## layers: {group} ({len(keep)} of {len(names)}); statistic {statistic}")
+            groups[key] = score_group(
+                {k: ([m[i] for i in keep],
+                     [s[i] for i in keep] if statistic == "mean+var" else None)
+                 for k, (m, s) in moments.items()},
+                [[r[i] for i in keep] for r in refs], args.draws, log, mild)
+            groups[key].update(layers=[names[i] for i in keep], group=group,
+                               statistic=statistic)
     chosen = choose(groups)
-    if len(args.layers) > 1:
-        log("choice (highest mild-cast share among groups meeting the rule; ties: "
+    if several:
+        log(f"choice (highest share over the mild shifts {', '.join(mild)} among candidates "
+            f"meeting the rule; ties: statistic {', '.join(STATISTICS)}, then layers "
             f"{', '.join(GROUPS)}): {chosen or 'none meets the rule'}")
     log(f"({time.time() - t0:.0f} s)")
-    payload = dict(groups[chosen or args.layers[0]])
-    payload.update({"weights": name, "reference": args.reference,
-                    "group": chosen or args.layers[0], "margin": MARGIN,
+    payload = dict(groups[chosen or next(iter(groups))])
+    payload.update({"weights": name, "reference": args.reference, "margin": MARGIN,
+                    "mild": args.mild,
                     "calibration": list(CALIBRATION),
                     "reference_labs": list(REFERENCE_LABS) if args.reference == "per-lab" else [],
                     "draws": args.draws, "machine": machine()})
-    if len(args.layers) > 1:
+    if several:
         payload["groups"] = groups
         payload["chosen"] = chosen
     args.out.mkdir(parents=True, exist_ok=True)
@@ -189,23 +251,34 @@ def main(argv: list[str] | None = None) -> dict:
         if chosen is None or args.reference != "running":
             raise SystemExit("--write-card: only a running-statistics score that meets the rule "
                              "goes into the card")
-        write_card(args.weights, payload, args.packs, args.layers)
+        write_card(args.weights, payload, args.packs, args.layers, args.statistics, args.mild)
     return payload
 
 
-def score_group(means: dict[str, list[torch.Tensor]], refs, draws: int, log) -> dict:
-    """Threshold and warn shares of one layer group, logged as a table.
+def candidate_key(group: str, statistic: str) -> str:
+    """How a (layer group, statistic) candidate is named in the results: the group alone for
+    the means (as the twelfth session's results), ``group / mean+var`` otherwise."""
+    return group if statistic == "mean" else f"{group} / {statistic}"
+
+
+def score_group(moments: dict[str, tuple[list[torch.Tensor], list[torch.Tensor] | None]],
+                refs, draws: int, log, mild: tuple[str, ...] = MILD_FIVE) -> dict:
+    """Threshold and warn shares of one candidate (layer group and statistic), logged as a
+    table.
 
     Parameters
     ----------
-    means : dict
-        Per set, the per-crop input means of the group's layers.
+    moments : dict
+        Per set, the per-crop input means of the group's layers and their mean squares
+        (``None``: the score reads the means only).
     refs : list of LayerStats
         The references, restricted to the same layers.
     draws : int
         Random 32-crop draws per set.
     log : callable
         Prints and keeps a line.
+    mild : tuple of str
+        The mild shifts whose mean warn share makes the choice.
 
     Returns
     -------
@@ -215,9 +288,10 @@ def score_group(means: dict[str, list[torch.Tensor]], refs, draws: int, log) -> 
     n = SHIFT_MIN_CROPS
     res: dict[str, dict] = {}
     for i, key in enumerate(CALIBRATION + REPORT):
-        m = means[key]
-        d = draw_scores(m, refs, draws, n, seed=i)
-        res[key] = {"n": len(m[0]), "whole": shift_from_means([x.mean(0) for x in m], refs),
+        m, sq = moments[key]
+        d = draw_scores(m, refs, draws, n, seed=i, squares=sq)
+        mu, var = moments_of(m, sq)
+        res[key] = {"n": len(m[0]), "whole": shift_from_means(mu, refs, variances=var),
                     "draws_min": float(d.min()), "draws_median": float(np.median(d)),
                     "draws_max": float(d.max()), "_draws": d}
     calib_max = max(max(res[k]["draws_max"], res[k]["whole"]) for k in CALIBRATION)
@@ -233,19 +307,20 @@ def score_group(means: dict[str, list[torch.Tensor]], refs, draws: int, log) -> 
             f"{r['draws_median']:>8.3f}{r['draws_max']:>8.3f}{100 * r['warn_share']:>7.1f}%")
     ships = (all(res[k]["warn_share"] <= 0.05 for k in IN_DOMAIN)
              and all(res[k]["warn_share"] >= 0.95 for k in SHIFTED))
-    mild = float(np.mean([res[k]["warn_share"] for k in MILD]))
+    share = float(np.mean([res[k]["warn_share"] for k in mild]))
     log(f"rule: in-domain false alarms <= 5 % and strong casts >= 95 %: "
-        f"{'met' if ships else 'NOT met'}; mild casts warn on {100 * mild:.1f} % of draws "
-        f"(mean of the two); LISC (unseen, reported only) warns on "
+        f"{'met' if ships else 'NOT met'}; the mild shifts warn on {100 * share:.1f} % of draws "
+        f"(mean of the {len(mild)}); LISC (unseen, reported only) warns on "
         f"{100 * res['lisc']['warn_share']:.1f} % of draws")
     return {"threshold": threshold, "min_crops": n, "rule_met": ships,
-            "mild_warn_share": mild, "sets": res}
+            "mild_warn_share": share, "mild": list(mild), "sets": res}
 
 
 def choose(groups: dict[str, dict]) -> str | None:
-    """The group that meets the rule with the highest mild-cast share (ties: ``GROUPS``
-    order); ``None`` when none meets it."""
-    met = [g for g in GROUPS if g in groups and groups[g]["rule_met"]]
+    """The candidate that meets the rule with the highest mild-shift share (ties: the means
+    before the spread, then ``GROUPS`` order); ``None`` when none meets it."""
+    order = [candidate_key(g, s) for s in STATISTICS for g in GROUPS]
+    met = [g for g in order if g in groups and groups[g]["rule_met"]]
     if not met:
         return None
     best = max(groups[g]["mild_warn_share"] for g in met)
@@ -253,17 +328,23 @@ def choose(groups: dict[str, dict]) -> str | None:
 
 
 def write_card(weights: Path, payload: dict, packs: Path,
-               layers: list[str] | None = None) -> None:
+               layers: list[str] | None = None, statistics: list[str] | None = None,
+               mild: str = "five") -> None:
     """Put the threshold the plugin checks runs against into the weights card, with the command
-    that reproduces it (the weights, packs and layer groups named as given). A score over a
-    subset of the layers carries their names; over all of them, none (as older cards)."""
+    that reproduces it (the weights, packs, layer groups and statistics named as given). A
+    score over a subset of the layers carries their names; over all of them, none (as older
+    cards); a score reading the spread says so (``statistic``)."""
     from training.export import update_card
 
     layers = layers or ["all"]
-    tag = payload["weights"] + ("_layers" if layers != ["all"] else "")
+    statistics = statistics or ["mean"]
+    tag = (payload["weights"] + ("_layers" if layers != ["all"] else "")
+           + ("_spread" if statistics != ["mean"] else ""))
     command = (f"python -m benchmarks.domain_shift --weights {weights} --packs {packs} "
                "--reference running"
                + (f" --layers {' '.join(layers)}" if layers != ["all"] else "")
+               + (f" --statistics {' '.join(statistics)}" if statistics != ["mean"] else "")
+               + (f" --mild {mild}" if len(layers) * len(statistics) > 1 else "")
                + " --write-card")
     entry = {
         "reference": "running", "threshold": payload["threshold"],
@@ -274,6 +355,9 @@ def write_card(weights: Path, payload: dict, packs: Path,
     if payload.get("group", "all") != "all":
         entry["layers"] = payload["layers"]
         entry["rule"] += "; layer group chosen by the twelfth session's rule"
+    if payload.get("statistic", "mean") != "mean":
+        entry["statistic"] = payload["statistic"]
+        entry["rule"] += "; statistic chosen by the thirteenth session's rule"
     update_card(weights, "shift_warning", entry)
 
 

@@ -1,7 +1,7 @@
 """What the "unlike the training data" check adds to plain ``count`` per field.
 
 Each field's crops are classified (8-view TTA, as ``count``) and, for the check, passed once
-more through the unfused model (:func:`napari_ddrnet.shift_score.layer_mean_sums`). Both are
+more through the unfused model (:func:`napari_ddrnet.shift_score.layer_sums`). Both are
 timed on the same crops in the same run (median of repeats, one torch thread as in a dask
 worker); the ratio is the figure to read, not the milliseconds (the machines are noisy).
 
@@ -23,7 +23,7 @@ import torch
 
 from napari_ddrnet.classify import Classifier
 from napari_ddrnet.pipeline import analyze
-from napari_ddrnet.shift_score import layer_mean_sums
+from napari_ddrnet.shift_score import layer_sums
 from napari_ddrnet.synthetic import synthetic_smear
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> str:
     image, _ = synthetic_smear(pixel_size_um=0.1, seed=0)
     crops = analyze(image, 0.1, clf, keep_crops=True).crops  # the sample field's cells
     classify = median_ms(lambda: clf.predict_proba(crops), args.repeats)
-    check = median_ms(lambda: layer_mean_sums(clf.bundle, crops), args.repeats)
+    check = median_ms(lambda: layer_sums(clf.bundle, crops), args.repeats)
     line = (f"{len(crops)} crops (the synthetic sample field), 1 torch thread, median of "
             f"{args.repeats}: classify with TTA {classify:.1f} ms, shift check {check:.1f} ms, "
             f"check / classify = {check / classify:.2f}")

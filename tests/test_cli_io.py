@@ -358,7 +358,7 @@ def test_a_failing_per_input_check_never_costs_the_csvs(files, tmp_path, capsys,
     def broken(*a, **k):
         raise ValueError("unknown shift-score reference 'running_v2'")
 
-    monkeypatch.setattr(shift_score, "layer_mean_sums", broken)
+    monkeypatch.setattr(shift_score, "layer_sums", broken)
     cells = tmp_path / "big"
     cells.mkdir()
     for k in range(34):  # enough single-cell images in one input to be scored

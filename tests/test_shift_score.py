@@ -149,12 +149,12 @@ def test_cli_warns_on_a_colour_cast_and_not_on_the_training_lab(tmp_path, capsys
 def test_pooled_sums_give_the_same_score_as_the_crops_at_once():
     """Plain `count` adds each image's layer-mean sums from the workers: the pooled verdict
     must equal the score of all the crops together."""
-    from napari_ddrnet.shift_score import layer_mean_sums, verdict_from_sums
+    from napari_ddrnet.shift_score import layer_sums, verdict_from_sums
 
     bundle = load_bundle(DEFAULT_WEIGHTS)
     rng = np.random.default_rng(1)
     crops = rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
-    sums = layer_mean_sums(bundle, crops[:13]) + layer_mean_sums(bundle, crops[13:])
+    sums = layer_sums(bundle, crops[:13]) + layer_sums(bundle, crops[13:])
     pooled = verdict_from_sums(bundle, sums, 40)
     whole = shift_verdict(bundle, crops)
     assert pooled.score == pytest.approx(whole.score, rel=1e-9)
@@ -163,13 +163,13 @@ def test_pooled_sums_give_the_same_score_as_the_crops_at_once():
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(4) as pool:
-        parts = list(pool.map(lambda c: layer_mean_sums(bundle, c),
+        parts = list(pool.map(lambda c: layer_sums(bundle, c),
                               [crops[:13], crops[13:]] * 4))
-    for got, want in zip(parts, [layer_mean_sums(bundle, crops[:13]),
-                                 layer_mean_sums(bundle, crops[13:])] * 4):
+    for got, want in zip(parts, [layer_sums(bundle, crops[:13]),
+                                 layer_sums(bundle, crops[13:])] * 4):
         np.testing.assert_allclose(got, want, rtol=1e-9)
     older = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v4.safetensors")
-    assert layer_mean_sums(older, crops) is None
+    assert layer_sums(older, crops) is None
 
 
 @needs_data("pbc")
@@ -357,7 +357,7 @@ def test_card_may_score_a_subset_of_the_layers(tmp_path):
     from napari_ddrnet.shift_score import (
         bn_input_moments,
         bn_layer_names,
-        layer_mean_sums,
+        layer_sums,
         select_layers,
         verdict_from_sums,
     )
@@ -389,7 +389,7 @@ def test_card_may_score_a_subset_of_the_layers(tmp_path):
     assert shift_verdict(stem_bundle, crops).score == pytest.approx(stem_only, rel=1e-9)
     assert shift_verdict(full_bundle, crops).score == pytest.approx(every, rel=1e-9)
     assert stem_only != pytest.approx(every, rel=1e-3)
-    sums = layer_mean_sums(stem_bundle, crops[:7]) + layer_mean_sums(stem_bundle, crops[7:])
+    sums = layer_sums(stem_bundle, crops[:7]) + layer_sums(stem_bundle, crops[7:])
     assert verdict_from_sums(stem_bundle, sums, 40).score == pytest.approx(stem_only, rel=1e-9)
     bad = replace(bundle, meta=dict(bundle.meta, shift_warning=dict(card, layers=["x"])))
     with pytest.raises(ValueError, match="lacks"):
@@ -407,7 +407,7 @@ def test_card_may_score_a_subset_of_the_layers(tmp_path):
     write_card(weights, payload, tmp_path / "packs96_38", ["all", "stem"])
     entry = json.loads((tmp_path / "m.json").read_text())["shift_warning"]
     assert entry["layers"] == ["stem.norm"] and entry["threshold"] == 0.5
-    assert "--layers all stem --write-card" in entry["benchmark"]
+    assert "--layers all stem --mild five --write-card" in entry["benchmark"]
     assert "domain_shift_m_layers.json" in entry["benchmark"]
 
 
@@ -429,3 +429,115 @@ def test_threshold_benchmark_picks_the_layer_group_by_the_rule():
     assert group_layers(names, "all") == [0, 1, 2, 3]
     with pytest.raises(SystemExit, match="no such"):
         group_layers(["head.bn"], "glfeb")
+
+
+def test_spread_term_reads_how_far_the_spread_moved():
+    """Statistic ``mean+var`` (thirteenth session) adds ``|ln(sd_run / sd_ref)|`` per channel:
+    zero for the reference itself, ``ln 2`` for a run twice (or half) as spread, whichever
+    way; ``shift_score`` computes the run's variance over all pixels of its crops."""
+    ref = [(torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))]
+    mu = [torch.zeros(2, dtype=torch.float64)]
+    for k in (2.0, 0.5):
+        var = [torch.full((2,), k * k, dtype=torch.float64)]
+        assert shift_from_means(mu, [ref], eps=0.0, variances=var) == pytest.approx(np.log(2))
+    assert shift_from_means(mu, [ref], eps=0.0, variances=[torch.ones(2)]) == pytest.approx(0)
+    assert shift_from_means(mu, [ref], eps=0.0) == 0.0  # the means alone see nothing
+    with pytest.raises(ValueError, match="layers of variances"):
+        shift_from_means(mu, [ref], variances=[])
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(3)).eval()
+    x = torch.randn(40, 3, 8, 8) * 3 + 1  # sd 3 against the untrained running var of 1
+    stats = lab_stats(model, x)
+    assert shift_score(model, x, [stats], statistic="mean+var") == pytest.approx(0, abs=1e-9)
+    plain, spread = shift_score(model, x), shift_score(model, x, statistic="mean+var")
+    assert spread - plain == pytest.approx(np.log(3), abs=0.05)
+    with pytest.raises(ValueError, match="unknown shift-score statistic"):
+        shift_score(model, x, statistic="median")
+
+
+def test_a_spread_card_pools_sums_as_the_crops_at_once():
+    """A card whose ``statistic`` is ``mean+var``: each image sends sums of means and of mean
+    squares, and the pooled verdict equals the score of all crops together (a slide's tiles,
+    a cohort's workers); means-only sums (an older worker) or an unknown statistic are
+    errors, not a silent score of something else."""
+    from dataclasses import replace
+
+    from napari_ddrnet.preprocess import crops_to_tensor
+    from napari_ddrnet.shift_score import (
+        bn_input_moments,
+        layer_sums,
+        moments_of,
+        select_layers,
+        verdict_from_sums,
+    )
+
+    bundle = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors")
+    card = dict(bundle.meta["shift_warning"], statistic="mean+var", layers=["stem.norm"])
+    spread = replace(bundle, meta=dict(bundle.meta, shift_warning=card))
+    rng = np.random.default_rng(3)
+    crops = rng.integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
+    sums = layer_sums(spread, crops[:11]) + layer_sums(spread, crops[11:])
+    plain_sums = layer_sums(bundle, crops)
+    assert len(sums) == 2 * len(plain_sums)
+    pooled = verdict_from_sums(spread, sums, 40)
+    x = crops_to_tensor(crops, "cpu", bundle.mean, bundle.std)
+    keep = select_layers(bundle.model, ["stem.norm"])
+    means, squares = bn_input_moments(bundle.model, x)
+    mu, var = moments_of([means[i] for i in keep], [squares[i] for i in keep])
+    ref = running_stats(bundle.model)
+    want = shift_from_means(mu, [[ref[i] for i in keep]], variances=var)
+    assert pooled.score == pytest.approx(want, rel=1e-9)
+    assert shift_verdict(spread, crops).score == pytest.approx(want, rel=1e-9)
+    assert want > shift_from_means(mu, [[ref[i] for i in keep]])  # the spread adds to it
+    with pytest.raises(ValueError, match="do not fit"):
+        verdict_from_sums(spread, plain_sums, 40)
+    odd = replace(bundle, meta=dict(bundle.meta, shift_warning=dict(card, statistic="max")))
+    with pytest.raises(ValueError, match="unknown shift-score statistic"):
+        shift_verdict(odd, crops)
+
+
+def test_threshold_benchmark_synthetic_shifts_and_statistic_choice(tmp_path):
+    """The thirteenth session's five mild shifts do what they are named for, and the choice
+    over (layer group, statistic) prefers the means on a tie, then the group order; the card
+    written for a spread score names its statistic and the command that chose it."""
+    import json
+    import shutil
+
+    from benchmarks.domain_shift import blur, candidate_key, choose, pale, write_card, zoom
+
+    yy, xx = np.mgrid[:96, :96]
+    disc = np.where(((yy - 47.5) ** 2 + (xx - 47.5) ** 2 < 20 ** 2)[..., None], 60, 220)
+    crops = np.repeat(disc[None].astype(np.uint8), 2, 0).repeat(3, -1)[..., :3]
+    crops = np.ascontiguousarray(crops)
+    dark = (crops[0, ..., 0] < 140).sum()
+    assert (zoom(crops)[0, ..., 0] < 140).sum() == pytest.approx(dark * 1.25 ** 2, rel=0.05)
+    assert blur(crops).std() < crops.std() and blur(crops).mean() == pytest.approx(
+        crops.mean(), abs=0.5)
+    assert pale(crops).min() == pytest.approx(60 + 0.3 * 195, abs=1)
+    assert pale(crops).max() == pytest.approx(220 + 0.3 * 35, abs=1)
+    for f in (blur, zoom, pale):
+        out = f(crops)
+        assert out.shape == crops.shape and out.dtype == np.uint8
+
+    def g(met, mild):
+        return {"rule_met": met, "mild_warn_share": mild}
+
+    assert candidate_key("stem", "mean") == "stem"
+    assert choose({"stem": g(True, 0.5), "all / mean+var": g(True, 0.5)}) == "stem"
+    assert choose({"stem": g(True, 0.5), "all / mean+var": g(True, 0.6)}) == "all / mean+var"
+    assert choose({"stem / mean+var": g(True, 0.6), "all / mean+var": g(True, 0.6),
+                   "stem": g(False, 0.9)}) == "all / mean+var"
+
+    weights = tmp_path / "m.safetensors"
+    shutil.copy(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors", weights)
+    shutil.copy(WEIGHTS_DIR / "ddrnet_wbc8_v7.json", tmp_path / "m.json")
+    payload = {"threshold": 0.9, "min_crops": SHIFT_MIN_CROPS, "margin": 1.2,
+               "calibration": ["pbc_val", "bccd_valfold"], "weights": "m", "group": "stem",
+               "layers": ["stem.norm"], "statistic": "mean+var"}
+    write_card(weights, payload, tmp_path / "p", ["all", "stem"], ["mean", "mean+var"], "five")
+    entry = json.loads((tmp_path / "m.json").read_text())["shift_warning"]
+    assert entry["statistic"] == "mean+var" and entry["layers"] == ["stem.norm"]
+    assert "--statistics mean mean+var --mild five --write-card" in entry["benchmark"]
+    assert "domain_shift_m_layers_spread.json" in entry["benchmark"]
+    assert load_bundle(weights).meta["shift_warning"]["statistic"] == "mean+var"

@@ -170,7 +170,7 @@ def _warn_per_input(verdicts: dict, run_warned: bool, args, write) -> None:
 
 
 class _InputShift:
-    """Per input, the added :func:`~napari_ddrnet.shift_score.layer_mean_sums` of its crops,
+    """Per input, the added :func:`~napari_ddrnet.shift_score.layer_sums` of its crops,
     fed image by image in input order (crops are batched up to 64 within an input). A check
     that fails stops (:attr:`error`) and is reported after the CSVs: it never costs them."""
 
@@ -206,12 +206,12 @@ class _InputShift:
     def flush(self) -> None:
         import numpy as np
 
-        from .shift_score import layer_mean_sums
+        from .shift_score import layer_sums
 
         if self._buffer and self._group is not None and self.error is None:
             crops = np.concatenate(self._buffer)
             try:
-                sums = layer_mean_sums(self.bundle, crops)
+                sums = layer_sums(self.bundle, crops)
             except Exception as exc:  # e.g. weights whose card the check cannot read
                 self.error = exc
             else:

@@ -249,7 +249,7 @@ class _Done:
     pixel_size_source: str
     note: str
     #: The image's share of the run's "unlike the training data" score
-    #: (:func:`napari_ddrnet.shift_score.layer_mean_sums`) and its crop count (a slide's
+    #: (:func:`napari_ddrnet.shift_score.layer_sums`) and its crop count (a slide's
     #: added up over its tiles).
     shift_sum: np.ndarray | None = None
     shift_n: int = 0
@@ -289,12 +289,12 @@ def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None,
 
 
 def _shift_sums(clf, crops) -> np.ndarray | None:
-    """An image's or tile's :func:`~napari_ddrnet.shift_score.layer_mean_sums`: a few numbers
+    """An image's or tile's :func:`~napari_ddrnet.shift_score.layer_sums`: a few numbers
     travel back instead of the crops. A check that only warns must never cost the rows."""
-    from .shift_score import layer_mean_sums
+    from .shift_score import layer_sums
 
     try:
-        return layer_mean_sums(clf.bundle, crops)
+        return layer_sums(clf.bundle, crops)
     except Exception:
         return None
 

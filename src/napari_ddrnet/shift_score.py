@@ -4,7 +4,9 @@ Every BatchNorm layer sees inputs whose statistics are those of the images it wa
 Crops from the same kind of smear give layer inputs with about those statistics; a stain,
 camera, white balance or scale the model never saw moves them (the shift AdaBN undoes,
 :mod:`napari_ddrnet.domain_adapt`). The score is how far, in units of the reference standard
-deviation, averaged over channels and layers. The reference is either the model's running
+deviation, averaged over channels and layers; a card may add how far the spread moved (the log
+ratio of the run's standard deviation to the reference's, statistic ``mean+var``,
+thirteenth session). The reference is either the model's running
 statistics (one mixture of its training labs) or each labelled training lab's own statistics,
 the run being compared with the lab it is most like (``docs/cross-source.md``).
 """
@@ -25,6 +27,10 @@ SHIFT_MIN_CROPS = 32
 
 if TYPE_CHECKING:
     from .weights import ModelBundle
+
+#: What a card's score reads of each layer's input: where each channel is centred (``mean``),
+#: or that and how spread it is (``mean+var``); the first is the default of older cards.
+STATISTICS = ("mean", "mean+var")
 
 #: Per layer: (channel means, channel variances) of the layer's input.
 LayerStats = list[tuple[torch.Tensor, torch.Tensor]]
@@ -198,8 +204,9 @@ def running_stats(model: nn.Module) -> LayerStats:
 
 
 def shift_from_means(means: Sequence[torch.Tensor], references: Sequence[LayerStats],
-                     eps: float = 1e-5) -> float:
-    """The score of a run whose per-layer input means are ``means``.
+                     eps: float = 1e-5,
+                     variances: Sequence[torch.Tensor] | None = None) -> float:
+    """The score of a run whose per-layer input means (and variances) are given.
 
     Parameters
     ----------
@@ -208,32 +215,72 @@ def shift_from_means(means: Sequence[torch.Tensor], references: Sequence[LayerSt
     references : sequence of LayerStats
         At least one; the nearest counts.
     eps : float
-        Added to the reference variances (BatchNorm's own eps).
+        Added to the variances (BatchNorm's own eps).
+    variances : sequence of torch.Tensor, optional
+        The run's input variances per layer (over all pixels of its crops): the spread term
+        is added (statistic ``mean+var``).
 
     Returns
     -------
     float
         ``mean over layers of mean over channels |mean - ref mean| / sqrt(ref var + eps)``,
-        the smallest over the references.
+        plus ``|ln sqrt((var + eps) / (ref var + eps))|`` per channel when ``variances`` are
+        given; the smallest over the references.
 
     Raises
     ------
     ValueError
-        Without references, or for a reference of another layer count.
+        Without references, or for a reference (or variances) of another layer count.
     """
     if not references:
         raise ValueError("the shift score needs at least one reference")
+    if variances is not None and len(variances) != len(means):
+        raise ValueError(f"{len(variances)} layers of variances, {len(means)} of means")
     scores = []
     for ref in references:
         if len(ref) != len(means):
             raise ValueError(f"reference has {len(ref)} layers, the model {len(means)}")
-        d = [((m - mu).abs() / torch.sqrt(var + eps)).mean() for m, (mu, var) in zip(means, ref)]
+        d = []
+        for i, (m, (mu, var)) in enumerate(zip(means, ref)):
+            term = (m - mu).abs() / torch.sqrt(var + eps)
+            if variances is not None:
+                # Spread moved by a factor k reads |ln k|, whichever way (sharper or blurred).
+                term = term + 0.5 * torch.log((variances[i].clamp_min(0.0) + eps)
+                                              / (var + eps)).abs()
+            d.append(term.mean())
         scores.append(float(torch.stack(d).mean()))
     return min(scores)
 
 
+def moments_of(means: Sequence[torch.Tensor], squares: Sequence[torch.Tensor] | None,
+               rows: torch.Tensor | None = None
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """A run's per-layer input means (and variances over all its pixels) from its crops'.
+
+    Parameters
+    ----------
+    means, squares : sequence of torch.Tensor
+        Per layer, ``(N, C_layer)`` per-crop means and mean squares (:func:`bn_input_moments`);
+        ``squares`` ``None``: means only.
+    rows : torch.Tensor, optional
+        The crops of the run (indices); default all.
+
+    Returns
+    -------
+    means, variances : list of torch.Tensor
+        Per layer, ``(C_layer,)``; variances ``None`` without ``squares``. Every crop has the
+        same pixels per layer, so pooling crops is averaging their rows.
+    """
+    pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+    mu = [pick(m).mean(0) for m in means]
+    if squares is None:
+        return mu, None
+    return mu, [(pick(s).mean(0) - u * u).clamp_min(0.0) for s, u in zip(squares, mu)]
+
+
 def shift_score(model: nn.Module, x: torch.Tensor,
-                references: Sequence[LayerStats] | None = None, batch_size: int = 256) -> float:
+                references: Sequence[LayerStats] | None = None, batch_size: int = 256,
+                statistic: str = "mean") -> float:
     """Label-free distance of crops ``x`` from the training data (0 = alike; see module doc).
 
     Parameters
@@ -246,14 +293,24 @@ def shift_score(model: nn.Module, x: torch.Tensor,
         One per labelled training lab; default the model's running statistics.
     batch_size : int
         Crops per forward pass.
+    statistic : {"mean", "mean+var"}
+        What is compared (:data:`STATISTICS`).
 
     Returns
     -------
     float
     """
     refs = list(references) if references is not None else [running_stats(model)]
-    means, _ = bn_input_moments(model, x, batch_size, squares=False)
-    return shift_from_means([m.mean(0) for m in means], refs)
+    means, squares = bn_input_moments(model, x, batch_size, squares=_spread(statistic))
+    mu, var = moments_of(means, squares)
+    return shift_from_means(mu, refs, variances=var)
+
+
+def _spread(statistic: str) -> bool:
+    """Whether ``statistic`` reads the spread as well as the centre."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown shift-score statistic {statistic!r}; known: {STATISTICS}")
+    return statistic == "mean+var"
 
 
 #: Most crops scored per run: a seeded uniform sample of the run keeps the check quick.
@@ -437,7 +494,12 @@ def _card(bundle: ModelBundle) -> dict | None:
         return None
     if card.get("reference", "running") != "running":
         raise ValueError(f"unknown shift-score reference {card.get('reference')!r}")
+    _spread(card.get("statistic", "mean"))  # a statistic this version cannot compute: error
     return card
+
+
+def _card_spread(card: dict) -> bool:
+    return _spread(card.get("statistic", "mean"))
 
 
 def shift_verdict(bundle: ModelBundle, crops: np.ndarray,
@@ -462,16 +524,17 @@ def shift_verdict(bundle: ModelBundle, crops: np.ndarray,
     Raises
     ------
     ValueError
-        For a card naming a reference this version cannot compute, or layers the model lacks.
+        For a card naming a reference or statistic this version cannot compute, or layers the
+        model lacks.
     """
     card = _card(bundle)
     if card is None or len(crops) < _min_crops(card):  # no forward pass for a small run
         return None
-    verdict = verdict_from_sums(bundle, layer_mean_sums(bundle, crops), len(crops))
+    verdict = verdict_from_sums(bundle, layer_sums(bundle, crops), len(crops))
     return verdict if n_cells is None else replace(verdict, n_cells=int(n_cells))
 
 
-def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None,
+def layer_sums(bundle: ModelBundle, crops: np.ndarray | None,
                     batch_size: int = 64) -> np.ndarray | None:
     """What one image contributes to its run's score, small enough to send from a worker.
 
@@ -489,21 +552,24 @@ def layer_mean_sums(bundle: ModelBundle, crops: np.ndarray | None,
     -------
     numpy.ndarray or None
         ``(C_total,)`` float64: the sum over crops of each crop's BatchNorm-input channel
-        means, all layers flattened (add them up and pass to :func:`verdict_from_sums`);
-        ``None`` when the weights carry no threshold or there are no crops.
+        means, all layers flattened, followed by the same sums of mean squares when the card's
+        statistic reads the spread (``(2 C_total,)``); add them up and pass to
+        :func:`verdict_from_sums`. ``None`` when the weights carry no threshold or there are
+        no crops.
     """
     from .preprocess import crops_to_tensor
 
-    if _card(bundle) is None or crops is None or len(crops) == 0:
+    card = _card(bundle)
+    if card is None or crops is None or len(crops) == 0:
         return None
     x = crops_to_tensor(np.asarray(crops), "cpu", bundle.mean, bundle.std)
-    means, _ = bn_input_moments(bundle.model, x, batch_size, squares=False)
-    return torch.cat([m.sum(0) for m in means]).numpy()
+    means, squares = bn_input_moments(bundle.model, x, batch_size, squares=_card_spread(card))
+    return torch.cat([m.sum(0) for m in means + (squares or [])]).numpy()
 
 
 @dataclass
 class ShiftSums:
-    """Added-up :func:`layer_mean_sums` and their crop count: of a slide's tiles, a run's
+    """Added-up :func:`layer_sums` and their crop count: of a slide's tiles, a run's
     images, or a group of images (one patient's folder); :func:`verdict_from_sums` judges
     them."""
 
@@ -525,14 +591,14 @@ class ShiftSums:
 
 def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
                       n: int) -> ShiftVerdict | None:
-    """The run's verdict from the added :func:`layer_mean_sums` of all its crops.
+    """The run's verdict from the added :func:`layer_sums` of all its crops.
 
     Parameters
     ----------
     bundle : napari_ddrnet.weights.ModelBundle
         The weights the run was classified with.
     sums : numpy.ndarray or None
-        The images' :func:`layer_mean_sums`, added.
+        The images' :func:`layer_sums`, added.
     n : int
         Crops behind ``sums`` (every cell of the run: nothing is sampled).
 
@@ -544,16 +610,25 @@ def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
     Raises
     ------
     ValueError
-        For a card naming a reference this version cannot compute, or layers the model lacks
-        (:func:`select_layers`).
+        For a card naming a reference or statistic this version cannot compute, layers the
+        model lacks (:func:`select_layers`), or sums of another length than the card needs.
     """
     card = _card(bundle)
     if card is None or sums is None or n < _min_crops(card):
         return None
     ref = running_stats(bundle.model)
     flat = torch.as_tensor(np.asarray(sums, np.float64)) / n
-    means = list(torch.split(flat, [len(mu) for mu, _ in ref]))
+    sizes = [len(mu) for mu, _ in ref]
+    spread = _card_spread(card)
+    if len(flat) != sum(sizes) * (2 if spread else 1):
+        raise ValueError(f"{len(flat)} summed moments do not fit this model's card "
+                         f"({sum(sizes)} channels, statistic {card.get('statistic', 'mean')})")
+    parts = list(torch.split(flat, sizes * (2 if spread else 1)))
+    means = parts[:len(sizes)]
+    # Mean squares less the squared mean: each layer's variance over all pixels of the run.
+    var = [(s - m * m).clamp_min(0.0) for s, m in zip(parts[len(sizes):], means)]
     # The card may score a subset of the layers (docs/cross-source.md, twelfth session).
     keep = select_layers(bundle.model, card.get("layers"))
-    score = shift_from_means([means[i] for i in keep], [[ref[i] for i in keep]])
+    score = shift_from_means([means[i] for i in keep], [[ref[i] for i in keep]],
+                             variances=[var[i] for i in keep] if spread else None)
     return ShiftVerdict(score, float(card["threshold"]), n, n)
