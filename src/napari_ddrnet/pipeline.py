@@ -160,11 +160,15 @@ def iter_analyze(
         check_rgb_shape(tuple(image.shape))
         windows = sample_windows(image)
         vrange = value_range(windows)
-        sample = np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1)
+        # The windows serve only the field statistics: not held through the run (nine
+        # 1024 px windows and their RGB copy are ~56 MB, more than a tile's working arrays).
+        stats = field_statistics(
+            np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1), params)
+        del windows
         rgb = None
     else:
         rgb = to_rgb_uint8(image)
-        vrange = sample = None
+        vrange = stats = None
     if rgb is not None:  # a slide's sampled windows may all be glass: not judged on them
         check_has_colour(rgb)
     source_image = rgb if rgb is not None else image
@@ -177,7 +181,8 @@ def iter_analyze(
         tiles = [(0, 0, h, w, 0, 0, h, w)]
     else:
         tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px, classifier.crop_fov_um))
-    stats = field_statistics(rgb if rgb is not None else sample, params)
+    if stats is None:
+        stats = field_statistics(rgb, params)
     total = len(tiles) + 1
 
     if labels_out is not None:
