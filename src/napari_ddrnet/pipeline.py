@@ -349,12 +349,14 @@ def plan_slide(image, pixel_size_um: float | None = None, *, crop_fov_um: float 
     check_rgb_shape(tuple(image.shape))
     windows = sample_windows(image)
     vrange = value_range(windows)
-    sample = np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1)
+    # Released before the pixel-size estimate reads its own windows (as in iter_analyze).
+    stats = field_statistics(
+        np.concatenate([to_rgb_uint8(w, vrange) for w in windows], axis=1), params)
+    del windows
     px_info = resolve_pixel_size(image, given=pixel_size_um, metadata=pixel_size_metadata)
     h, w = image.shape[:2]
     tiles = _tiles(h, w, tile_size or TILE_SIZE, _overlap_px(px_info.um, crop_fov_um))
-    return SlidePlan((h, w), px_info, vrange, field_statistics(sample, params), tuple(tiles),
-                     params)
+    return SlidePlan((h, w), px_info, vrange, stats, tuple(tiles), params)
 
 
 def analyze_tile(image, plan: SlidePlan, index: int, classifier: Classifier,
