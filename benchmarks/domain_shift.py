@@ -13,13 +13,13 @@ trained on) should. LISC tunes nothing.
 
 ``--layers`` scores named groups of BatchNorm layers instead of all of them (twelfth session):
 each group gets its own threshold by the same rule, and among the groups that meet it the one
-whose threshold catches the most mild-cast draws is chosen (ties: the earlier in ``GROUPS``);
-``--write-card`` writes that one, with its layer names.
+whose threshold catches the most draws of the mild shifts (``--mild``) is chosen (ties: the
+earlier in ``GROUPS``); ``--write-card`` writes that one, with its layer names.
 
-``--statistics mean mean+var`` scores each group with the spread as well (thirteenth session),
-and ``--mild five`` (the default) chooses on five mild synthetic shifts of PBC test (the two
-mild casts, blur, zoom, pale) instead of the two mild casts (``--mild casts``, the twelfth
-session's rule).
+``--statistics mean mean+var`` scores each group with the spread as well (thirteenth session;
+ties go to the means), and ``--mild five`` chooses on five mild synthetic shifts of PBC test
+(the two mild casts, blur, zoom, pale) instead of the two mild casts (``--mild casts``, the
+default: the twelfth session's rule, which the shipped card's command reproduces).
 
 Usage::
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--statistics", nargs="+", choices=STATISTICS, default=["mean"],
                     help="what each group's score reads: the channel means, or means and "
                          "spread; with several, the rule picks one")
-    ap.add_argument("--mild", choices=tuple(MILD_SETS), default="five",
+    ap.add_argument("--mild", choices=tuple(MILD_SETS), default="casts",
                     help="the mild shifts the choice is made on: the two mild casts (twelfth "
                          "session) or those and blur, zoom, pale (thirteenth)")
     ap.add_argument("--threads", type=int, default=2)
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"({time.time() - t0:.0f} s)")
     payload = dict(groups[chosen or next(iter(groups))])
     payload.update({"weights": name, "reference": args.reference, "margin": MARGIN,
-                    "mild": args.mild,
+                    "mild_option": args.mild,
                     "calibration": list(CALIBRATION),
                     "reference_labs": list(REFERENCE_LABS) if args.reference == "per-lab" else [],
                     "draws": args.draws, "machine": machine()})
@@ -329,7 +329,7 @@ def choose(groups: dict[str, dict]) -> str | None:
 
 def write_card(weights: Path, payload: dict, packs: Path,
                layers: list[str] | None = None, statistics: list[str] | None = None,
-               mild: str = "five") -> None:
+               mild: str = "casts") -> None:
     """Put the threshold the plugin checks runs against into the weights card, with the command
     that reproduces it (the weights, packs, layer groups and statistics named as given). A
     score over a subset of the layers carries their names; over all of them, none (as older
@@ -344,7 +344,7 @@ def write_card(weights: Path, payload: dict, packs: Path,
                "--reference running"
                + (f" --layers {' '.join(layers)}" if layers != ["all"] else "")
                + (f" --statistics {' '.join(statistics)}" if statistics != ["mean"] else "")
-               + (f" --mild {mild}" if len(layers) * len(statistics) > 1 else "")
+               + (f" --mild {mild}" if mild != "casts" else "")
                + " --write-card")
     entry = {
         "reference": "running", "threshold": payload["threshold"],

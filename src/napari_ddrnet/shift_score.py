@@ -125,7 +125,8 @@ def bn_input_moments(model: nn.Module, x: torch.Tensor, batch_size: int = 256,
     batch_size : int
         Crops per forward pass.
     squares : bool
-        Also return the mean squares (for variances; the score itself needs only means).
+        Also return the mean squares (for variances: the ``mean+var`` statistic and
+        :func:`lab_stats`).
 
     Returns
     -------
@@ -453,8 +454,9 @@ class ShiftVerdict:
     Attributes
     ----------
     score : float
-        :func:`shift_score` of the run's sampled crops, over the BatchNorm layers the card
-        names (every layer when it names none).
+        :func:`shift_score` of the run's sampled crops with the card's statistic (the means
+        when it names none), over the BatchNorm layers the card names (every layer when it
+        names none).
     threshold : float
         Fixed on the selection sets when the weights were made (their card's ``shift_warning``).
     n_crops : int
@@ -535,7 +537,7 @@ def shift_verdict(bundle: ModelBundle, crops: np.ndarray,
 
 
 def layer_sums(bundle: ModelBundle, crops: np.ndarray | None,
-                    batch_size: int = 64) -> np.ndarray | None:
+               batch_size: int = 64) -> np.ndarray | None:
     """What one image contributes to its run's score, small enough to send from a worker.
 
     Parameters
