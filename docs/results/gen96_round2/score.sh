@@ -4,7 +4,7 @@
 set -euo pipefail
 export PYTHONPATH=.
 PY=${PY:-.venv/bin/python}
-OUT=docs/results/gen96_round
+OUT=docs/results/gen96_round2
 # The candidate: the seed with the higher validation after the BatchNorm re-estimate.
 S=$($PY - <<'PY'
 import json
