@@ -544,3 +544,23 @@ def test_threshold_benchmark_synthetic_shifts_and_statistic_choice(tmp_path):
     assert "--statistics mean mean+var --mild five --write-card" in entry["benchmark"]
     assert "domain_shift_m_layers_spread.json" in entry["benchmark"]
     assert load_bundle(weights).meta["shift_warning"]["statistic"] == "mean+var"
+
+
+def test_masked_probe_leaves_black_fill_out_of_the_stem_statistics():
+    """``benchmarks.masked_shift_probe``: black fill is not specimen, and every stem position
+    whose 4 x 4 window touches it is left out of the sums (the stem has stride 4)."""
+    from benchmarks.masked_shift_probe import specimen_mask, stem_sums
+    from napari_ddrnet.preprocess import crops_to_tensor
+
+    bundle = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors")
+    rng = np.random.default_rng(4)
+    crops = rng.integers(150, 230, (2, 96, 96, 3), dtype=np.uint8)
+    crops[1, :32] = 0  # a black band over the top third of the second crop
+    keep = specimen_mask(crops)
+    assert keep[0].all() and not keep[1, :32].any() and keep[1, 40:].all()
+    x = crops_to_tensor(crops, "cpu", bundle.mean, bundle.std)
+    s, q, n = stem_sums(bundle.model, x, keep)
+    assert n[0] == 24 * 24  # every position of the clean crop
+    # The band and the mask's 3 px margin cover rows 0-34: stem rows 0-8 are out.
+    assert n[1] == (24 - 9) * 24
+    assert s.shape == q.shape == (2, bundle.model.stem.norm.num_features)
