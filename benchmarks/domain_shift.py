@@ -251,8 +251,30 @@ def main(argv: list[str] | None = None) -> dict:
         if chosen is None or args.reference != "running":
             raise SystemExit("--write-card: only a running-statistics score that meets the rule "
                              "goes into the card")
+        current = card_candidate(bundle.meta.get("shift_warning"), groups)
+        if current not in (None, chosen) and (groups[chosen]["mild_warn_share"]
+                                             <= groups[current]["mild_warn_share"]):
+            raise SystemExit(f"--write-card: {chosen!r} does not beat the card's current score "
+                             f"{current!r} on the mild shifts; the card is left as it is")
         write_card(args.weights, payload, args.packs, args.layers, args.statistics, args.mild)
     return payload
+
+
+def card_candidate(card: dict | None, groups: dict[str, dict]) -> str | None:
+    """Which scored candidate the weights' card already holds (its layers and statistic), so a
+    rerun replaces it only with one that catches more mild-shift draws; ``None`` when the card
+    has no entry or holds none of them."""
+    if not card:
+        return None
+    statistic = card.get("statistic", "mean")
+    for key, g in groups.items():
+        if g.get("statistic", "mean") != statistic:
+            continue
+        if card.get("layers") is None and g.get("group") == "all":
+            return key
+        if card.get("layers") is not None and list(card["layers"]) == list(g.get("layers", [])):
+            return key
+    return None
 
 
 def candidate_key(group: str, statistic: str) -> str:

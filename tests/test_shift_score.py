@@ -564,3 +564,24 @@ def test_masked_probe_leaves_black_fill_out_of_the_stem_statistics():
     # The band and the mask's 3 px margin cover rows 0-34: stem rows 0-8 are out.
     assert n[1] == (24 - 9) * 24
     assert s.shape == q.shape == (2, bundle.model.stem.norm.num_features)
+
+
+def test_threshold_benchmark_keeps_a_card_no_candidate_beats():
+    """``--write-card`` changes a card only for a candidate that catches more mild-shift
+    draws than the one the card holds (the rule's "the card changes only if it beats the
+    shipped one"); the card's candidate is found by its layers and statistic."""
+    from benchmarks.domain_shift import card_candidate
+
+    groups = {"all": {"group": "all", "statistic": "mean", "layers": ["a", "b"]},
+              "stem": {"group": "stem", "statistic": "mean", "layers": ["a"]},
+              "stem / mean+var": {"group": "stem", "statistic": "mean+var", "layers": ["a"]}}
+    assert card_candidate(None, groups) is None
+    assert card_candidate({"threshold": 0.2}, groups) == "all"  # no layers: every layer
+    assert card_candidate({"layers": ["a"]}, groups) == "stem"
+    assert card_candidate({"layers": ["a"], "statistic": "mean+var"}, groups) == "stem / mean+var"
+    assert card_candidate({"layers": ["z"]}, groups) is None
+    # The shipped v7 card holds the stem's means.
+    bundle = load_bundle(DEFAULT_WEIGHTS)
+    assert card_candidate(bundle.meta["shift_warning"],
+                          {"stem": {"group": "stem", "statistic": "mean",
+                                    "layers": ["stem.norm"]}}) == "stem"
