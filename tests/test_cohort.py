@@ -193,6 +193,28 @@ def test_resume_refuses_parts_of_another_version(inputs, tmp_path, capsys):
     assert "another version" in err and "Traceback" not in err
 
 
+def test_resume_says_when_the_check_leaves_parts_out(inputs, tmp_path, capsys):
+    """A finished image whose recorded shift-check sums have another length (written with
+    another model's or card's check) is left out of the run's check, and the user is told how
+    many cells that is, instead of a silently smaller verdict."""
+    import base64
+    import json
+
+    count_cohort(inputs, tmp_path / "cells.csv", tmp_path / "counts.csv", settings=SETTINGS)
+    done = tmp_path / "cells.csv.parts"
+    markers = {p: json.loads(p.read_text()) for p in done.glob("*.done")}
+    last = next(p for p, m in markers.items() if "slide" in m["image"] and m.get("shift_n"))
+    m = markers[last]
+    sums = np.frombuffer(base64.b64decode(m["shift_sum"]), "<f8")
+    m["shift_sum"] = base64.b64encode(np.concatenate([sums, sums]).astype("<f8").tobytes()
+                                      ).decode()
+    last.write_text(json.dumps(m))
+    capsys.readouterr()
+    assert _count(inputs, tmp_path, "--resume") == 0
+    err = capsys.readouterr().err
+    assert f"left out {m['shift_n']} cells" in err and "Traceback" not in err
+
+
 def test_full_disk_keeps_what_was_written(inputs, serial, tmp_path, monkeypatch, capsys):
     out = tmp_path
     (out / "cells.csv").write_bytes(b"earlier run\n")

@@ -687,6 +687,10 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
         except Exception as exc:  # it can only warn: never a traceback instead of the CSVs
             warn(f"napari-ddrnet: warning: the 'unlike the training data' check was skipped: "
                  f"{exc}")
+        if shift.left_out:
+            warn(f"napari-ddrnet: warning: the 'unlike the training data' check left out "
+                 f"{shift.left_out} cells whose results were written with another model or "
+                 f"check (e.g. resumed across versions); it covers {shift.n} cells")
     return report
 
 

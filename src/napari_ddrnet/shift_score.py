@@ -573,10 +573,13 @@ def layer_sums(bundle: ModelBundle, crops: np.ndarray | None,
 class ShiftSums:
     """Added-up :func:`layer_sums` and their crop count: of a slide's tiles, a run's
     images, or a group of images (one patient's folder); :func:`verdict_from_sums` judges
-    them."""
+    them. Sums of another length than the first (parts written with another model or card,
+    e.g. by ``--resume`` across versions) are left out and counted in ``left_out``, so the
+    caller can say the verdict covers fewer cells."""
 
     sum: np.ndarray | None = None
     n: int = 0
+    left_out: int = 0
 
     def add(self, sums: np.ndarray | None, n: int) -> None:
         """Add one image's (or tile's) sums over ``n`` crops; ``None`` adds nothing."""
@@ -586,7 +589,8 @@ class ShiftSums:
             self.sum = sums
         elif len(sums) == len(self.sum):
             self.sum = self.sum + sums
-        else:  # parts written with another model: left out, no crash
+        else:  # left out, no crash: the caller reports it
+            self.left_out += n
             return
         self.n += n
 
