@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from napari_ddrnet.preprocess import crops_to_tensor  # noqa: E402
+from napari_ddrnet.shift_score import shift_from_means  # noqa: E402
 from napari_ddrnet.specimen import not_specimen  # noqa: E402
 from napari_ddrnet.weights import DEFAULT_WEIGHTS, load_bundle  # noqa: E402
 from training.packs import check_cut, load_pack  # noqa: E402
@@ -89,9 +90,8 @@ def stem_sums(model, x: torch.Tensor, keep: np.ndarray, batch: int = 256):
 
 
 def score(s: torch.Tensor, n: torch.Tensor, refs) -> float:
-    """Nearest lab's mean over channels of |masked mean - lab mean| / lab sd."""
-    mu = s.sum(0) / n.sum().clamp_min(1)
-    return min(float(((mu - m).abs() / torch.sqrt(v + 1e-5)).mean()) for m, v in refs)
+    """The shift score (:func:`shift_from_means`, nearest lab) of the masked stem means."""
+    return shift_from_means([s.sum(0) / n.sum().clamp_min(1)], [[r] for r in refs])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -180,12 +180,7 @@ def lab_stats(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> Layer
     LayerStats
         Per layer, the channel means and variances over all crops and pixels.
     """
-    means, squares = bn_input_moments(model, x, batch_size)
-    out = []
-    for m, s in zip(means, squares):
-        mu = m.mean(0)
-        out.append((mu, (s.mean(0) - mu * mu).clamp_min(0.0)))
-    return out
+    return list(zip(*moments_of(*bn_input_moments(model, x, batch_size))))
 
 
 def running_stats(model: nn.Module) -> LayerStats:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Thirteenth session: the lazy path no longer holds its nine sample windows (and their RGB
 # copy) through the whole run. Before (the commit before the change, in a worktree) and after,
-# back to back on the same machine; then the after run again as benchmarks/results/scale.*.
+# back to back on the same machine; the after run's JSON was copied to benchmarks/results/scale.json.
+# trace_peak.py (tracemalloc, run by hand before and after: trace_peak.log) found the windows.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 PY=${PY:-.venv/bin/python}
