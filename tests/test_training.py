@@ -430,6 +430,22 @@ def test_wise_interpolation_is_linear_and_keeps_integer_buffers():
         interpolate(a, {"w": b["w"]}, 0.5)
 
 
+def test_soup_averages_floats_and_refuses_mismatched_models():
+    import torch
+
+    from training.soup import average
+
+    a = {"w": torch.zeros(2, 2), "n": torch.tensor(3)}
+    b = {"w": torch.ones(2, 2) * 3, "n": torch.tensor(7)}
+    c = {"w": torch.full((2, 2), 6.0), "n": torch.tensor(9)}
+    m = average([a, b, c])
+    assert torch.allclose(m["w"], torch.full((2, 2), 3.0)) and int(m["n"]) == 3
+    with pytest.raises(ValueError):
+        average([a])
+    with pytest.raises(ValueError):
+        average([a, {"w": torch.zeros(2, 3), "n": torch.tensor(1)}])
+
+
 def test_expected_calibration_error_matches_its_definition():
     """torchmetrics' ECE, checked by hand on two bins: confidences 0.9 (2 cells, 1 right) and
     0.6 (2 cells, both right) give 0.5 * |0.5 - 0.9| + 0.5 * |1.0 - 0.6| = 0.4."""
