@@ -24,6 +24,13 @@ from napari_ddrnet.shift_score import (
 from napari_ddrnet.weights import DEFAULT_WEIGHTS, WEIGHTS_DIR, load_bundle
 
 
+def _running_card(bundle, **entries) -> dict:
+    """The weights' card entry as a running-statistics score (whatever reference it ships
+    with), with ``entries`` set."""
+    card = {k: v for k, v in bundle.meta["shift_warning"].items() if k != "labs"}
+    return dict(card, reference="running", **entries)
+
+
 def _crops(values) -> np.ndarray:
     return np.stack([np.full((4, 4, 3), v % 256, np.uint8) for v in values])
 
@@ -106,10 +113,14 @@ def test_score_is_zero_against_the_crops_own_statistics_and_takes_the_nearest_la
 
 def test_verdict_needs_a_threshold_and_enough_cells():
     bundle = load_bundle(DEFAULT_WEIGHTS)
-    # The shipped card: the stem's layer only, by the twelfth session's rule
-    # (benchmarks/results/domain_shift_ddrnet_wbc8_v7_layers.log: 1.2 x 0.4871).
-    assert bundle.meta["shift_warning"]["layers"] == ["stem.norm"]
-    assert bundle.meta["shift_warning"]["threshold"] == pytest.approx(0.5845, abs=1e-4)
+    # The shipped card: every layer against each labelled lab's own statistics, by the
+    # fourteenth session's rule and gate
+    # (benchmarks/results/domain_shift_ddrnet_wbc8_v7_per-lab_layers_kaggle-shifted.log:
+    # 1.2 x 0.0431).
+    card = bundle.meta["shift_warning"]
+    assert card["reference"] == "per-lab" and "layers" not in card
+    assert set(card["labs"]) == {"pbc_train", "bccd_trainfold"}
+    assert card["threshold"] == pytest.approx(0.0517, abs=1e-4)
     s = bundle.input_size
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (SHIFT_MIN_CROPS - 1, s, s, 3), dtype=np.uint8)
@@ -382,7 +393,7 @@ def test_card_may_score_a_subset_of_the_layers(tmp_path):
     ref = running_stats(bundle.model)
     stem_only = shift_from_means([means[0].mean(0)], [[ref[0]]])
     every = shift_from_means([m.mean(0) for m in means], [ref])
-    card = dict(bundle.meta["shift_warning"], layers=["stem.norm"])
+    card = _running_card(bundle, layers=["stem.norm"])
     stem_bundle = replace(bundle, meta=dict(bundle.meta, shift_warning=card))
     full_bundle = replace(bundle, meta=dict(bundle.meta, shift_warning=dict(
         card, layers=None)))
@@ -431,6 +442,29 @@ def test_threshold_benchmark_picks_the_layer_group_by_the_rule():
         group_layers(["head.bn"], "glfeb")
 
 
+def test_threshold_benchmark_kaggle_counts_as_shifted_only_when_asked():
+    """``--kaggle shifted`` (fourteenth session) takes Kaggle TEST out of the in-domain clause:
+    a candidate that warns on every Kaggle draw fails the old rule and meets the new one."""
+    from benchmarks.domain_shift import (
+        CALIBRATION,
+        IN_DOMAIN,
+        IN_DOMAIN_KAGGLE_SHIFTED,
+        REPORT,
+        score_group,
+    )
+
+    assert set(IN_DOMAIN) - set(IN_DOMAIN_KAGGLE_SHIFTED) == {"kaggle_test"}
+    rng = np.random.default_rng(6)
+    far = {"kaggle_test", "pbc_test_cyan", "pbc_test_yellow", "lisc"}
+    moments = {k: ([torch.as_tensor(rng.normal(3.0 if k in far else 0.0, 0.1, (40, 4)))], None)
+               for k in CALIBRATION + REPORT}
+    ref = [[(torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64))]]
+    old = score_group(moments, ref, 20, lambda _m: None)
+    new = score_group(moments, ref, 20, lambda _m: None, in_domain=IN_DOMAIN_KAGGLE_SHIFTED)
+    assert old["sets"]["kaggle_test"]["warn_share"] == 1.0
+    assert not old["rule_met"] and new["rule_met"]
+
+
 def test_spread_term_reads_how_far_the_spread_moved():
     """Statistic ``mean+var`` (thirteenth session) adds ``|ln(sd_run / sd_ref)|`` per channel:
     zero for the reference itself, ``ln 2`` for a run twice (or half) as spread, whichever
@@ -475,7 +509,7 @@ def test_a_spread_card_pools_sums_as_the_crops_at_once():
     bundle = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors")
     # Two layers, the later one first: the spread must be read through the named positions.
     names = ["glfeb.local.0.1", "stem.norm"]
-    card = dict(bundle.meta["shift_warning"], statistic="mean+var", layers=names)
+    card = _running_card(bundle, statistic="mean+var", layers=names)
     spread = replace(bundle, meta=dict(bundle.meta, shift_warning=card))
     rng = np.random.default_rng(3)
     crops = rng.integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
@@ -580,8 +614,91 @@ def test_threshold_benchmark_keeps_a_card_no_candidate_beats():
     assert card_candidate({"layers": ["a"]}, groups) == "stem"
     assert card_candidate({"layers": ["a"], "statistic": "mean+var"}, groups) == "stem / mean+var"
     assert card_candidate({"layers": ["z"]}, groups) is None
-    # The shipped v7 card holds the stem's means.
+    # The shipped v7 card holds every layer's means against the per-lab reference.
     bundle = load_bundle(DEFAULT_WEIGHTS)
-    assert card_candidate(bundle.meta["shift_warning"],
-                          {"stem": {"group": "stem", "statistic": "mean",
-                                    "layers": ["stem.norm"]}}) == "stem"
+    shipped = {"all": {"group": "all", "statistic": "mean", "layers": ["stem.norm"]}}
+    assert card_candidate(bundle.meta["shift_warning"], shipped, "per-lab") == "all"
+    assert card_candidate(bundle.meta["shift_warning"], shipped) is None
+
+
+def test_a_per_lab_card_scores_against_the_nearest_lab_it_carries(tmp_path):
+    """A ``per-lab`` card (fourteenth session) carries each reference lab's channel means and
+    variances of its layers; the plugin's verdict then equals :func:`shift_score` against
+    those labs (the nearest counting), pooled sums included, and a card whose statistics do
+    not fit the model, or that names a reference this version lacks, is an error."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from benchmarks.domain_shift import card_candidate, write_card
+    from napari_ddrnet.preprocess import crops_to_tensor
+    from napari_ddrnet.shift_score import (
+        bn_input_moments,
+        layer_sums,
+        moments_of,
+        select_layers,
+        verdict_from_sums,
+    )
+
+    bundle = load_bundle(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors")
+    model = bundle.model
+    rng = np.random.default_rng(5)
+    lab_a = rng.integers(120, 230, (12, 96, 96, 3), dtype=np.uint8)
+    lab_b = rng.integers(0, 256, (12, 96, 96, 3), dtype=np.uint8)
+
+    def tensor(c):
+        return crops_to_tensor(c, "cpu", bundle.mean, bundle.std)
+
+    refs = {"a": lab_stats(model, tensor(lab_a)), "b": lab_stats(model, tensor(lab_b))}
+    names = ["stem.norm", "glfeb.local.0.1"]
+    keep = select_layers(model, names)
+    labs = {k: {"mean": [r[i][0].tolist() for i in keep], "var": [r[i][1].tolist() for i in keep]}
+            for k, r in refs.items()}
+    card = {"reference": "per-lab", "threshold": 0.1, "min_crops": 4, "layers": names,
+            "labs": labs}
+    per_lab = replace(bundle, meta=dict(bundle.meta, shift_warning=card))
+    crops = np.concatenate([lab_a[:3], lab_a[5:8]])  # six cells of lab a
+    verdict = verdict_from_sums(per_lab, layer_sums(per_lab, crops[:2])
+                                + layer_sums(per_lab, crops[2:]), 6)
+    def score(c, layers, labs_used):
+        means, _ = bn_input_moments(model, tensor(c), squares=False)
+        mu, _ = moments_of([means[i] for i in layers], None)
+        return shift_from_means(mu, [[r[i] for i in layers] for r in labs_used])
+
+    want = score(crops, keep, refs.values())
+    assert verdict.score == pytest.approx(want, rel=1e-6)
+    # The nearest lab counts: lab a's own cells are nearer to a than to b.
+    only_b = replace(bundle, meta=dict(bundle.meta,
+                                       shift_warning=dict(card, labs={"b": labs["b"]})))
+    assert shift_verdict(only_b, crops).score > verdict.score
+    assert shift_verdict(per_lab, lab_a).score < shift_verdict(only_b, lab_a).score
+    short = dict(card, labs={"a": {"mean": labs["a"]["mean"][:1], "var": labs["a"]["var"][:1]}})
+    with pytest.raises(ValueError, match="do not fit"):
+        shift_verdict(replace(bundle, meta=dict(bundle.meta, shift_warning=short)), crops)
+    with pytest.raises(ValueError, match="carries no labs"):
+        shift_verdict(replace(bundle, meta=dict(bundle.meta, shift_warning=dict(card, labs={}))),
+                      crops)
+    with pytest.raises(ValueError, match="unknown shift-score reference"):
+        shift_verdict(replace(bundle, meta=dict(
+            bundle.meta, shift_warning=dict(card, reference="nearest"))), crops)
+    # write_card puts the labs in, with the command that chose them; a running-statistics
+    # card is not the per-lab candidate of the same layers.
+    weights = tmp_path / "m.safetensors"
+    shutil.copy(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors", weights)
+    shutil.copy(WEIGHTS_DIR / "ddrnet_wbc8_v7.json", tmp_path / "m.json")
+    payload = {"threshold": 0.1, "min_crops": 4, "margin": 1.2, "weights": "m",
+               "calibration": ["pbc_val", "bccd_valfold"], "group": "stem",
+               "layers": ["stem.norm"]}
+    write_card(weights, payload, tmp_path / "p", ["all", "stem"], ["mean"], "five",
+               {k: {"mean": v["mean"][:1], "var": v["var"][:1]} for k, v in labs.items()},
+               "shifted")
+    entry = json.loads((tmp_path / "m.json").read_text())["shift_warning"]
+    assert entry["reference"] == "per-lab" and set(entry["labs"]) == {"a", "b"}
+    assert "--reference per-lab" in entry["benchmark"] and "--kaggle shifted" in entry["benchmark"]
+    assert "domain_shift_m_per-lab_layers_kaggle-shifted.json" in entry["benchmark"]
+    written = load_bundle(weights)
+    assert shift_verdict(written, crops).score == pytest.approx(
+        score(crops, [0], refs.values()), rel=1e-6)
+    groups = {"stem": {"group": "stem", "statistic": "mean", "layers": ["stem.norm"]}}
+    assert card_candidate(bundle.meta["shift_warning"], groups, "per-lab") is None
+    assert card_candidate(entry, groups, "per-lab") == "stem"

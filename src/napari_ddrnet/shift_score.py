@@ -8,7 +8,8 @@ deviation, averaged over channels and layers; a card may add how far the spread 
 ratio of the run's standard deviation to the reference's, statistic ``mean+var``,
 thirteenth session). The reference is either the model's running
 statistics (one mixture of its training labs) or each labelled training lab's own statistics,
-the run being compared with the lab it is most like (``docs/cross-source.md``).
+carried in the card, the run being compared with the lab it is most like (``per-lab``: the
+default's card since the fourteenth session, ``docs/cross-source.md``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ if TYPE_CHECKING:
 #: What a card's score reads of each layer's input: where each channel is centred (``mean``),
 #: or that and how spread it is (``mean+var``); the first is the default of older cards.
 STATISTICS = ("mean", "mean+var")
+
+#: What a card's score compares a run with: the model's running statistics (one mixture of
+#: its training labs), or each labelled training lab's own statistics carried in the card,
+#: the nearest lab counting (``per-lab``, fourteenth session).
+REFERENCES = ("running", "per-lab")
 
 #: Per layer: (channel means, channel variances) of the layer's input.
 LayerStats = list[tuple[torch.Tensor, torch.Tensor]]
@@ -476,8 +482,8 @@ class ShiftVerdict:
         subject = subject or f"these {self.n_cells} cells"
         return (f"{subject} look unlike the images the classifier learned "
                 f"from (label-free shift score {self.score:.3f} > {self.threshold:.3f}, "
-                f"{self.n_crops} cells scored): another stain, camera, white balance or scale, "
-                "so classes may be wrong.")
+                f"{self.n_crops} cells scored): another stain, camera, white balance, scale or "
+                "image processing (resizing, compression), so classes may be wrong.")
 
 
 def _min_crops(card: dict) -> int:
@@ -489,10 +495,51 @@ def _card(bundle: ModelBundle) -> dict | None:
     card = bundle.meta.get("shift_warning")
     if not card:
         return None
-    if card.get("reference", "running") != "running":
-        raise ValueError(f"unknown shift-score reference {card.get('reference')!r}")
+    reference = card.get("reference", "running")
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown shift-score reference {reference!r}; known: {REFERENCES}")
+    if reference == "per-lab" and not card.get("labs"):
+        raise ValueError("the shift-score card names a per-lab reference but carries no labs")
     _spread(card.get("statistic", "mean"))  # a statistic this version cannot compute: error
     return card
+
+
+def card_references(card: dict, model: nn.Module, keep: Sequence[int]) -> list[LayerStats]:
+    """The references a card's score compares a run with, restricted to its layers ``keep``.
+
+    Parameters
+    ----------
+    card : dict
+        A checked ``shift_warning`` entry.
+    model : torch.nn.Module
+        The unfused model it belongs to (its running statistics for a ``running`` card).
+    keep : sequence of int
+        The card's layers (:func:`select_layers`), in the card's order.
+
+    Returns
+    -------
+    list of LayerStats
+        One (the running statistics) or one per lab of a ``per-lab`` card, whose ``labs`` hold
+        per lab ``{"mean": [...], "var": [...]}``, one list per layer of the card, in order.
+
+    Raises
+    ------
+    ValueError
+        For a per-lab entry whose layers or channels do not fit the model.
+    """
+    if card.get("reference", "running") == "running":
+        ref = running_stats(model)
+        return [[ref[i] for i in keep]]
+    sizes = [bn_layers(model)[i].num_features for i in keep]
+    refs = []
+    for lab, stats in card["labs"].items():
+        mu, var = stats.get("mean", []), stats.get("var", [])
+        if [len(m) for m in mu] != sizes or [len(v) for v in var] != sizes:
+            raise ValueError(f"the shift-score card's statistics of {lab!r} do not fit this "
+                             f"model's layers ({sizes} channels)")
+        refs.append([(torch.tensor(m, dtype=torch.float64), torch.tensor(v, dtype=torch.float64))
+                     for m, v in zip(mu, var)])
+    return refs
 
 
 def _card_spread(card: dict) -> bool:
@@ -617,7 +664,7 @@ def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
     card = _card(bundle)
     if card is None or sums is None or n < _min_crops(card):
         return None
-    ref = running_stats(bundle.model)
+    ref = running_stats(bundle.model)  # its channel counts split the sums
     flat = torch.as_tensor(np.asarray(sums, np.float64)) / n
     sizes = [len(mu) for mu, _ in ref]
     spread = _card_spread(card)
@@ -630,6 +677,6 @@ def verdict_from_sums(bundle: ModelBundle, sums: np.ndarray | None,
     var = [(s - m * m).clamp_min(0.0) for s, m in zip(parts[len(sizes):], means)]
     # The card may score a subset of the layers (docs/cross-source.md, twelfth session).
     keep = select_layers(bundle.model, card.get("layers"))
-    score = shift_from_means([means[i] for i in keep], [[ref[i] for i in keep]],
+    score = shift_from_means([means[i] for i in keep], card_references(card, bundle.model, keep),
                              variances=[var[i] for i in keep] if spread else None)
     return ShiftVerdict(score, float(card["threshold"]), n, n)
