@@ -68,11 +68,13 @@ def source_crops(source: str, classifier: Classifier) -> np.ndarray:
 
 def per_crop_sums(classifier: Classifier, crops: np.ndarray) -> torch.Tensor:
     """``(N, C_total)``: each crop's contribution to :func:`shift_score.layer_sums` (its
-    channel means, all layers flattened), so a draw's sums are a sum of rows."""
+    channel means, all layers flattened, then its mean squares for a card that reads the
+    spread), so a draw's sums are a sum of rows."""
     b = classifier.bundle
+    spread = b.meta["shift_warning"].get("statistic", "mean") == "mean+var"
     x = crops_to_tensor(crops, "cpu", b.mean, b.std)
-    means, _ = bn_input_moments(b.model, x, 64)
-    return torch.cat(means, dim=1).double()
+    means, squares = bn_input_moments(b.model, x, 64, squares=spread)
+    return torch.cat(means + (squares or []), dim=1).double()
 
 
 def main(argv: list[str] | None = None) -> dict:
