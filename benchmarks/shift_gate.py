@@ -10,6 +10,12 @@ crops, judged by :func:`napari_ddrnet.shift_score.verdict_from_sums` with the ca
 carry (its reference, layers and threshold). The gate: each source of the labelled training labs
 (``bccd``, ``pbc``) warns on at most 5 % of 200 draws; ``raabin`` and ``bcd`` are reported.
 
+Reported too (added after the gate was met, deciding nothing): how often a widget session sees
+the warning at least once. The widget judges each image together with the images just before it
+until 32 cells (:class:`napari_ddrnet.shift_score.RecentRuns`), so one session of 50 images in
+random order gives up to 50 overlapping verdicts; the share of 200 such sessions with any
+warning.
+
 Usage::
 
     python -m benchmarks.shift_gate --weights W.safetensors [--sources bccd pbc raabin bcd]
@@ -51,19 +57,50 @@ MAX_WARN_SHARE = 0.05
 DRAWS = 200
 
 
-def source_crops(source: str, classifier: Classifier) -> np.ndarray:
-    """uint8 crops the plugin cuts from every TXL-PBC image of ``source``."""
-    out = []
-    for field in load_txl_fields(None, (source,)):
+#: A widget session: images analysed one after another (reported, not gated).
+SESSION_IMAGES = 50
+
+
+def source_crops(source: str, classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 crops the plugin cuts from every TXL-PBC image of ``source``, and the index of
+    the image each crop comes from."""
+    out, image = [], []
+    for i, field in enumerate(load_txl_fields(None, (source,))):
         rgb = field.rgb()
         if source in SINGLE_CELL:
             out.append(prepare_single_cell(rgb, classifier.input_size).crop[None])
         else:
             res = analyze(rgb, classifier=classifier, keep_crops=True, return_labels=False)
-            if res.crops is not None and len(res.crops):
-                out.append(res.crops)
+            if res.crops is None or not len(res.crops):
+                continue
+            out.append(res.crops)
+        image += [i] * len(out[-1])
     size = classifier.input_size
-    return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
+    crops = np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
+    return crops, np.asarray(image, np.int64)
+
+
+def session_warns(bundle, rows: torch.Tensor, image: np.ndarray, rng: np.random.Generator,
+                  n_images: int = SESSION_IMAGES) -> bool:
+    """Whether a widget session of ``n_images`` random images (with cells) warns at least once:
+    after each image, the verdict on it and the images just before it, newest first, until
+    :data:`SHIFT_MIN_CROPS` cells (as :class:`~napari_ddrnet.shift_score.RecentRuns` pools)."""
+    ids = np.unique(image)
+    order = rng.permutation(ids)[:n_images]
+    per_image = {int(i): rows[torch.as_tensor(np.flatnonzero(image == i))] for i in order}
+    for k in range(len(order)):
+        pooled, cells = [], 0
+        for j in order[k::-1]:
+            if cells >= SHIFT_MIN_CROPS:
+                break
+            pooled.append(per_image[int(j)])
+            cells += len(per_image[int(j)])
+        if cells < SHIFT_MIN_CROPS:
+            continue
+        v = verdict_from_sums(bundle, torch.cat(pooled).sum(0).numpy(), cells)
+        if v is not None and v.warns:
+            return True
+    return False
 
 
 def per_crop_sums(classifier: Classifier, crops: np.ndarray) -> torch.Tensor:
@@ -82,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--sources", nargs="+", default=["bccd", "pbc", "raabin", "bcd"])
     ap.add_argument("--draws", type=int, default=DRAWS)
+    ap.add_argument("--sessions", type=int, default=DRAWS,
+                    help="random widget sessions of 50 images per source (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -104,11 +143,11 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{args.draws} draws of {SHIFT_MIN_CROPS} crops per source; gate: sources "
         f"{', '.join(GATE)} warn on <= {100 * MAX_WARN_SHARE:.0f} % of draws")
     log(f"{'source':<8}{'images':>7}{'crops':>7}{'whole':>8}{'min':>8}{'median':>8}"
-        f"{'max':>8}{'warn %':>8}  role")
+        f"{'max':>8}{'warn %':>8}{'sessions %':>11}  role")
     results: dict[str, dict] = {}
     for i, source in enumerate(args.sources):
         n_images = len(load_txl_fields(None, (source,)))
-        crops = source_crops(source, classifier)
+        crops, image = source_crops(source, classifier)
         rows = per_crop_sums(classifier, crops)
         whole = verdict_from_sums(bundle, rows.sum(0).numpy(), len(rows))
         rng = np.random.default_rng(i)
@@ -119,6 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
                                             SHIFT_MIN_CROPS).score)
         d = np.asarray(scores)
         share = float((d > card["threshold"]).mean()) if len(d) else float("nan")
+        srng = np.random.default_rng(100 + i)
+        sessions = (float(np.mean([session_warns(bundle, rows, image, srng)
+                                   for _ in range(args.sessions)]))
+                    if args.sessions and len(rows) else float("nan"))
         role = "gate" if source in GATE else "reported"
         results[source] = {"images": n_images, "crops": int(len(rows)),
                            "whole": whole.score if whole else None,
@@ -126,19 +169,21 @@ def main(argv: list[str] | None = None) -> dict:
                            "draws_min": float(d.min()) if len(d) else None,
                            "draws_median": float(np.median(d)) if len(d) else None,
                            "draws_max": float(d.max()) if len(d) else None,
-                           "warn_share": share, "role": role}
+                           "warn_share": share, "sessions_warned": sessions, "role": role}
         r = results[source]
         log(f"{source:<8}{n_images:>7}{len(rows):>7}"
             + (f"{r['whole']:>8.3f}" if whole else f"{'-':>8}")
             + (f"{r['draws_min']:>8.3f}{r['draws_median']:>8.3f}{r['draws_max']:>8.3f}"
                if len(d) else f"{'-':>8}{'-':>8}{'-':>8}")
-            + f"{100 * share:>7.1f}%  {role}")
+            + f"{100 * share:>7.1f}%{100 * sessions:>10.1f}%  {role}")
     gated = [s for s in GATE if s in results]
     passed = bool(gated) and all(results[s]["warn_share"] <= MAX_WARN_SHARE for s in gated)
     log(f"gate ({', '.join(gated)} <= {100 * MAX_WARN_SHARE:.0f} % of draws): "
         f"{'met' if passed else 'NOT met'}  ({time.time() - t0:.0f} s)")
     payload = {"weights": name, "card": {k: v for k, v in card.items() if k != "labs"},
-               "draws": args.draws, "gate": list(GATE), "max_warn_share": MAX_WARN_SHARE,
+               "draws": args.draws, "sessions": args.sessions,
+               "session_images": SESSION_IMAGES, "gate": list(GATE),
+               "max_warn_share": MAX_WARN_SHARE,
                "passed": passed, "sources": results, "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / f"shift_gate_{name}.json", payload)

@@ -718,3 +718,27 @@ def test_shift_gate_rows_add_up_to_the_plugins_sums():
     assert rows.shape == (9, 768)
     np.testing.assert_allclose(rows[[1, 4, 8]].sum(0).numpy(),
                                layer_sums(clf.bundle, crops[[1, 4, 8]]), rtol=1e-6)
+
+
+def test_shift_gate_session_pools_images_as_the_widget_does():
+    """A simulated widget session judges each image with the ones just before it until 32
+    cells: no verdict before 32 cells, a warning as soon as one pooled verdict is above the
+    threshold."""
+    from dataclasses import replace
+
+    from benchmarks.shift_gate import per_crop_sums, session_warns
+    from napari_ddrnet.classify import Classifier
+
+    clf = Classifier(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors", device="cpu", tta=False)
+    crops = np.random.default_rng(8).integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
+    rows = per_crop_sums(clf, crops)
+    image = np.repeat(np.arange(10), 4)  # 10 images of 4 cells: verdicts from the 8th on
+
+    def bundle(threshold):
+        card = dict(clf.bundle.meta["shift_warning"], threshold=threshold)
+        return replace(clf.bundle, meta=dict(clf.bundle.meta, shift_warning=card))
+
+    rng = np.random.default_rng(0)
+    assert session_warns(bundle(0.0), rows, image, rng)
+    assert not session_warns(bundle(1e9), rows, image, rng)
+    assert not session_warns(bundle(0.0), rows, image, rng, n_images=7)  # 28 cells: none
