@@ -38,10 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from napari_ddrnet.classify import Classifier  # noqa: E402
 from napari_ddrnet.pipeline import analyze  # noqa: E402
-from napari_ddrnet.preprocess import crops_to_tensor  # noqa: E402
 from napari_ddrnet.shift_score import (  # noqa: E402
     SHIFT_MIN_CROPS,
-    bn_input_moments,
+    crop_rows,
     verdict_from_sums,
 )
 from napari_ddrnet.single_cell import prepare_single_cell  # noqa: E402
@@ -61,11 +60,12 @@ DRAWS = 200
 SESSION_IMAGES = 50
 
 
-def source_crops(source: str, classifier: Classifier) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 crops the plugin cuts from every TXL-PBC image of ``source``, and the index of
-    the image each crop comes from."""
+def source_crops(source: str, classifier: Classifier) -> tuple[np.ndarray, np.ndarray, int]:
+    """uint8 crops the plugin cuts from every TXL-PBC image of ``source``, the index of the
+    image each crop comes from, and how many images the source has."""
+    fields = load_txl_fields(None, (source,))
     out, image = [], []
-    for i, field in enumerate(load_txl_fields(None, (source,))):
+    for i, field in enumerate(fields):
         rgb = field.rgb()
         if source in SINGLE_CELL:
             out.append(prepare_single_cell(rgb, classifier.input_size).crop[None])
@@ -77,7 +77,7 @@ def source_crops(source: str, classifier: Classifier) -> tuple[np.ndarray, np.nd
         image += [i] * len(out[-1])
     size = classifier.input_size
     crops = np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
-    return crops, np.asarray(image, np.int64)
+    return crops, np.asarray(image, np.int64), len(fields)
 
 
 def session_warns(bundle, rows: torch.Tensor, image: np.ndarray, rng: np.random.Generator,
@@ -101,17 +101,6 @@ def session_warns(bundle, rows: torch.Tensor, image: np.ndarray, rng: np.random.
         if v is not None and v.warns:
             return True
     return False
-
-
-def per_crop_sums(classifier: Classifier, crops: np.ndarray) -> torch.Tensor:
-    """``(N, C_total)``: each crop's contribution to :func:`shift_score.layer_sums` (its
-    channel means, all layers flattened, then its mean squares for a card that reads the
-    spread), so a draw's sums are a sum of rows."""
-    b = classifier.bundle
-    spread = b.meta["shift_warning"].get("statistic", "mean") == "mean+var"
-    x = crops_to_tensor(crops, "cpu", b.mean, b.std)
-    means, squares = bn_input_moments(b.model, x, 64, squares=spread)
-    return torch.cat(means + (squares or []), dim=1).double()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -146,9 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'max':>8}{'warn %':>8}{'sessions %':>11}  role")
     results: dict[str, dict] = {}
     for i, source in enumerate(args.sources):
-        n_images = len(load_txl_fields(None, (source,)))
-        crops, image = source_crops(source, classifier)
-        rows = per_crop_sums(classifier, crops)
+        crops, image, n_images = source_crops(source, classifier)
+        rows = crop_rows(bundle, crops)
+        if rows is None:  # a source with no crops: nothing to judge
+            rows = torch.zeros((0, 0), dtype=torch.float64)
         whole = verdict_from_sums(bundle, rows.sum(0).numpy(), len(rows))
         rng = np.random.default_rng(i)
         scores = []

@@ -705,16 +705,15 @@ def test_a_per_lab_card_scores_against_the_nearest_lab_it_carries(tmp_path):
 
 
 def test_shift_gate_rows_add_up_to_the_plugins_sums():
-    """``benchmarks.shift_gate`` judges a draw by adding per-crop rows: they must add up to
-    what the plugin sends for the same crops (:func:`layer_sums`), so the gate reads the card
-    exactly as ``count`` does."""
-    from benchmarks.shift_gate import per_crop_sums
+    """``benchmarks.shift_gate`` judges a draw by adding per-crop rows (:func:`crop_rows`):
+    a subset's rows must add up to what the plugin sends for those crops alone
+    (:func:`layer_sums`), so the gate reads the card exactly as ``count`` does."""
     from napari_ddrnet.classify import Classifier
-    from napari_ddrnet.shift_score import layer_sums
+    from napari_ddrnet.shift_score import crop_rows, layer_sums
 
     clf = Classifier(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors", device="cpu", tta=False)
     crops = np.random.default_rng(7).integers(0, 256, (9, 96, 96, 3), dtype=np.uint8)
-    rows = per_crop_sums(clf, crops)
+    rows = crop_rows(clf.bundle, crops)
     assert rows.shape == (9, 768)
     np.testing.assert_allclose(rows[[1, 4, 8]].sum(0).numpy(),
                                layer_sums(clf.bundle, crops[[1, 4, 8]]), rtol=1e-6)
@@ -726,12 +725,13 @@ def test_shift_gate_session_pools_images_as_the_widget_does():
     threshold."""
     from dataclasses import replace
 
-    from benchmarks.shift_gate import per_crop_sums, session_warns
+    from benchmarks.shift_gate import session_warns
     from napari_ddrnet.classify import Classifier
+    from napari_ddrnet.shift_score import crop_rows
 
     clf = Classifier(WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors", device="cpu", tta=False)
     crops = np.random.default_rng(8).integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
-    rows = per_crop_sums(clf, crops)
+    rows = crop_rows(clf.bundle, crops)
     image = np.repeat(np.arange(10), 4)  # 10 images of 4 cells: verdicts from the 8th on
 
     def bundle(threshold):

@@ -530,7 +530,8 @@ def card_references(card: dict, model: nn.Module, keep: Sequence[int]) -> list[L
     if card.get("reference", "running") == "running":
         ref = running_stats(model)
         return [[ref[i] for i in keep]]
-    sizes = [bn_layers(model)[i].num_features for i in keep]
+    layers = bn_layers(model)
+    sizes = [layers[i].num_features for i in keep]
     refs = []
     for lab, stats in card["labs"].items():
         mu, var = stats.get("mean", []), stats.get("var", [])
@@ -578,6 +579,36 @@ def shift_verdict(bundle: ModelBundle, crops: np.ndarray,
     return verdict if n_cells is None else replace(verdict, n_cells=int(n_cells))
 
 
+def crop_rows(bundle: ModelBundle, crops: np.ndarray | None,
+              batch_size: int = 64) -> torch.Tensor | None:
+    """Each crop's share of :func:`layer_sums`, one row per crop, so any subset of the crops
+    (a run, a random draw of 32) is judged by adding its rows.
+
+    Parameters
+    ----------
+    bundle : napari_ddrnet.weights.ModelBundle
+        The weights the crops were classified with.
+    crops : numpy.ndarray or None
+        ``(N, S, S, 3)`` uint8 crops.
+    batch_size : int
+        Crops per forward pass.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``(N, C_total)`` float64 (``(N, 2 C_total)`` when the card's statistic reads the
+        spread); ``None`` when the weights carry no threshold or there are no crops.
+    """
+    from .preprocess import crops_to_tensor
+
+    card = _card(bundle)
+    if card is None or crops is None or len(crops) == 0:
+        return None
+    x = crops_to_tensor(np.asarray(crops), "cpu", bundle.mean, bundle.std)
+    means, squares = bn_input_moments(bundle.model, x, batch_size, squares=_card_spread(card))
+    return torch.cat(means + (squares or []), dim=1)
+
+
 def layer_sums(bundle: ModelBundle, crops: np.ndarray | None,
                batch_size: int = 64) -> np.ndarray | None:
     """What one image contributes to its run's score, small enough to send from a worker.
@@ -601,14 +632,8 @@ def layer_sums(bundle: ModelBundle, crops: np.ndarray | None,
         :func:`verdict_from_sums`. ``None`` when the weights carry no threshold or there are
         no crops.
     """
-    from .preprocess import crops_to_tensor
-
-    card = _card(bundle)
-    if card is None or crops is None or len(crops) == 0:
-        return None
-    x = crops_to_tensor(np.asarray(crops), "cpu", bundle.mean, bundle.std)
-    means, squares = bn_input_moments(bundle.model, x, batch_size, squares=_card_spread(card))
-    return torch.cat([m.sum(0) for m in means + (squares or [])]).numpy()
+    rows = crop_rows(bundle, crops, batch_size)
+    return None if rows is None else rows.sum(0).numpy()
 
 
 @dataclass
