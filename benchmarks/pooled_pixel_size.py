@@ -4,7 +4,7 @@ For each folder of single-cell exports (LISC's five class folders, all 1,287 cro
 200 PBC test exports of each class): the images' own pixel sizes
 (:func:`napari_ddrnet.single_cell.image_pixel_size`: red-cell estimate, else the 0.1 µm/px
 default), their spread, and the folder's pooled value
-(:func:`napari_ddrnet.single_cell.pooled_pixel_size`, what ``count --single-cell`` uses).
+(:func:`napari_ddrnet.scale.pooled_pixel_size`, what ``count --single-cell`` uses).
 No ground truth exists for either set's scale; the point is the spread within one analyser.
 
 Usage::
@@ -28,7 +28,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from napari_ddrnet.single_cell import image_pixel_size, pooled_pixel_size  # noqa: E402
+from napari_ddrnet.scale import pooled_pixel_size  # noqa: E402
+from napari_ddrnet.single_cell import image_pixel_size  # noqa: E402
 from training.paths import data_root  # noqa: E402
 
 from .common import machine, write_json  # noqa: E402

@@ -69,20 +69,36 @@ def _attempt(name: str, fn, failed: list[str], write):
 
 
 def _field_results(files, classifier, args, failed, write):
-    """``(name, AnalysisResult)`` per smear field or slide."""
+    """``(name, AnalysisResult)`` per smear field or slide, in input order. A field whose own
+    red-cell estimate is declined is analysed again with its folder's median estimate
+    (:func:`napari_ddrnet.scale.pool_by_folder`), as :func:`napari_ddrnet.cohort.count_cohort`
+    does; so every result is held until all are done (this path serves ``--new-lab``, which
+    needs them all anyway)."""
     from .image_io import read_image
     from .pipeline import analyze
+    from .scale import pool_by_folder, pooled_message
 
-    def run(path):
+    def run(path, pixel_size=None):
         levels, file_px = read_image(path)
         return analyze(levels[0], args.pixel_size, classifier, pixel_size_metadata=file_px,
                        min_confidence=args.min_confidence, return_labels=False,
-                       keep_crops=args.new_lab)
+                       keep_crops=args.new_lab, pixel_size=pixel_size)
 
+    results = {}
     for path in files:
         result = _attempt(str(path), lambda p=path: run(p), failed, write)
         if result is not None:
-            yield str(path), result
+            results[str(path)] = result
+    pooled = pool_by_folder({n: r.pixel_size for n, r in results.items()})
+    for name, px in pooled.items():
+        try:
+            results[name] = run(name, px)
+        except Exception:  # read once already: keep that result (and its default warning)
+            continue
+        write(f"napari-ddrnet: {name}: {pooled_message(px)}")
+    for path in files:
+        if str(path) in results:
+            yield str(path), results[str(path)]
 
 
 def _adapted_to_lab(results: list, classifier, args, write) -> tuple[list, str]:
@@ -243,14 +259,10 @@ def _single_cell_results(files, classifier, args, failed, write):
     ``--pixel-size``, the images of each folder (given as a folder or as files, e.g. a shell
     glob) are measured first and those whose own pixel size was only estimated (or the
     default) share the folder's median estimate
-    (:func:`napari_ddrnet.single_cell.pooled_pixel_size`)."""
+    (:func:`napari_ddrnet.scale.pooled_pixel_size`)."""
     from .image_io import read_image
-    from .single_cell import (
-        classify_single_cells,
-        image_pixel_size,
-        pooled_pixel_size,
-        prepare_single_cell,
-    )
+    from .scale import pool_by_folder
+    from .single_cell import classify_single_cells, image_pixel_size, prepare_single_cell
 
     names: dict[int, str] = {}
 
@@ -265,24 +277,17 @@ def _single_cell_results(files, classifier, args, failed, write):
                 out[path] = px
         return out
 
-    def folder(path) -> Path:  # one analyser's exports sit in one folder
-        return Path(path).absolute().parent
-
     def prepared():
         sizes = own_sizes(files) if args.pixel_size is None else None
-        pooled = {}
-        if sizes:
-            by_folder: dict[Path, list] = {}
-            for path, px in sizes.items():
-                by_folder.setdefault(folder(path), []).append(px)
-            pooled = {d: pooled_pixel_size(v) for d, v in by_folder.items()}
+        # Exports of one analyser (one folder) share one scale; each own estimate is rough.
+        pooled = pool_by_folder({str(p): px for p, px in sizes.items()},
+                                replace=("estimated", "default")) if sizes else {}
         for path in files:  # in input order, as every CSV lists its rows
             if sizes is not None and path not in sizes:
                 continue  # unreadable: reported once, when measured
             px = None
             if sizes is not None:
-                own, pool = sizes[path], pooled.get(folder(path))
-                px = pool if pool and own.source in ("estimated", "default") else own
+                px = pooled.get(str(path), sizes[path])
 
             def run(p=path, px=px):
                 levels, file_px = read_image(p)

@@ -45,6 +45,7 @@ from .report import COUNT_COLUMNS, csv_tables, write_csv_atomic
 from .schema import cells_csv_columns
 
 if TYPE_CHECKING:
+    from .scale import PixelSize
     from .shift_score import ShiftVerdict
 
 #: Bumped whenever a part's columns change (2: CELLS.csv gained ``crop_mode``; 3: ``model``).
@@ -92,6 +93,9 @@ class CountSettings:
         (set by :func:`count_cohort`): a worker whose installation resolves them to another
         model (an older package whose default differs, another file under the same name)
         fails its images with a message instead of counting with it.
+    folder_pixel_size : PixelSize or None
+        Set by :func:`count_cohort` for its second pass only: the folder's median estimate
+        for fields whose own red-cell estimate was declined.
     """
 
     pixel_size_um: float | None = None
@@ -102,6 +106,7 @@ class CountSettings:
     tta: bool = True
     tile_size: int | None = None
     expect_model: str | None = None
+    folder_pixel_size: PixelSize | None = None
 
     def fingerprint(self) -> dict:
         """The settings that change the rows (device and batch size do not), with the model
@@ -109,7 +114,7 @@ class CountSettings:
         named: parts made by one shipped default never join a run of the next, and one model
         given by its name, its path or as the default is one model."""
         d = asdict(self)
-        for k in ("device", "batch_size", "weights", "expect_model"):
+        for k in ("device", "batch_size", "weights", "expect_model", "folder_pixel_size"):
             d.pop(k)
         d["model"] = _model_identity(self.weights)
         return d
@@ -253,6 +258,9 @@ class _Done:
     #: added up over its tiles).
     shift_sum: np.ndarray | None = None
     shift_n: int = 0
+    pixel_size_um: float = float("nan")
+    #: Analysed whole in memory (a field, not a planned slide): its pixel size may be pooled.
+    field: bool = False
 
 
 @dataclass
@@ -277,7 +285,7 @@ class _Planned:
 
 
 def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None,
-            shift_n: int | None = None, model: str = "") -> _Done:
+            shift_n: int | None = None, model: str = "", field: bool = False) -> _Done:
     cells_t, counts_t = csv_tables(name, result.cells, result.counts, classes,
                                    result.pixel_size_um, result.pixel_size_source, model)
     if shift_sum is None:
@@ -285,7 +293,7 @@ def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None,
     elif shift_n is None:
         shift_n = len(result.cells)
     return _Done(name, cells_t, counts_t, result.pixel_size_source, result.pixel_size.note,
-                 shift_sum, shift_n)
+                 shift_sum, shift_n, float(result.pixel_size_um), field)
 
 
 def _shift_sums(clf, crops) -> np.ndarray | None:
@@ -328,9 +336,10 @@ def _analyse_or_plan(name: str, settings: CountSettings):
     if isinstance(image, np.ndarray):
         result = analyze(image, settings.pixel_size_um, clf, pixel_size_metadata=file_px,
                          min_confidence=settings.min_confidence, return_labels=False,
-                         tile_size=settings.tile_size, keep_crops=True)
+                         tile_size=settings.tile_size, keep_crops=True,
+                         pixel_size=settings.folder_pixel_size)
         return _tables(name, result, clf.classes, _shift_sums(clf, result.crops),
-                       model=clf.bundle.name)
+                       model=clf.bundle.name, field=True)
     return _Planned(name, plan_slide(image, settings.pixel_size_um, crop_fov_um=clf.crop_fov_um,
                                      pixel_size_metadata=file_px, tile_size=settings.tile_size))
 
@@ -448,7 +457,9 @@ class _Parts:
         # keeps the image's share of the shift check, so a resumed run's verdict is the same.
         write_csv_atomic(done.cells, self._path(done.name, "cells.csv"))
         write_csv_atomic(done.counts, self._path(done.name, "counts.csv"))
-        marker = {"image": done.name, "cells": len(done.cells)}
+        marker = {"image": done.name, "cells": len(done.cells), "field": done.field,
+                  "pixel_size_um": done.pixel_size_um,
+                  "pixel_size_source": done.pixel_size_source, "pixel_size_note": done.note}
         if done.shift_sum is not None:
             marker["shift_n"] = done.shift_n
             marker["shift_sum"] = base64.b64encode(
@@ -463,6 +474,18 @@ class _Parts:
                 return None
             sums = np.frombuffer(base64.b64decode(marker["shift_sum"]), "<f8").copy()
             return sums, int(marker["shift_n"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def pixel_size_of(self, name: str) -> tuple[PixelSize, bool] | None:
+        """A finished image's pixel size and whether it was a field (``None`` if not
+        recorded: parts of a version before 2026-12-07)."""
+        from .scale import PixelSize
+
+        try:
+            m = json.loads(self._path(name, "done").read_text())
+            return (PixelSize(float(m["pixel_size_um"]), m["pixel_size_source"],
+                              m.get("pixel_size_note", "")), bool(m["field"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -593,7 +616,9 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
     progress : callable, optional
         ``progress(done, total)`` over tasks; ``total`` grows as slides are planned.
     warn : callable, optional
-        Called with a message per skipped image or default pixel size.
+        Called with a message per skipped image, per field given its folder's median pixel
+        size (its own red-cell estimate declined; a second pass re-analyses it) and per image
+        left at the default pixel size.
     groups : mapping, optional
         Image name -> group (e.g. the folder it was listed from): the "unlike the training
         data" check is then also made per group (:attr:`CohortReport.group_shift`).
@@ -635,22 +660,14 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
         if groups is not None:
             by_group.setdefault(groups.get(name, name), ShiftSums()).add(sums, n)
 
-    pending = set(todo)
-    for name in names:  # images finished by an earlier run count towards the verdict too
-        if name not in pending:
-            add_shift(name, *(parts.shift_of(name) or (None, 0)))
-
-    def finish(done: _Done) -> None:
+    def finish(done: _Done, again: bool = False) -> None:
         try:
             parts.write(done)
         except OSError as exc:
             raise CohortError(f"cannot write the results of {done.name} to {folder}: {exc}; "
                               f"images already written are kept there, and --resume "
                               f"continues from them") from exc
-        report.analysed += 1
-        add_shift(done.name, done.shift_sum, done.shift_n)
-        if done.pixel_size_source == "default":
-            warn(f"napari-ddrnet: warning: {done.name}: {done.note}")
+        report.analysed += not again  # a field re-analysed with its folder's pixel size
 
     def fail(item: _Failed) -> None:
         failed[item.name] = item.reason
@@ -662,11 +679,16 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
              "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False")
     runner = _run_serial if client is None else _run_distributed
     report.tasks = runner(client, todo, settings, finish, fail, progress)
-    report.failed = [(n, failed[n]) for n in names if n in failed]
     ok = [n for n in names if n not in failed]
+    # A second pass never fails an image: one it cannot redo keeps its first rows.
+    report.tasks += _pool_declined(ok, parts, settings, runner, client, finish, progress,
+                                   report.tasks, warn)
+    report.failed = [(n, failed[n]) for n in names if n in failed]
     if not ok:  # nothing analysed (every image unreadable): keep any earlier CSVs
         parts.remove_if_unused()
         return report
+    for name in ok:  # from the parts: resumed and re-analysed images count once each
+        add_shift(name, *(parts.shift_of(name) or (None, 0)))
     classes = _classes(settings)
     try:
         report.cells = parts.assemble(ok, "cells.csv", _header(cells_csv_columns(classes)),
@@ -692,6 +714,47 @@ def count_cohort(files: Sequence[str | os.PathLike], cells_csv: str | os.PathLik
                  f"{shift.left_out} cells whose results were written with another model or "
                  f"check (e.g. resumed across versions); it covers {shift.n} cells")
     return report
+
+
+def _pool_declined(names, parts: _Parts, settings: CountSettings, runner, client, finish,
+                   progress, tasks_before: int, warn) -> int:
+    """Second pass: fields whose own red-cell estimate was declined are analysed again with
+    their folder's median estimate (:func:`napari_ddrnet.scale.pool_by_folder`) instead of
+    the 0.1 µm/px default; the others that stay at the default are warned about. Returns the
+    tasks it ran. Slides keep their own value (a slide's windows rarely all decline)."""
+    from .scale import pool_by_folder, pooled_message
+
+    own = {}
+    for name in names:
+        got = parts.pixel_size_of(name)
+        if got is not None and (got[1] or got[0].source != "default"):
+            own[name] = got[0]  # fields, and any image's estimate, join the pool
+    pooled = pool_by_folder(own) if settings.pixel_size_um is None else {}
+    ran = 0
+    groups: dict = {}
+    for name, px in pooled.items():
+        groups.setdefault(px, []).append(name)
+
+    def finish_again(done: _Done) -> None:
+        finish(done, again=True)
+        warn(f"napari-ddrnet: {done.name}: {pooled_message(pooled[done.name])}")
+
+    def keep_first(item: _Failed) -> None:  # read once already: its first rows stand
+        warn(f"napari-ddrnet: {item.name}: not re-analysed with its folder's pixel size: "
+             f"{item.reason}")
+
+    for px, batch in groups.items():
+        def shifted(done: int, total: int, before=tasks_before + ran) -> None:
+            if progress:
+                progress(before + done, before + total)
+
+        ran += runner(client, batch, replace(settings, folder_pixel_size=px), finish_again,
+                      keep_first, shifted)
+    for name in names:
+        got = parts.pixel_size_of(name)
+        if got is not None and got[0].source == "default":
+            warn(f"napari-ddrnet: warning: {name}: {got[0].note}")
+    return ran
 
 
 def _profiler_enabled() -> bool:
@@ -794,8 +857,11 @@ def _run_distributed(client, todo, settings, finish, fail, progress) -> int:
 
     start, add = _assembler(settings)
     # Keys name the image (and tile) on the dashboard; pure=False: a rerun recomputes.
-    futures = [client.submit(image_task, n, settings, key=f"image-{part_key(n)}", pure=False)
-               for n in todo]
+    # The pooled second pass has keys of its own: a first-pass result the scheduler has not
+    # forgotten yet must not be handed back for it.
+    again = "-pooled" if settings.folder_pixel_size is not None else ""
+    futures = [client.submit(image_task, n, settings, key=f"image{again}-{part_key(n)}",
+                             pure=False) for n in todo]
     meta = {f.key: n for f, n in zip(futures, todo)}
     total, done = len(futures), 0
     queue = as_completed(futures, with_results=False)
@@ -822,7 +888,8 @@ def _run_distributed(client, todo, settings, finish, fail, progress) -> int:
                 n = start(item)
                 total += n
                 tiles = [client.submit(tile_task, name, plan_f, i, settings, pure=False,
-                                       key=f"tile-{part_key(name)}-{i}") for i in range(n)]
+                                       key=f"tile{again}-{part_key(name)}-{i}")
+                         for i in range(n)]
                 for t in tiles:
                     meta[t.key] = name
                 queue.update(tiles)

@@ -94,7 +94,9 @@ def analyze(
     **options
         ``pixel_size_metadata`` (the file's calibration, used when no pixel size is given;
         without either the pixel size is estimated from the red cells, else a default, and the
-        result says which: :func:`napari_ddrnet.scale.resolve_pixel_size`),
+        result says which: :func:`napari_ddrnet.scale.resolve_pixel_size`), ``pixel_size``
+        (a :class:`~napari_ddrnet.scale.PixelSize` decided already, e.g. a folder's
+        :func:`~napari_ddrnet.scale.pooled_pixel_size`: used as it is, source and note too),
         ``device``, ``batch_size`` (for the default classifier), ``min_confidence`` (cells whose
         top probability is lower are ``unidentified``, default 0.5), ``return_labels`` (build
         the full-size label image, default True), ``keep_crops`` (keep the model's input
@@ -137,6 +139,7 @@ def iter_analyze(
     params: SegmentationParams | None = None,
     labels_out=None,
     crop_sample=None,
+    pixel_size: PixelSize | None = None,
 ) -> Generator[tuple[int, int], None, AnalysisResult]:
     """:func:`analyze` as a generator: yields ``(done, total)`` steps, returns the result.
 
@@ -172,7 +175,8 @@ def iter_analyze(
     if rgb is not None:  # a slide's sampled windows may all be glass: not judged on them
         check_has_colour(rgb)
     source_image = rgb if rgb is not None else image
-    px_info = resolve_pixel_size(source_image, given=pixel_size_um, metadata=pixel_size_metadata)
+    px_info = pixel_size or resolve_pixel_size(source_image, given=pixel_size_um,
+                                               metadata=pixel_size_metadata)
     px = px_info.um
     classifier = classifier or Classifier(device=device, batch_size=batch_size)
     h, w = source_image.shape[:2]

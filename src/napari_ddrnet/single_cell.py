@@ -39,38 +39,6 @@ class SingleCell:
     found: bool  # a cell was segmented (else the row is the whole image)
 
 
-#: Fewest measured images of one folder whose estimates are pooled (:func:`pooled_pixel_size`).
-MIN_POOLED_ESTIMATES = 10
-
-
-def pooled_pixel_size(sizes) -> PixelSize | None:
-    """One pixel size for a folder of single-cell exports, from their red-cell estimates.
-
-    Exports of one analyser share one scale, but a 128-360 px export holds only a few red
-    cells, so its own estimate is rough: in LISC's neutrophil folder the 5-95 % range is
-    0.106-0.195 µm/px around a median of 0.169, and 27 of 251 images cannot be measured and
-    would get the 0.1 default (``benchmarks/results/pooled_pixel_size.log``). The median of
-    the folder's estimates serves each of its images whose own pixel size was only estimated
-    or the default.
-
-    Parameters
-    ----------
-    sizes : iterable of PixelSize
-        The folder's images' own pixel sizes.
-
-    Returns
-    -------
-    PixelSize or None
-        ``estimated``, with a note saying it is the folder's median; ``None`` with fewer than
-        :data:`MIN_POOLED_ESTIMATES` estimates.
-    """
-    est = [p.um for p in sizes if p.source == "estimated"]
-    if len(est) < MIN_POOLED_ESTIMATES:
-        return None
-    return PixelSize(float(np.median(est)), "estimated",
-                     f"median of the red-cell estimates of {len(est)} images of its folder")
-
-
 def image_pixel_size(image, pixel_size_um: float | None = None,
                      pixel_size_metadata: float | None = None) -> PixelSize:
     """A single-cell image's own pixel size (given > metadata > estimated > default)."""
@@ -108,7 +76,8 @@ def prepare_single_cell(image, input_size: int, pixel_size_um: float | None = No
         As for :func:`napari_ddrnet.pipeline.analyze`; used for the areas in µm² and for the
         segmentation that finds the centre cell's box.
     pixel_size : PixelSize, optional
-        Decided already (e.g. a folder's :func:`pooled_pixel_size`): used as it is.
+        Decided already (e.g. a folder's :func:`~napari_ddrnet.scale.pooled_pixel_size`): used
+        as it is.
 
     Raises
     ------
