@@ -261,6 +261,8 @@ class _Done:
     pixel_size_um: float = float("nan")
     #: Analysed whole in memory (a field, not a planned slide): its pixel size may be pooled.
     field: bool = False
+    #: Analysed with its folder's median (the second pass): not an estimate of its own.
+    pooled: bool = False
 
 
 @dataclass
@@ -285,7 +287,8 @@ class _Planned:
 
 
 def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None,
-            shift_n: int | None = None, model: str = "", field: bool = False) -> _Done:
+            shift_n: int | None = None, model: str = "", field: bool = False,
+            pooled: bool = False) -> _Done:
     cells_t, counts_t = csv_tables(name, result.cells, result.counts, classes,
                                    result.pixel_size_um, result.pixel_size_source, model)
     if shift_sum is None:
@@ -293,7 +296,7 @@ def _tables(name: str, result, classes, shift_sum: np.ndarray | None = None,
     elif shift_n is None:
         shift_n = len(result.cells)
     return _Done(name, cells_t, counts_t, result.pixel_size_source, result.pixel_size.note,
-                 shift_sum, shift_n, float(result.pixel_size_um), field)
+                 shift_sum, shift_n, float(result.pixel_size_um), field, pooled)
 
 
 def _shift_sums(clf, crops) -> np.ndarray | None:
@@ -339,7 +342,8 @@ def _analyse_or_plan(name: str, settings: CountSettings):
                          tile_size=settings.tile_size, keep_crops=True,
                          pixel_size=settings.folder_pixel_size)
         return _tables(name, result, clf.classes, _shift_sums(clf, result.crops),
-                       model=clf.bundle.name, field=True)
+                       model=clf.bundle.name, field=True,
+                       pooled=settings.folder_pixel_size is not None)
     return _Planned(name, plan_slide(image, settings.pixel_size_um, crop_fov_um=clf.crop_fov_um,
                                      pixel_size_metadata=file_px, tile_size=settings.tile_size))
 
@@ -458,7 +462,7 @@ class _Parts:
         write_csv_atomic(done.cells, self._path(done.name, "cells.csv"))
         write_csv_atomic(done.counts, self._path(done.name, "counts.csv"))
         marker = {"image": done.name, "cells": len(done.cells), "field": done.field,
-                  "pixel_size_um": done.pixel_size_um,
+                  "pooled": done.pooled, "pixel_size_um": done.pixel_size_um,
                   "pixel_size_source": done.pixel_size_source, "pixel_size_note": done.note}
         if done.shift_sum is not None:
             marker["shift_n"] = done.shift_n
@@ -477,15 +481,17 @@ class _Parts:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def pixel_size_of(self, name: str) -> tuple[PixelSize, bool] | None:
-        """A finished image's pixel size and whether it was a field (``None`` if not
-        recorded: parts of a version before 2026-12-07)."""
+    def pixel_size_of(self, name: str) -> tuple[PixelSize, bool, bool] | None:
+        """A finished image's pixel size, whether it was a field, and whether that size was
+        its folder's median (``None`` if not recorded: parts of a version before
+        2026-12-07)."""
         from .scale import PixelSize
 
         try:
             m = json.loads(self._path(name, "done").read_text())
             return (PixelSize(float(m["pixel_size_um"]), m["pixel_size_source"],
-                              m.get("pixel_size_note", "")), bool(m["field"]))
+                              m.get("pixel_size_note", "")), bool(m["field"]),
+                    bool(m["pooled"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -727,8 +733,10 @@ def _pool_declined(names, parts: _Parts, settings: CountSettings, runner, client
     own = {}
     for name in names:
         got = parts.pixel_size_of(name)
-        if got is not None and (got[1] or got[0].source != "default"):
-            own[name] = got[0]  # fields, and any image's estimate, join the pool
+        # Fields, and any image's own estimate, join the pool; a median given by an earlier
+        # (resumed) run is not an estimate of its own.
+        if got is not None and not got[2] and (got[1] or got[0].source != "default"):
+            own[name] = got[0]
     pooled = pool_by_folder(own) if settings.pixel_size_um is None else {}
     ran = 0
     groups: dict = {}
