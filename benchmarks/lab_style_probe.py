@@ -37,24 +37,30 @@ from .common import machine, write_json  # noqa: E402
 from .cross_source import KAGGLE_CLASSES, LISC_CLASSES, lisc_crops, score  # noqa: E402
 from .domain_shift import CASTS, cast  # noqa: E402
 
-#: Labs the rule reads, then the ones only reported (restricted argmax).
-RULE_LABS = ("a_pbc_val_cyan", "b_pbc_val_yellow", "c_bccd_valfold", "d_pbc_val")
+#: Labs only reported (restricted argmax); the rule's: :func:`rule_labs`.
 REPORTED = {"lisc": LISC_CLASSES, "kaggle_test": KAGGLE_CLASSES}
 
 
-def labs(packs: Path, size: int) -> dict:
-    """``name -> (crops, class names, restricted subset or None)`` for every lab scored."""
+def rule_labs(cast_set: str = "pbc_val") -> tuple[str, ...]:
+    """The labs the rule reads when the casts are made on ``cast_set``."""
+    return (f"a_{cast_set}_cyan", f"b_{cast_set}_yellow", "c_bccd_valfold", f"d_{cast_set}")
+
+
+def labs(packs: Path, size: int, cast_set: str = "pbc_val") -> dict:
+    """``name -> (crops, class names, restricted subset or None)`` for every lab scored; the
+    casts are made on the ``cast_set`` pack (``pbc_test`` for a model trained on ``pbc_val``)."""
     def named(pack: Path):
         x, yi, cls, _ = load_pack(pack)
         return x, np.asarray([cls[i] for i in yi])
 
-    val, y_val = named(packs / "pbc_val.npz")
+    val, y_val = named(packs / f"{cast_set}.npz")
     lisc, y_lisc, _ = lisc_crops(224, size)
+    a, b, c, d = rule_labs(cast_set)
     return {
-        "a_pbc_val_cyan": (cast(val, CASTS["pbc_test_cyan"]), y_val, None),
-        "b_pbc_val_yellow": (cast(val, CASTS["pbc_test_yellow"]), y_val, None),
-        "c_bccd_valfold": (*named(packs / "bccd_valfold.npz"), None),
-        "d_pbc_val": (val, y_val, None),
+        a: (cast(val, CASTS["pbc_test_cyan"]), y_val, None),
+        b: (cast(val, CASTS["pbc_test_yellow"]), y_val, None),
+        c: (*named(packs / "bccd_valfold.npz"), None),
+        d: (val, y_val, None),
         "lisc": (lisc, y_lisc, LISC_CLASSES),
         "kaggle_test": (*named(packs / "kaggle_test.npz"), KAGGLE_CLASSES),
     }
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("models", nargs="+", metavar="NAME=WEIGHTS")
     ap.add_argument("--packs", type=Path, default=ROOT / "packs30")
     ap.add_argument("--name", default="lab_style_probe")
+    ap.add_argument("--cast-set", default="pbc_val", choices=["pbc_val", "pbc_test"],
+                    help="PBC pack the casts are made on (pbc_test: a model trained on val)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, weights in models.items():
         clf = Classifier(weights, device="cpu")
         check_cut(args.packs, {"crop_fov_um": clf.crop_fov_um, "input_size": clf.input_size})
-        data = data or labs(args.packs, clf.input_size)
+        data = data or labs(args.packs, clf.input_size, args.cast_set)
         res[name] = {"weights": weights}
         for lab, (crops, y, subset) in data.items():
             res[name][lab] = {
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in res.items():
         cells = [f"{percent(r[c]['as_is']):7.2f} / {percent(r[c]['new_lab']):6.2f}"
                  for c in cols]
-        ab = np.mean([percent(r[c]["as_is"]) for c in RULE_LABS[:2]])
+        ab = np.mean([percent(r[c]["as_is"]) for c in rule_labs(args.cast_set)[:2]])
         r["mean_ab_as_is"] = float(ab)
         log(f"{name:14s} " + " ".join(f"{c:>17s}" for c in cells) + f" {ab:10.2f}")
     log("")
