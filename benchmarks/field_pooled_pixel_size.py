@@ -72,18 +72,14 @@ def detection_rows() -> list[dict]:
     rows = []
     for source, fields in detection_sources().items():
         t = time.perf_counter()
-        own, images = {}, {}
-        for path, load, wbc, rbc in fields:
-            rgb = load()
-            own[path] = resolve_pixel_size(rgb)
-            images[path] = (wbc, rbc)
-        pooled = pool_by_folder({p: own[p] for p in own})
-        declined = [p for p in own if own[p].source == "default"]
+        own = {path: resolve_pixel_size(load()) for path, load, _, _ in fields}
+        pooled = pool_by_folder(own)
         before, after = DetectionCounts(), DetectionCounts()
         r_before, r_after = [], []
-        for path in declined:
-            rgb = next(f[1] for f in fields if f[0] == path)()
-            wbc, rbc = images[path]
+        for path, load, wbc, rbc in fields:
+            if own[path].source != "default":
+                continue  # only declined fields change
+            rgb = load()
             for counts, px, ratios in ((before, own[path], r_before),
                                        (after, pooled.get(path, own[path]), r_after)):
                 seg = segment_wbc(rgb, px.um, pixel_size_source=px.source)
@@ -92,7 +88,8 @@ def detection_rows() -> list[dict]:
                 if r is not None:
                     ratios.append(r)
         pool_um = next(iter(pooled.values())).um if pooled else None
-        rows.append({"source": source, "fields": len(own), "declined": len(declined),
+        declined = sum(px.source == "default" for px in own.values())
+        rows.append({"source": source, "fields": len(own), "declined": declined,
                      "pooled_um": pool_um,
                      "ratio_default": _median(r_before), "ratio_pooled": _median(r_after),
                      "wbc": before.tp + before.fn,
