@@ -72,14 +72,20 @@ def _field_results(files, classifier, args, failed, write):
     """``(name, AnalysisResult)`` per smear field or slide, in input order. A field whose own
     red-cell estimate is declined is analysed again with its folder's median estimate
     (:func:`napari_ddrnet.scale.pool_by_folder`), as :func:`napari_ddrnet.cohort.count_cohort`
-    does; so every result is held until all are done (this path serves ``--new-lab``, which
-    needs them all anyway)."""
+    does (slides keep their own value); so every result is held until all are done (this path
+    serves ``--new-lab``, which needs them all anyway)."""
+    import numpy as np
+
     from .image_io import read_image
     from .pipeline import analyze
     from .scale import pool_by_folder, pooled_message
 
+    slides = set()  # lazy images: their estimate may join a pool, they keep their own value
+
     def run(path, pixel_size=None):
         levels, file_px = read_image(path)
+        if not isinstance(levels[0], np.ndarray):
+            slides.add(str(path))
         return analyze(levels[0], args.pixel_size, classifier, pixel_size_metadata=file_px,
                        min_confidence=args.min_confidence, return_labels=False,
                        keep_crops=args.new_lab, pixel_size=pixel_size)
@@ -89,7 +95,8 @@ def _field_results(files, classifier, args, failed, write):
         result = _attempt(str(path), lambda p=path: run(p), failed, write)
         if result is not None:
             results[str(path)] = result
-    pooled = pool_by_folder({n: r.pixel_size for n, r in results.items()})
+    pooled = pool_by_folder({n: r.pixel_size for n, r in results.items()
+                             if n not in slides or r.pixel_size.source != "default"})
     for name, px in pooled.items():
         try:
             results[name] = run(name, px)
