@@ -730,21 +730,22 @@ def _pool_declined(names, parts: _Parts, settings: CountSettings, runner, client
     tasks it ran. Slides keep their own value (a slide's windows rarely all decline)."""
     from .scale import pool_by_folder, pooled_message
 
-    own = {}
-    for name in names:
-        got = parts.pixel_size_of(name)
-        # Fields, and any image's own estimate, join the pool; a median given by an earlier
-        # (resumed) run is not an estimate of its own.
-        if got is not None and not got[2] and (got[1] or got[0].source != "default"):
-            own[name] = got[0]
+    recorded = {n: got for n in names if (got := parts.pixel_size_of(n)) is not None}
+    # Fields, and any image's own estimate, join the pool; a median given by an earlier
+    # (resumed) run is not an estimate of its own.
+    own = {n: px for n, (px, field, was_pooled) in recorded.items()
+           if not was_pooled and (field or px.source != "default")}
     pooled = pool_by_folder(own) if settings.pixel_size_um is None else {}
     ran = 0
     groups: dict = {}
     for name, px in pooled.items():
         groups.setdefault(px, []).append(name)
 
+    redone: set[str] = set()
+
     def finish_again(done: _Done) -> None:
         finish(done, again=True)
+        redone.add(done.name)
         warn(f"napari-ddrnet: {done.name}: {pooled_message(pooled[done.name])}")
 
     def keep_first(item: _Failed) -> None:  # read once already: its first rows stand
@@ -758,10 +759,9 @@ def _pool_declined(names, parts: _Parts, settings: CountSettings, runner, client
 
         ran += runner(client, batch, replace(settings, folder_pixel_size=px), finish_again,
                       keep_first, shifted)
-    for name in names:
-        got = parts.pixel_size_of(name)
-        if got is not None and got[0].source == "default":
-            warn(f"napari-ddrnet: warning: {name}: {got[0].note}")
+    for name, (px, _, _) in recorded.items():  # still at the default after both passes
+        if px.source == "default" and name not in redone:
+            warn(f"napari-ddrnet: warning: {name}: {px.note}")
     return ran
 
 
