@@ -1,5 +1,7 @@
 """Compact crop packs: JPEG-encoded crops (64 px unless ``cut.json`` says otherwise) + labels
-in one ``.npz`` (no pickle).
+in one ``.npz`` (no pickle). A folder cut with ``--lossless`` holds PNG crops instead: what the
+plugin crops live, bit for bit (a model at 112 px read JPEG-smoothed BCCD crops differently from
+live ones, ``docs/cross-source.md``).
 
 Crops are cut once, on the CPU, by the plugin's own segmentation and crop code; a pack then
 travels to any machine (e.g. a lent GPU) and decodes in seconds.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +19,24 @@ from PIL import Image
 
 from napari_ddrnet.crop import INPUT_SIZE
 
+#: Set to ``"1"`` by ``--lossless`` (prepare, pseudo_label) before any worker starts, so
+#: process-pool workers inherit it: :func:`encode_crop` then writes PNG.
+LOSSLESS_ENV = "DDRNET_PACK_LOSSLESS"
+
 
 def encode_jpeg(crop: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(crop).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def encode_crop(crop: np.ndarray) -> bytes:
+    """A crop as a pack stores it: JPEG (quality 90), or PNG when :data:`LOSSLESS_ENV` is set."""
+    if os.environ.get(LOSSLESS_ENV) == "1":
+        buf = io.BytesIO()
+        Image.fromarray(crop).save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+    return encode_jpeg(crop)
 
 
 def save_pack(path: Path, crops: list[bytes], labels: list[int], classes: list[str],
@@ -93,9 +109,10 @@ def split_pack(path: Path, out_a: Path, out_b: Path, every: int = 5) -> tuple[in
     return len(parts[False][0]), len(parts[True][0])
 
 
-def write_cut(out: Path, fov_um: float, size: int = INPUT_SIZE) -> None:
-    """Record how a pack folder's crops were cut (field of view, µm; side, px); refuses to mix
-    two fields of view or two crop sides in one folder."""
+def write_cut(out: Path, fov_um: float, size: int = INPUT_SIZE, lossless: bool = False) -> None:
+    """Record how a pack folder's crops were cut (field of view, µm; side, px; whether PNG)
+    and set :data:`LOSSLESS_ENV` to match; refuses to mix two fields of view, two crop sides
+    or two codecs in one folder."""
     path = Path(out) / "cut.json"
     # A folder of field crops from before cut.json existed holds LEGACY_FOV_UM crops.
     legacy = any(Path(out).glob("bccd_*.npz")) or any(Path(out).glob("kaggle_t*.npz"))
@@ -105,8 +122,15 @@ def write_cut(out: Path, fov_um: float, size: int = INPUT_SIZE) -> None:
     if (path.exists() or legacy) and (old_size := read_size(out)) != size:
         raise SystemExit(f"the crops in {out} are {old_size} px, not {size}: cut into "
                          "another folder")
+    if path.exists() and json.loads(path.read_text()).get("lossless", False) != lossless:
+        raise SystemExit(f"the crops in {out} are {'not ' if lossless else ''}lossless: cut "
+                         "into another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"crop_fov_um": fov_um, "input_size": int(size)}) + "\n")
+    cut = {"crop_fov_um": fov_um, "input_size": int(size)}
+    if lossless:
+        cut["lossless"] = True
+    path.write_text(json.dumps(cut) + "\n")
+    os.environ[LOSSLESS_ENV] = "1" if lossless else "0"
 
 
 #: Field of view of every pack folder cut before ``cut.json`` was written.

@@ -30,14 +30,14 @@ from napari_ddrnet.segment import segment_wbc
 
 from .bccd import load_fields
 from .detection_eval import box_iou
-from .packs import encode_jpeg, save_pack, split_pack, write_cut
+from .packs import encode_crop, encode_jpeg, save_pack, split_pack, write_cut
 from .paths import data_root
 
 KAGGLE_CLASSES = ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
 
 
 def _pbc_item(path: str, size: int = INPUT_SIZE) -> bytes:
-    return encode_jpeg(crop_centre(io.imread(path)[..., :3], size))
+    return encode_crop(crop_centre(io.imread(path)[..., :3], size))
 
 
 def prepare_pbc(out: Path, workers: int, fov_um: float = CROP_FOV_UM,
@@ -80,7 +80,7 @@ def field_wbc_crop(image: np.ndarray, gt_box: np.ndarray | None = None,
 def _bccd_item(field, fov_um: float = CROP_FOV_UM, size: int = INPUT_SIZE) -> bytes | None:
     boxes = field.boxes()
     crop = field_wbc_crop(field.image(), boxes[:1] if len(boxes) else None, fov_um, size)
-    return None if crop is None else encode_jpeg(crop)
+    return None if crop is None else encode_crop(crop)
 
 
 def prepare_bccd(out: Path, workers: int, fov_um: float = CROP_FOV_UM,
@@ -101,8 +101,8 @@ def _kaggle_item(path: str, fov_um: float = CROP_FOV_UM, size: int = INPUT_SIZE
     image = io.imread(path)[..., :3]
     crop = field_wbc_crop(image, fov_um=fov_um, size=size)
     if crop is None:  # no nucleus found: fall back to the whole field
-        return encode_jpeg(crop_centre(image, size)), False
-    return encode_jpeg(crop), True
+        return encode_crop(crop_centre(image, size)), False
+    return encode_crop(crop), True
 
 
 def _kaggle_split(split: str) -> tuple[list[str], list[int], list[str]]:
@@ -164,9 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=INPUT_SIZE,
                     help="crop side, px; recorded in OUT/cut.json and carried into the run "
                          f"and the weights card like the field of view (default {INPUT_SIZE})")
+    ap.add_argument("--lossless", action="store_true",
+                    help="store the crops as PNG, exactly as the plugin cuts them live, not as "
+                         "JPEG (quality 90); recorded in OUT/cut.json")
     args = ap.parse_args(argv)
     t0 = time.time()
-    write_cut(args.out, args.fov_um, args.size)
+    write_cut(args.out, args.fov_um, args.size, args.lossless)
     for name in args.only:
         {"pbc": prepare_pbc, "bccd": prepare_bccd, "kaggle": prepare_kaggle,
          "kaggle_test": partial(prepare_kaggle, splits=("TEST",)),

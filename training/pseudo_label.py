@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from napari_ddrnet.domain_adapt import reinhard_normalize
 from napari_ddrnet.scale import resolve_pixel_size
 
 from .detection_eval import REVIEWED_BOXES, REVIEWED_BOXES_HELD, load_txl_fields
-from .packs import encode_jpeg, save_pack
+from .packs import LOSSLESS_ENV, encode_crop, save_pack
 
 #: The white-cell classes of a normal peripheral smear (no immature granulocytes), sorted.
 WBC5 = MATURE_WBC
@@ -229,9 +230,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help="wbc5: renormalise over the five white-cell classes (the first "
                          "recipe); all: drop cells called ig/erythroblast/platelet and rank "
                          "by the probability among all classes")
+    ap.add_argument("--lossless", action="store_true",
+                    help="store the crops as PNG (as `training.prepare --lossless`), for a "
+                         "pack folder cut that way")
     args = ap.parse_args(argv)
     if not 0 < args.keep <= 1:
         ap.error("--keep must be in (0, 1]")
+    os.environ[LOSSLESS_ENV] = "1" if args.lossless else "0"
 
     teachers = [load_model(t) for t in args.teacher]
     classes = teachers[0].classes
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
             "min_kept_confidence": float(p5.max(1)[kept].min()) if len(kept) else None,
         }
         print(source, json.dumps(summary[source]), flush=True)
-        all_crops += [encode_jpeg(crops[i]) for i in kept]
+        all_crops += [encode_crop(crops[i]) for i in kept]
         all_labels += [classes.index(WBC5[pred[i]]) for i in kept]
         all_names += [f"{source}/{names[i]}" for i in kept]
     save_pack(args.out, all_crops, all_labels, classes, all_names)
