@@ -552,6 +552,26 @@ def test_run_shorter_than_its_selection_start_still_saves_a_model(tmp_path):
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "meta.json").exists()
 
 
+def test_lossless_packs_store_crops_exactly_and_never_mix_codecs(tmp_path, monkeypatch):
+    """``--lossless`` pack folders hold PNG crops, bit for bit what the plugin cuts; JPEG ones
+    do not; the codec is recorded in ``cut.json`` and one folder never mixes the two."""
+    from training.packs import LOSSLESS_ENV, encode_crop, write_cut
+
+    monkeypatch.setenv(LOSSLESS_ENV, "0")  # restored after the test, whatever write_cut sets
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, (4, 112, 112, 3), dtype=np.uint8)
+    for lossless in (True, False):
+        packs = tmp_path / f"packs_{lossless}"
+        write_cut(packs, 38.0, 112, lossless=lossless)
+        assert json.loads((packs / "cut.json").read_text()).get("lossless", False) == lossless
+        save_pack(packs / "p.npz", [encode_crop(c) for c in crops], [0, 1, 0, 1], ["a", "b"],
+                  list("wxyz"))
+        x, *_ = load_pack(packs / "p.npz")
+        assert x.shape == crops.shape and bool((x == crops).all()) == lossless
+        with pytest.raises(SystemExit, match="lossless"):
+            write_cut(packs, 38.0, 112, lossless=not lossless)
+
+
 def test_crop_field_of_view_travels_from_packs_to_weights_and_is_checked(tmp_path):
     """A pack folder records the field of view its field crops were cut at (``cut.json``); the
     run trained on it and the weights exported from it carry that value (the plugin then cuts
