@@ -7,7 +7,7 @@ For each model (8-view TTA, as the plugin classifies), as is and with ``--new-la
 - (a) PBC ``val`` with the cyan cast (R x 0.6), (b) with the yellow cast (B x 0.55), the casts
   of :mod:`benchmarks.domain_shift`; (c) the BCCD validation fold; (d) PBC ``val``;
 - reported, deciding nothing: LISC (whole 224 px image, argmax over its 5 classes) and Kaggle
-  ``TEST`` (argmax over its 4 classes).
+  ``TEST`` (argmax over its 4 classes; only where the pack folder holds ``kaggle_test.npz``).
 
 Usage (from the project root)::
 
@@ -56,14 +56,16 @@ def labs(packs: Path, size: int, cast_set: str = "pbc_val") -> dict:
     val, y_val = named(packs / f"{cast_set}.npz")
     lisc, y_lisc, _ = lisc_crops(224, size)
     a, b, c, d = rule_labs(cast_set)
-    return {
+    out = {
         a: (cast(val, CASTS["pbc_test_cyan"]), y_val, None),
         b: (cast(val, CASTS["pbc_test_yellow"]), y_val, None),
         c: (*named(packs / "bccd_valfold.npz"), None),
         d: (val, y_val, None),
         "lisc": (lisc, y_lisc, LISC_CLASSES),
-        "kaggle_test": (*named(packs / "kaggle_test.npz"), KAGGLE_CLASSES),
     }
+    if (packs / "kaggle_test.npz").exists():  # reported only, so optional
+        out["kaggle_test"] = (*named(packs / "kaggle_test.npz"), KAGGLE_CLASSES)
+    return out
 
 
 def percent(r: dict) -> float:
