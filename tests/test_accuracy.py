@@ -40,6 +40,24 @@ def test_shipped_model_on_bccd_test_fields_end_to_end():
     assert res["accuracy"] >= 0.75, res["confusions"]
 
 
+@needs_data("bccd")
+def test_opt_in_112px_model_on_bccd_test_fields_end_to_end():
+    """``ddrnet_wbc8_v8`` (opt-in) reads v7's 38 µm field at 112 px; by name its card's input
+    reaches the live crops, and the BCCD test fields, cut live as the plugin cuts them, stay
+    at its card's 64/69 (its first try, trained on JPEG packs, read these live crops at 59/69:
+    docs/cross-source.md, sixteenth session)."""
+    from benchmarks.accuracy import shipped_on_bccd_fields
+
+    clf = Classifier("ddrnet_wbc8_v8", device="cpu", tta=True)
+    assert (clf.bundle.name, clf.input_size, clf.crop_fov_um) == ("ddrnet_wbc8_v8", 112, 38.0)
+    res = shipped_on_bccd_fields(clf)
+    live = clf.bundle.meta["metrics_live"]["bccd_test_fields_tta"]
+    assert res["n"] == live["n"] == 69
+    # within one field of the card: another CPU may round a borderline cell the other way
+    assert res["accuracy"] == pytest.approx(live["accuracy"], abs=1.01 / 69), res["confusions"]
+    assert res["accuracy"] >= 0.9, res["confusions"]
+
+
 def test_paper_tables_from_committed_reports(tmp_path):
     """Table 6/4 rows come from the committed training reports; a ``_recal`` report beside a
     run adds its accuracy (the 224 px runs of training/gpu_paper224.sh are named apart)."""

@@ -155,7 +155,7 @@ class DifferentialWidget(Container):
         # Label images that do not fit in memory (or of lazy images) go to a zarr pyramid.
         on_disk = not single and not (isinstance(sub, np.ndarray) and _labels_fit(sub))
         if not single:
-            # Crop memory follows the chosen model's input size (64 or 96 px packaged).
+            # Crop memory follows the chosen model's input size (64, 96 or 112 px packaged).
             refused = check_fits(estimate_bytes(sub, labels_in_memory=not on_disk,
                                                 input_size=card_input_size(self._model.value)))
             if refused:
