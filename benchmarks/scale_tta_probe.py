@@ -81,6 +81,19 @@ def pbc_val_crops(size: int) -> tuple[np.ndarray, np.ndarray]:
     return crops, np.asarray([r["class"] for r in rows])
 
 
+def live_set(name: str, size: int) -> tuple[np.ndarray, np.ndarray, tuple | None] | None:
+    """Crops, class names and the class subset scored (``None``: all) of a set cut live from
+    the dataset images (``pbc_val``, ``pbc_test``, ``lisc``); ``None`` for any other name."""
+    if name == "pbc_val":
+        return (*pbc_val_crops(size), None)
+    if name == "pbc_test":
+        return (*pbc_test_crops(size), None)
+    if name == "lisc":
+        crops, y, _ = lisc_crops(224, size)
+        return crops, y, LISC_CLASSES
+    return None
+
+
 def accuracy(probs: np.ndarray, names: np.ndarray, classes: tuple[str, ...],
              subset: tuple[str, ...] | None = None) -> float:
     idx = np.arange(len(classes)) if subset is None else np.asarray(
@@ -116,13 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
             rows[name] = {"n": base["n"], "tta8": base["accuracy"], "tta24": scaled["accuracy"],
                           "confusions8": base["confusions"], "confusions24": scaled["confusions"]}
         else:
-            if name == "pbc_val":
-                crops, y = pbc_val_crops(size)
-            elif name == "pbc_test":
-                crops, y = pbc_test_crops(size)
-            elif name == "lisc":
-                crops, y, _ = lisc_crops(224, size)
-                subset = LISC_CLASSES
+            live = live_set(name, size)
+            if live is not None:
+                crops, y, subset = live
             else:
                 from training.packs import load_pack
 

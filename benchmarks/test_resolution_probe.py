@@ -31,9 +31,8 @@ from napari_ddrnet.domain_adapt import adapt_batchnorm  # noqa: E402
 from napari_ddrnet.model import fuse_for_inference  # noqa: E402
 from napari_ddrnet.preprocess import crops_to_tensor  # noqa: E402
 
-from .accuracy import pbc_test_crops, shipped_on_bccd_fields  # noqa: E402
-from .cross_source import lisc_crops  # noqa: E402
-from .scale_tta_probe import LISC_CLASSES, accuracy, pbc_val_crops  # noqa: E402
+from .accuracy import shipped_on_bccd_fields  # noqa: E402
+from .scale_tta_probe import accuracy, live_set  # noqa: E402
 
 #: The labelled part of the default's own recalibration mixture (docs/results/gen96_round).
 RECAL_MIX = [["pbc_train", 0.75], ["bccd_trainfold", 10]]
@@ -87,23 +86,19 @@ def main(argv: list[str] | None = None) -> dict:
         row: dict = {}
         for key, clf in models.items():
             size = clf.input_size
-            subset = None
             if name == "bccd_fields":
                 res = shipped_on_bccd_fields(clf)
                 row[key] = res["accuracy"]
                 row[f"{key}_confusions"] = res["confusions"]
                 row["n"] = res["n"]
                 continue
-            if name == "pbc_val":
-                crops, y = pbc_val_crops(size)
-            elif name == "pbc_test":
-                crops, y = pbc_test_crops(size)
-            elif name == "lisc":
-                crops, y, _ = lisc_crops(224, size)
-                subset = LISC_CLASSES
+            live = live_set(name, size)
+            if live is not None:
+                crops, y, subset = live
             else:
                 from training.packs import load_pack
 
+                subset = None
                 packs = args.packs_base if key == "base" else args.packs_side
                 crops, labels, pack_classes, names = load_pack(packs / f"{name}.npz")
                 assert crops.shape[1] == size, (name, crops.shape, size)
