@@ -50,6 +50,7 @@ def test_opt_in_112px_model_on_bccd_test_fields_end_to_end():
 
     clf = Classifier("ddrnet_wbc8_v8", device="cpu", tta=True)
     assert (clf.bundle.name, clf.input_size, clf.crop_fov_um) == ("ddrnet_wbc8_v8", 112, 38.0)
+    assert clf.bundle.meta["shift_warning"]["threshold"] > 0
     res = shipped_on_bccd_fields(clf)
     live = clf.bundle.meta["metrics_live"]["bccd_test_fields_tta"]
     assert res["n"] == live["n"] == 69
