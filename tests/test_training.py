@@ -552,7 +552,7 @@ def test_run_shorter_than_its_selection_start_still_saves_a_model(tmp_path):
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "meta.json").exists()
 
 
-def test_lossless_packs_store_crops_exactly_and_never_mix_codecs(tmp_path, monkeypatch):
+def test_lossless_packs_store_crops_exactly_and_never_mix_codecs(tmp_path, monkeypatch, capsys):
     """``--lossless`` pack folders hold PNG crops, bit for bit what the plugin cuts; JPEG ones
     do not; the codec is recorded in ``cut.json`` and one folder never mixes the two."""
     from training.packs import LOSSLESS_ENV, encode_crop, write_cut
@@ -570,6 +570,14 @@ def test_lossless_packs_store_crops_exactly_and_never_mix_codecs(tmp_path, monke
         assert x.shape == crops.shape and bool((x == crops).all()) == lossless
         with pytest.raises(SystemExit, match="lossless"):
             write_cut(packs, 38.0, 112, lossless=not lossless)
+        # pseudo-labels never go into a folder of the other codec (refused before any work)
+        from training.pseudo_label import main as pseudo_main
+
+        flag = [] if lossless else ["--lossless"]
+        with pytest.raises(SystemExit):
+            pseudo_main(["--teacher", "unused.safetensors", "--out", str(packs / "p9.npz"),
+                         *flag])
+        assert "--lossless" in capsys.readouterr().err and not (packs / "p9.npz").exists()
 
 
 def test_crop_field_of_view_travels_from_packs_to_weights_and_is_checked(tmp_path):

@@ -122,7 +122,7 @@ def write_cut(out: Path, fov_um: float, size: int = INPUT_SIZE, lossless: bool =
     if (path.exists() or legacy) and (old_size := read_size(out)) != size:
         raise SystemExit(f"the crops in {out} are {old_size} px, not {size}: cut into "
                          "another folder")
-    if path.exists() and json.loads(path.read_text()).get("lossless", False) != lossless:
+    if path.exists() and read_lossless(out) != lossless:
         raise SystemExit(f"the crops in {out} are {'not ' if lossless else ''}lossless: cut "
                          "into another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +149,12 @@ def read_size(packs: Path) -> int:
     path = Path(packs) / "cut.json"
     return int(json.loads(path.read_text()).get("input_size", INPUT_SIZE)) if path.exists() \
         else INPUT_SIZE
+
+
+def read_lossless(packs: Path) -> bool:
+    """Whether a pack folder's crops are stored losslessly (``prepare --lossless``)."""
+    path = Path(packs) / "cut.json"
+    return bool(json.loads(path.read_text()).get("lossless", False)) if path.exists() else False
 
 
 def check_cut(packs: Path, run_meta: dict) -> None:

@@ -41,7 +41,7 @@ from napari_ddrnet.domain_adapt import reinhard_normalize
 from napari_ddrnet.scale import resolve_pixel_size
 
 from .detection_eval import REVIEWED_BOXES, REVIEWED_BOXES_HELD, load_txl_fields
-from .packs import LOSSLESS_ENV, encode_crop, save_pack
+from .packs import LOSSLESS_ENV, encode_crop, read_lossless, save_pack
 
 #: The white-cell classes of a normal peripheral smear (no immature granulocytes), sorted.
 WBC5 = MATURE_WBC
@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if not 0 < args.keep <= 1:
         ap.error("--keep must be in (0, 1]")
+    if (args.out.parent / "cut.json").exists() and read_lossless(args.out.parent) != args.lossless:
+        ap.error(f"{args.out.parent} holds {'JPEG' if args.lossless else 'lossless'} crops: "
+                 f"{'drop' if args.lossless else 'add'} --lossless")
     os.environ[LOSSLESS_ENV] = "1" if args.lossless else "0"
 
     teachers = [load_model(t) for t in args.teacher]
