@@ -173,11 +173,14 @@ def test_unreviewed_rows_adapt_batchnorm_and_the_model_beats_base_on_other_group
     class plus unreviewed rows of the same run (one with a missing image, skipped). The
     unreviewed crops are used without labels (AdaBN); on 40 LISC groups never seen, labelled or
     not, the adapted model must beat the base model clearly. A short run (80 epochs of the 25
-    reviewed cells, 63 steps; ~20 CPU seconds alone, its time is the adaptation benchmark's
-    business, not this test's). The 96 px default needs more than the 20 epochs (16 steps)
-    that sufficed for the 64 px v6: on the same draw it gained 0.06 after 20, 0.22 after 40
-    and 0.25 after 80 epochs (v6: 0.21 after 20;
-    docs/results/v7_default/adapt_epochs_probe.{py,log})."""
+    reviewed cells, 63 steps; ~30 CPU seconds alone, its time is the adaptation benchmark's
+    business, not this test's). The 96 px v7 needed more than the 20 epochs (16 steps) that
+    sufficed for the 64 px v6: on the same draw it gained 0.06 after 20, 0.22 after 40 and
+    0.25 after 80 epochs (v6: 0.21 after 20; docs/results/v7_default/adapt_epochs_probe.log).
+    The 112 px default v8 starts higher on this draw (0.71 against v7's 0.63) and ends at 0.88
+    after 80 epochs as after 120 (gain 0.18; 0.13 after 40;
+    docs/results/v8_default/adapt_epochs_probe.log), so the bar is a 0.15 gain to at least
+    0.85."""
 
     from napari_ddrnet.adapt import cut_crops, predict_proba
 
@@ -210,7 +213,8 @@ def test_unreviewed_rows_adapt_batchnorm_and_the_model_beats_base_on_other_group
         p = predict_proba(bundle.model, crops, bundle.mean, bundle.std, tta=False)
         return float((np.asarray(present)[p[:, present].argmax(1)] == y).mean())
 
-    assert accuracy(adapted) >= accuracy(base) + 0.2
+    before, after = accuracy(base), accuracy(adapted)
+    assert after >= before + 0.15 and after >= 0.85, (before, after)
 
 
 # -- crop_mode: a CELLS.csv says how its crops were cut --------------------------------------

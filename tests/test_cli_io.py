@@ -45,7 +45,7 @@ def test_count_contract(files, tmp_path, capsys):
     assert list(cells.columns[:len(CELL_COLS)]) == CELL_COLS
     assert cells["pixel_size_um"].tolist() == pytest.approx([0.1] * len(cells))
     assert set(cells["pixel_size_source"]) == {"given"}
-    assert set(cells["model"]) == {"ddrnet_wbc8_v7"}  # the shipped default, by its card name
+    assert set(cells["model"]) == {"ddrnet_wbc8_v8"}  # the shipped default, by its card name
     assert set(cells["image"]) == {str(files / "a.png"), str(files / "b.tif")}
     assert (cells.groupby("image").size() == 4).all()
     assert (cells["max_row"] > cells["min_row"]).all()

@@ -194,7 +194,7 @@ def test_card_without_transforms_is_rejected(tmp_path):
 
 def test_a_card_names_its_model_else_the_file_does(tmp_path):
     """CELLS.csv's ``model`` column and the widget's status read ``ModelBundle.name``."""
-    assert load_bundle().name == DEFAULT_WEIGHTS.stem == "ddrnet_wbc8_v7"
+    assert load_bundle().name == DEFAULT_WEIGHTS.stem == "ddrnet_wbc8_v8"
     w = tmp_path / "my_lab_model.safetensors"
     shutil.copy(DEFAULT_WEIGHTS, w)
     meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
@@ -242,12 +242,13 @@ def test_probabilities_do_not_depend_on_batching(tta):
 
 
 def test_card_input_size_is_read_without_loading(tmp_path):
-    """The widget sizes its memory check by the chosen model's crops (96 px for the default,
-    64 px for v6) before anything is loaded; an unreadable card gives ``None``, not an error
-    (the run itself then says what is wrong)."""
+    """The widget sizes its memory check by the chosen model's crops (112 px for the default,
+    96 px for v7, 64 px for v6) before anything is loaded; an unreadable card gives ``None``,
+    not an error (the run itself then says what is wrong)."""
     from napari_ddrnet.weights import card_input_size
 
-    assert card_input_size(None) == 96 == load_bundle().input_size
+    assert card_input_size(None) == 112 == load_bundle().input_size
+    assert card_input_size("ddrnet_wbc8_v7") == 96
     assert card_input_size("ddrnet_wbc8_v6") == 64
     w = tmp_path / "w.safetensors"
     w.write_bytes(b"x")

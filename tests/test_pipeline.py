@@ -224,7 +224,7 @@ def test_crops_follow_the_weights_card(classifier, smear, tmp_path, monkeypatch)
     w = tmp_path / "wide.safetensors"
     shutil.copy(DEFAULT_WEIGHTS, w)
     meta = json.loads(metadata_path(DEFAULT_WEIGHTS).read_text())
-    meta.update(crop_fov_um=45.0, input_size=64)  # the default is 38 µm at 96 px
+    meta.update(crop_fov_um=45.0, input_size=64)  # the default is 38 µm at 112 px
     metadata_path(w).write_text(json.dumps(meta))
     wide = Classifier(w, device="cpu")
     assert (wide.crop_fov_um, wide.input_size) == (45.0, 64)
@@ -235,7 +235,7 @@ def test_crops_follow_the_weights_card(classifier, smear, tmp_path, monkeypatch)
     image, truth = smear
     analyze(image, 0.1, wide, return_labels=False)
     analyze(image, 0.1, classifier, return_labels=False)
-    assert seen[0].shape[1:] == (64, 64, 3) and seen[1].shape[1:] == (96, 96, 3)
+    assert seen[0].shape[1:] == (64, 64, 3) and seen[1].shape[1:] == (112, 112, 3)
     # 45 µm instead of 38 µm: the cell fills less of the crop, so its border is background.
     border = lambda c: c[:, :4].astype(float).mean()  # noqa: E731
     assert border(seen[0]) > border(seen[1])

@@ -117,8 +117,8 @@ def test_memory_estimate_and_refusal():
     assert sum(lazy.values()) < 2**30  # bounded by the tile, not the slide
     big = estimate_bytes(slide, labels_in_memory=True)
     assert big["labels"] == 100_000 * 60_000 * 4
-    # One batch of the shipped model's crops (96 px), or of the model named (64 px v6).
-    assert lazy["crops"] == 64 * 96 * 96 * 3 * 33
+    # One batch of the shipped model's crops (112 px), or of the model named (64 px v6).
+    assert lazy["crops"] == 64 * 112 * 112 * 3 * 33
     assert estimate_bytes(slide, labels_in_memory=False, input_size=64)["crops"] == (
         64 * 64 * 64 * 3 * 33)
     msg = check_fits(big, available=8 * 2**30)

@@ -114,13 +114,13 @@ def test_score_is_zero_against_the_crops_own_statistics_and_takes_the_nearest_la
 def test_verdict_needs_a_threshold_and_enough_cells():
     bundle = load_bundle(DEFAULT_WEIGHTS)
     # The shipped card: every layer against each labelled lab's own statistics, by the
-    # fourteenth session's rule and gate
-    # (benchmarks/results/domain_shift_ddrnet_wbc8_v7_per-lab_layers_kaggle-shifted.log:
-    # 1.2 x 0.0431).
+    # fourteenth session's rule and gate, made for the default v8 by v7's command
+    # (benchmarks/results/domain_shift_ddrnet_wbc8_v8_per-lab_layers_kaggle-shifted.log:
+    # 1.2 x 0.0426).
     card = bundle.meta["shift_warning"]
     assert card["reference"] == "per-lab" and "layers" not in card
     assert set(card["labs"]) == {"pbc_train", "bccd_trainfold"}
-    assert card["threshold"] == pytest.approx(0.0517, abs=1e-4)
+    assert card["threshold"] == pytest.approx(0.0511, abs=1e-4)
     s = bundle.input_size
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (SHIFT_MIN_CROPS - 1, s, s, 3), dtype=np.uint8)

@@ -92,7 +92,7 @@ def test_new_lab_mode_lifts_an_unseen_lab(tmp_path, capsys):
     """LISC (a lab never trained on, one crop per distinct cell, 16 per class) through
     `count --single-cell`. With ``ddrnet_wbc8_v2``, whose statistics are far from LISC's,
     adapting colour and BatchNorm statistics to the run's own cells (`--new-lab`) must lift
-    accuracy substantially (37.5 -> 66.3 % when written). The default (``ddrnet_wbc8_v7``),
+    accuracy substantially (37.5 -> 66.3 % when written). The default (``ddrnet_wbc8_v8``),
     self-trained on unlabelled labs, must read the lab as is clearly better than v2 as is, and
     its "unlike the training data" check must say the lab is not one it was checked on."""
     from napari_ddrnet.weights import DEFAULT_WEIGHTS, WEIGHTS_DIR

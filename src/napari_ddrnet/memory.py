@@ -78,7 +78,7 @@ def estimate_bytes(image, *, labels_in_memory: bool, tile_pixels: int | None = N
     from .pipeline import TILE_PIXELS, TILE_SIZE
     from .weights import card_input_size
 
-    input_size = input_size or card_input_size(None) or 96
+    input_size = input_size or card_input_size(None) or 112  # the default card, if unreadable
 
     h, w = int(image.shape[0]), int(image.shape[1])
     channels = int(image.shape[2]) if len(image.shape) > 2 else 1

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from .architectures import build_architecture
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
-DEFAULT_WEIGHTS = WEIGHTS_DIR / "ddrnet_wbc8_v7.safetensors"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "ddrnet_wbc8_v8.safetensors"
 
 
 class WeightsError(RuntimeError):

@@ -7,6 +7,10 @@ points at a missing image. Run from the repo root:
 
     PYTHONPATH=. .venv/bin/python docs/results/v7_default/adapt_epochs_probe.py \
         > docs/results/v7_default/adapt_epochs_probe.log
+
+Optional arguments: the models (comma-separated) and the epoch counts, e.g. ``ddrnet_wbc8_v8,
+ddrnet_wbc8_v7 40,80,120`` (the seventeenth session's run for the 112 px default,
+``docs/results/v8_default/adapt_epochs_probe.log``).
 """
 
 from __future__ import annotations
@@ -63,4 +67,4 @@ def main(weights: list[str], epochs: list[int]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1].split(",") if len(sys.argv) > 1 else ["ddrnet_wbc8_v7", "ddrnet_wbc8_v6"],
-         [20, 40, 80])
+         [int(e) for e in sys.argv[2].split(",")] if len(sys.argv) > 2 else [20, 40, 80])
