@@ -1,38 +1,7 @@
 #!/usr/bin/env bash
-# Seventeenth session: v8 fine-tuned at 128 px on lossless (PNG) packs
-# (docs/cross-source.md, "v8 fine-tuned at 128 px"). ~20 min on 2 CPU cores.
+# Seventeenth session: v8 fine-tuned at 128 px on lossless (PNG) packs (docs/cross-source.md,
+# "v8 fine-tuned at 128 px"): the sixteenth session's lossless run with these settings.
+# ~20 min on 2 CPU cores alone.
 set -euo pipefail
-export PYTHONPATH=.
-PY=${PY:-.venv/bin/python}
-OUT=docs/results/ft128_2026-12-08
-W=src/napari_ddrnet/weights
-CFG=training/configs/gen128_ft_from_v8.json
-P=packs128_38_png
-MIX="pbc_train:0.75 bccd_trainfold:10 txl_pseudo9:5"
-[ -f $P/pbc_train.npz ] || $PY -m training.prepare --out $P --only pbc bccd --fov-um 38 --size 128 --lossless
-[ -f $P/txl_pseudo9.npz ] || $PY -m training.pseudo_label --teacher $W/ddrnet_wbc8_v2.safetensors \
-    $W/ddrnet_wbc8_v3.safetensors $W/ddrnet_wbc8_v5.safetensors --reviewed --rank wbc5 \
-    --fov-um 38 --size 128 --lossless --out $P/txl_pseudo9.npz
-for s in 0 1; do
-  run=runs/ft128/png_s$s
-  rm -rf $run ${run}_recal
-  $PY -m training.train --config $CFG --out $run --packs $P --device cpu --threads 2 --set seed=$s
-  $PY -m training.recalibrate --run $run --packs $P --packs-train $MIX --out ${run}_recal \
-      --val pbc_val bccd_valfold > ${run}_recal.log 2>&1
-  mkdir -p $OUT/png_s$s
-  cp $run/train.log $OUT/png_s$s/train.log
-  cp ${run}_recal.log $OUT/png_s$s/recalibrate.log
-  $PY -m training.export --run ${run}_recal --out runs/candidates/ft128_png_s$s.safetensors --config $CFG
-done
-S=$($PY - <<'PY'
-import json, sys
-v = {s: json.loads(open(f"docs/results/ft128_2026-12-08/png_s{s}/recalibrate.log").read().strip().splitlines()[-1])["val_macro_f1"]
-     for s in (0, 1)}
-for s, f in v.items():
-    print(f"seed {s}: validation after the re-estimate {f:.4f}", file=sys.stderr)
-print(max(v, key=v.get))
-PY
-)
-C=runs/candidates/ft128_png_s$S.safetensors
-echo "candidate: seed $S ($C)"
-$PY -m benchmarks.accuracy --weights $C --out $OUT                           # clause 1
+SIZE=128 TAG=ft128 OUT=docs/results/ft128_2026-12-08 CFG=training/configs/gen128_ft_from_v8.json \
+    bash docs/results/ft112_2026-12-08/run_lossless.sh
