@@ -33,7 +33,7 @@ from napari_ddrnet.preprocess import crops_to_tensor  # noqa: E402
 from napari_ddrnet.shift_score import (  # noqa: E402
     SHIFT_MIN_CROPS,
     bn_input_moments,
-    running_stats,
+    card_references,
     select_layers,
     shift_from_means,
 )
@@ -71,10 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
     check_cut(args.packs, {"crop_fov_um": bundle.crop_fov_um, "input_size": bundle.input_size})
     model = bundle.model.eval()
     bn_threshold = float(bundle.meta["shift_warning"]["threshold"])
-    # The shipped score covers the layers its card names (all when it names none).
+    # The shipped score covers the layers its card names (all when it names none), against
+    # the card's reference: the running statistics, or each labelled lab's own (per-lab cards,
+    # since the fourteenth session; before this was read from the card, a per-lab card was
+    # scored against the running statistics and warned on every set).
     keep = select_layers(model, bundle.meta["shift_warning"].get("layers"))
-    running = running_stats(model)
-    refs = [[running[i] for i in keep]]
+    refs = card_references(bundle.meta["shift_warning"], model, keep)
     name = Path(args.weights).stem
     lines: list[str] = []
 
